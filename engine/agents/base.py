@@ -1,0 +1,78 @@
+"""The agent interface: what the loop gives an agent each turn, and what an agent gives back.
+
+Agents never write to disk. They receive the incumbent contents of the editable files and return the full new
+contents of the files they changed; the engine guards, diffs, commits and runs the change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.events import Event
+
+
+@dataclass(frozen=True)
+class ExperimentSummary:
+    """One ledger row as an agent sees it: compact, structured, and enough to avoid repeating a dead end."""
+
+    id: int
+    status: str  # keep | discard | crash | timeout | nan | rejected | vetoed | interrupted | aborted
+    metric: float | None
+    delta: float | None  # metric - incumbent metric at the time
+    description: str
+    diff: str = ""
+    reason: str = ""  # crash reason, guard rejection or veto note
+    log_tail: str = ""  # last lines of the log of a failed run
+    meta: Mapping[str, Any] = field(default_factory=dict)  # what the proposing agent attached (Proposal.meta)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    description: str  # one line, becomes the commit subject and the results.tsv description
+    rationale: str
+    files: Mapping[str, str]  # editable path (relative, posix) -> full new content
+    meta: Mapping[str, Any] = field(default_factory=dict)  # JSON-serialisable; returned in later histories
+
+
+@dataclass
+class AgentTurn:
+    """Everything an agent may know when it drafts experiment `experiment`."""
+
+    experiment: int
+    workspace: Path
+    files: Mapping[str, str]  # editable path -> incumbent content
+    editable: tuple[str, ...]
+    protected: tuple[str, ...]
+    program: str  # the workspace's program.md (research instructions)
+    metric_name: str
+    direction: str  # "minimize" | "maximize"
+    history: tuple[ExperimentSummary, ...]  # every earlier experiment, oldest first (baseline is id 0)
+    incumbent: ExperimentSummary | None
+    notes: tuple[str, ...] = ()  # human notes to deliver in this turn
+    feedback: str = ""  # what happened to this agent's previous proposal, if anything new
+    emit: Callable[[Event], None] = lambda event: None
+    cancelled: Callable[[], bool] = lambda: False  # poll it in long work; return or raise AgentCancelled
+
+
+class AgentError(Exception):
+    """The agent could not produce a proposal. `fatal` stops the session cleanly with `str(self)` as reason."""
+
+    def __init__(self, message: str, *, fatal: bool = False, stop_reason: str = "error") -> None:
+        super().__init__(message)
+        self.fatal = fatal
+        self.stop_reason = stop_reason
+
+
+class AgentCancelled(Exception):
+    """Raised by an agent that noticed `turn.cancelled()` while it worked."""
+
+
+class Agent(Protocol):
+    name: str
+
+    def propose(self, turn: AgentTurn) -> Proposal: ...
+
+    def close(self) -> None: ...

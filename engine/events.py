@@ -1,0 +1,340 @@
+"""Typed, frozen events: the one stream of truth about a research session.
+
+The engine emits them to an in-process callback and appends them to `.loopdeck/events.jsonl`; the console renders
+them and `loopdeck watch` replays them. Every event serialises to one flat JSON object with a `kind` field, and
+`event_from_dict` turns such an object back into the same event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+EngineState = Literal[
+    "starting", "proposing", "awaiting_approval", "committing", "training", "evaluating", "paused", "stopping",
+    "stopped",
+]
+# Final status of an experiment. results.tsv maps keep→keep, discard→discard and every failure to crash.
+ExperimentStatus = Literal[
+    "running", "keep", "discard", "crash", "timeout", "nan", "rejected", "vetoed", "interrupted", "aborted",
+]
+
+_REGISTRY: dict[str, type[Event]] = {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Base of every event. `ts` is wall-clock seconds since the epoch when the event was made."""
+
+    kind: ClassVar[str] = "event"
+    # High-rate events may be coalesced by a renderer (a newer one replaces an unhandled older one).
+    high_rate: ClassVar[bool] = False
+    ts: float = field(default_factory=time.time)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__:
+            raise TypeError(f"{cls.__name__} must define a `kind`")
+        _REGISTRY[cls.kind] = cls
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+
+# --- session lifecycle -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionStarted(Event):
+    kind: ClassVar[str] = "session_started"
+    workspace: str
+    branch: str
+    agent: str  # "offline" | "claude" | …
+    approval: str  # "ask" | "auto"
+    budget_seconds: float
+    metric_name: str
+    metric_direction: str  # "minimize" | "maximize"
+    resumed: bool = False
+    editable: tuple[str, ...] = ()
+    self_reported: bool = True  # True when the metric is the number the training file prints
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionFinished(Event):
+    kind: ClassVar[str] = "session_finished"
+    reason: str  # "max_experiments" | "time_limit" | "stopped" | "aborted" | "crash_limit" | "budget" | "error"
+    experiments: int
+    kept: int
+    baseline_metric: float | None
+    best_metric: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateChanged(Event):
+    kind: ClassVar[str] = "state_changed"
+    state: EngineState
+    experiment: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalPolicyChanged(Event):
+    kind: ClassVar[str] = "approval_policy_changed"
+    approval: str  # "ask" | "auto"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Notice(Event):
+    """Something a person should read: level "info", "warning" or "error"."""
+
+    kind: ClassVar[str] = "notice"
+    level: Literal["info", "warning", "error"]
+    message: str
+    experiment: int | None = None
+
+
+# --- agent -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentThinkingDelta(Event):
+    kind: ClassVar[str] = "agent_thinking"
+    high_rate: ClassVar[bool] = True
+    experiment: int
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentTextDelta(Event):
+    kind: ClassVar[str] = "agent_text"
+    high_rate: ClassVar[bool] = True
+    experiment: int
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentToolCall(Event):
+    kind: ClassVar[str] = "agent_tool_call"
+    experiment: int
+    tool: str
+    summary: str  # one line, e.g. 'read_file train.py'
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentToolResult(Event):
+    kind: ClassVar[str] = "agent_tool_result"
+    experiment: int
+    tool: str
+    ok: bool
+    summary: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentUsage(Event):
+    """Token usage of one agent turn, plus the session's running totals."""
+
+    kind: ClassVar[str] = "agent_usage"
+    experiment: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+    cost_usd: float = 0.0
+    session_tokens: int = 0
+    session_cost_usd: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoteDelivered(Event):
+    """A human note reached the agent (it is part of the agent's next turn)."""
+
+    kind: ClassVar[str] = "note_delivered"
+    experiment: int
+    text: str
+
+
+# --- proposal and review -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangeProposed(Event):
+    kind: ClassVar[str] = "change_proposed"
+    experiment: int
+    description: str
+    rationale: str
+    diff: str  # unified diff against the incumbent
+    files: tuple[str, ...]
+    added: int
+    removed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangeRejected(Event):
+    """The guard refused a proposal; the reason goes back to the agent."""
+
+    kind: ClassVar[str] = "change_rejected"
+    experiment: int
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalRequested(Event):
+    kind: ClassVar[str] = "approval_requested"
+    experiment: int
+    description: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecisionMade(Event):
+    kind: ClassVar[str] = "decision_made"
+    experiment: int
+    approved: bool
+    note: str = ""
+    by: Literal["auto", "human"] = "human"
+
+
+# --- experiments -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentStarted(Event):
+    kind: ClassVar[str] = "experiment_started"
+    experiment: int
+    commit: str
+    parent_commit: str
+    description: str
+    budget_seconds: float
+    baseline: bool = False
+    # The incumbent's training curve as (elapsed training seconds, loss) pairs, so a renderer can draw this run
+    # against it without having seen the incumbent run (e.g. after a resume).
+    incumbent_curve: tuple[tuple[float, float], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogLine(Event):
+    kind: ClassVar[str] = "log_line"
+    high_rate: ClassVar[bool] = True
+    experiment: int
+    line: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainStep(Event):
+    """One record of the training process's metrics stream."""
+
+    kind: ClassVar[str] = "train_step"
+    high_rate: ClassVar[bool] = True
+    experiment: int
+    step: int
+    elapsed_seconds: float  # training seconds, excluding warm-up
+    loss: float
+    progress: float = 0.0  # fraction of the time budget, 0..1
+    tokens_per_second: float = 0.0
+    mfu_percent: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentFinished(Event):
+    kind: ClassVar[str] = "experiment_finished"
+    experiment: int
+    status: ExperimentStatus
+    metric: float | None
+    delta: float | None  # metric - incumbent metric (negative is better when minimising)
+    incumbent_metric: float | None
+    commit: str
+    description: str
+    training_seconds: float | None = None
+    wall_seconds: float | None = None
+    peak_memory_mb: float | None = None
+    reason: str = ""  # why it crashed / was discarded, one line
+    log_tail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentKept(Event):
+    kind: ClassVar[str] = "experiment_kept"
+    experiment: int
+    commit: str
+    metric: float
+    previous_metric: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentReverted(Event):
+    kind: ClassVar[str] = "experiment_reverted"
+    experiment: int
+    to_commit: str
+    reason: str
+
+
+# --- telemetry ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class GpuSample:
+    index: int
+    name: str
+    utilization_percent: float | None
+    memory_used_mb: float | None
+    memory_total_mb: float | None
+    power_watts: float | None
+    temperature_c: float | None
+    process_memory_mb: float | None  # memory of the training process tree on this GPU
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetrySample(Event):
+    kind: ClassVar[str] = "telemetry"
+    high_rate: ClassVar[bool] = True
+    gpus: tuple[GpuSample, ...] = ()
+    gpu_status: str = ""  # "" when GPUs were read, else why not (e.g. "no NVIDIA GPU — CPU only")
+    cpu_percent: float = 0.0
+    memory_used_mb: float = 0.0
+    memory_total_mb: float = 0.0
+    process_cpu_percent: float | None = None  # training process tree; None when nothing trains
+    process_rss_mb: float | None = None
+
+
+# --- (de)serialisation -------------------------------------------------------------------------------------------
+
+
+def event_kinds() -> dict[str, type[Event]]:
+    return dict(_REGISTRY)
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from `Event.to_dict()` output. Unknown fields are ignored so old readers survive new
+    writers; an unknown kind raises `ValueError`."""
+    kind = data.get("kind")
+    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown event kind: {kind!r}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _decode(hints[f.name], data[f.name])
+    return cls(**kwargs)
+
+
+def _decode(hint: Any, value: Any) -> Any:
+    """Turn JSON lists back into the tuples (of tuples / of GpuSample) that the frozen events hold."""
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(args[0], v) for v in value)
+        return tuple(_decode(a, v) for a, v in zip(args, value, strict=False))
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _decode(inner[0], value) if len(inner) == 1 else value
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        names = {f.name for f in dataclasses.fields(hint)}
+        return hint(**{k: v for k, v in value.items() if k in names})
+    return value
