@@ -1,0 +1,248 @@
+"""`loopdeck report`: a progress chart (PNG) and a Markdown summary of a session's ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.ledger import ExperimentRow
+
+CRASH_STATUSES = frozenset({"crash", "timeout", "nan", "interrupted"})
+NOT_RUN_STATUSES = frozenset({"rejected", "vetoed", "running"})
+NEAR_MISSES = 5
+ANNOTATION_CHARS = 40
+
+
+@dataclass
+class _Outcome:
+    """The facts both the chart and the summary are drawn from."""
+
+    rows: list[ExperimentRow]
+    minimize: bool
+    baseline: ExperimentRow | None
+    kept: list[ExperimentRow]  # kept experiments with a metric, baseline included, by id
+    discarded: list[ExperimentRow]  # ran to a metric and was not kept
+    crashed: list[ExperimentRow]
+    not_run: list[ExperimentRow]
+
+    @property
+    def best(self) -> ExperimentRow | None:
+        pick = min if self.minimize else max
+        return pick(self.kept, key=lambda row: row.metric, default=None)
+
+    def improvement(self) -> float | None:
+        """How much better the best is than the baseline (positive = better, in either direction)."""
+        best = self.best
+        if best is None or self.baseline is None or self.baseline.metric is None:
+            return None
+        change = best.metric - self.baseline.metric
+        return -change if self.minimize else change
+
+    def experiments(self) -> list[ExperimentRow]:
+        """Every row but the baseline."""
+        return [row for row in self.rows if self.baseline is None or row.id != self.baseline.id]
+
+
+def write_report(
+    rows: list[ExperimentRow],
+    out_dir: Path,
+    *,
+    metric_name: str = "val_bpb",
+    direction: str = "minimize",
+    title: str = "",
+) -> tuple[Path, Path]:
+    """Write out_dir/progress.png and out_dir/summary.md; return their paths."""
+    if direction not in ("minimize", "maximize"):
+        raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
+    outcome = _outcome(rows, minimize=direction == "minimize")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / "progress.png"
+    summary = out_dir / "summary.md"
+    _draw_progress(outcome, png, metric_name=metric_name, title=title)
+    summary.write_text(_summary_markdown(outcome, metric_name=metric_name, title=title, chart=png.name),
+                       encoding="utf-8")
+    return png, summary
+
+
+def _outcome(rows: list[ExperimentRow], *, minimize: bool) -> _Outcome:
+    rows = sorted(rows, key=lambda row: row.id)
+    kept = [row for row in rows if row.status == "keep" and row.metric is not None]
+    baseline = next((row for row in rows if row.id == 0), kept[0] if kept else None)
+    crashed = [row for row in rows if row.status in CRASH_STATUSES]
+    not_run = [row for row in rows if row.status in NOT_RUN_STATUSES]
+    discarded = [row for row in rows if row.status not in CRASH_STATUSES | NOT_RUN_STATUSES | {"keep"}
+                 and row.metric is not None]
+    return _Outcome(rows, minimize, baseline, kept, discarded, crashed, not_run)
+
+
+# --- chart --------------------------------------------------------------------------------------------------------
+
+
+def _draw_progress(outcome: _Outcome, path: Path, *, metric_name: str, title: str) -> None:
+    # Imported here: the engine must start without paying for matplotlib, and Figure needs no pyplot state.
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+    from matplotlib.transforms import blended_transform_factory
+
+    fig = Figure(figsize=(14, 7), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    experiments = outcome.experiments()
+    heading = title or "loopdeck progress"
+    kept_count = sum(row.status == "keep" for row in experiments)
+    ax.set_title(f"{heading}: {len(experiments)} experiments, {kept_count} kept improvements", fontsize=14)
+    ax.set_xlabel("experiment #", fontsize=12)
+    better = "lower" if outcome.minimize else "higher"
+    ax.set_ylabel(f"{metric_name} ({better} is better)", fontsize=12)
+    ax.grid(True, alpha=0.25)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+    low, high = _y_window(outcome)
+    if low is None:
+        ax.text(0.5, 0.5, "no experiment has produced a metric yet", transform=ax.transAxes, ha="center",
+                va="center", fontsize=13, color="#666666")
+    else:
+        ax.set_ylim(low, high)
+        worse_edge = high if outcome.minimize else low
+        inside = [row for row in outcome.discarded if low <= row.metric <= high]
+        beyond = [row for row in outcome.discarded if not low <= row.metric <= high]
+        ax.scatter([r.id for r in inside], [r.metric for r in inside], s=14, c="#b0b0b0", alpha=0.6, zorder=2,
+                   label="discarded")
+        if beyond:
+            ax.scatter([r.id for r in beyond], [worse_edge] * len(beyond), s=22, c="#b0b0b0",
+                       marker="^" if outcome.minimize else "v", zorder=2, clip_on=False,
+                       label="discarded, off the chart")
+        ids, best = _running_best(outcome)
+        ax.step(ids, best, where="post", color="#27ae60", linewidth=2, alpha=0.75, zorder=3, label="running best")
+        ax.scatter([r.id for r in outcome.kept], [r.metric for r in outcome.kept], s=55, c="#2ecc71",
+                   edgecolors="black", linewidths=0.6, zorder=4, label="kept")
+        for row in outcome.kept:
+            ax.annotate(_shorten(row.description or ("baseline" if row.id == 0 else f"#{row.id}")),
+                        (row.id, row.metric), textcoords="offset points", xytext=(6, 6), fontsize=8,
+                        color="#1a7a3a", rotation=30, ha="left", va="bottom", zorder=5)
+    if outcome.crashed:
+        # Crashes have no metric: they sit on the bottom edge so a run of failures still shows.
+        bottom = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.scatter([r.id for r in outcome.crashed], [0.02] * len(outcome.crashed), transform=bottom, marker="x",
+                   s=30, c="#e74c3c", zorder=4, label="crashed")
+    if outcome.rows:
+        ax.set_xlim(min(r.id for r in outcome.rows) - 0.5, max(r.id for r in outcome.rows) + 1.5)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right" if outcome.minimize else "lower right", fontsize=9)
+    fig.savefig(path, format="png")
+
+
+def _y_window(outcome: _Outcome) -> tuple[float | None, float | None]:
+    """The interesting band: from just beyond the best to just beyond the baseline, as autoresearch's chart does;
+    discarded runs far worse than the baseline are pinned to the edge instead of squashing the band."""
+    anchors = [row.metric for row in outcome.kept]
+    if not anchors:
+        anchors = [row.metric for row in outcome.discarded]
+    if not anchors:
+        return None, None
+    low, high = min(anchors), max(anchors)
+    reach = (high - low) or 0.05 * abs(high) or 0.05
+    near = [row.metric for row in outcome.discarded if low - reach <= row.metric <= high + reach]
+    low, high = min([low, *near]), max([high, *near])
+    pad = 0.12 * (high - low) or 0.01 * abs(high) or 0.01
+    return low - pad, high + pad
+
+
+def _running_best(outcome: _Outcome) -> tuple[list[int], list[float]]:
+    better: Callable[[float, float], bool] = (lambda a, b: a < b) if outcome.minimize else (lambda a, b: a > b)
+    ids: list[int] = []
+    best: list[float] = []
+    for row in outcome.kept:
+        current = row.metric if not best or better(row.metric, best[-1]) else best[-1]
+        ids.append(row.id)
+        best.append(current)
+    if ids:
+        last = max(row.id for row in outcome.rows)
+        ids.append(last + 1)
+        best.append(best[-1])
+    return ids, best
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= ANNOTATION_CHARS else text[: ANNOTATION_CHARS - 1] + "…"
+
+
+# --- summary ------------------------------------------------------------------------------------------------------
+
+
+def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart: str) -> str:
+    lines = [f"# {title or 'loopdeck report'}", ""]
+    if not outcome.rows:
+        return "\n".join([*lines, "No experiments yet.", ""])
+    baseline, best = outcome.baseline, outcome.best
+    experiments = outcome.experiments()
+    kept_count = sum(row.status == "keep" for row in experiments)
+    facts = [
+        ("metric", f"{metric_name}, {'lower' if outcome.minimize else 'higher'} is better"),
+        ("baseline", _metric_with_id(baseline)),
+        ("best", _metric_with_id(best) + (f": {_cell(best.description)}" if best and best.id else "")),
+    ]
+    improvement = outcome.improvement()
+    if improvement is not None and baseline is not None and baseline.metric:
+        facts.append(("improvement", f"{improvement:.6f} ({100 * improvement / abs(baseline.metric):.2f}%)"))
+    facts.append(("kept", f"{kept_count}/{len(experiments)} experiments (baseline not counted)"))
+    facts.append(("crashed", str(sum(row.status in CRASH_STATUSES for row in experiments))))
+    if outcome.not_run:
+        facts.append(("not run", f"{len(outcome.not_run)} (rejected by the guard, vetoed, or in flight)"))
+    usage = _usage(outcome.rows)
+    if usage:
+        facts.append(("agent usage", usage))
+    lines += ["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in facts), ""]
+    lines += [f"![progress]({chart})", ""]
+
+    lines += ["## Kept experiments", "", "| # | metric | delta | description |", "|---:|---:|---:|---|"]
+    lines += [f"| {r.id} | {r.metric:.6f} | {_signed(r.delta)} | {_cell(r.description)} |" for r in outcome.kept]
+    lines.append("")
+
+    if outcome.discarded:
+        misses = sorted(outcome.discarded, key=lambda r: _closeness(r, outcome.minimize))[:NEAR_MISSES]
+        lines += ["## Near misses", "", "The discarded experiments that came closest to the incumbent.", "",
+                  "| # | metric | delta | description |", "|---:|---:|---:|---|"]
+        lines += [f"| {r.id} | {r.metric:.6f} | {_signed(r.delta)} | {_cell(r.description)} |" for r in misses]
+        lines.append("")
+
+    if outcome.crashed:
+        lines += ["## Crashes", "", "| # | status | reason | description |", "|---:|---|---|---|"]
+        lines += [f"| {r.id} | {r.status} | {_cell(r.reason)} | {_cell(r.description)} |" for r in outcome.crashed]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _closeness(row: ExperimentRow, minimize: bool) -> float:
+    """How far a discarded run fell short of the incumbent it was measured against (smaller = nearer)."""
+    if row.delta is None:
+        return float("inf")
+    return row.delta if minimize else -row.delta
+
+
+def _usage(rows: list[ExperimentRow]) -> str:
+    totals = {
+        "input": sum(r.input_tokens for r in rows),
+        "output": sum(r.output_tokens for r in rows),
+        "cache write": sum(r.cache_write_tokens for r in rows),
+        "cache read": sum(r.cache_read_tokens for r in rows),
+    }
+    cost = sum(r.cost_usd for r in rows)
+    if not any(totals.values()) and not cost:
+        return ""
+    tokens = ", ".join(f"{count:,} {name}" for name, count in totals.items() if count)
+    return f"{tokens} tokens; ${cost:.2f} (estimate)" if cost else f"{tokens} tokens"
+
+
+def _metric_with_id(row: ExperimentRow | None) -> str:
+    return "-" if row is None or row.metric is None else f"{row.metric:.6f} (#{row.id})"
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.6f}"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
