@@ -1,0 +1,312 @@
+"""A local stand-in for Anthropic's Messages API: a threaded HTTP server on 127.0.0.1 that speaks the real
+streaming format (server-sent events) and the real error shapes, scripted per test with a queue of responses.
+
+The real `anthropic.Anthropic(base_url=server.url, api_key=...)` client talks to it, so tests exercise the SDK's
+own parsing, retries and error classes; only the service behind the HTTP boundary is fake. Every request is
+recorded (headers and JSON body) for assertions on what the SDK sent. `make_turn` builds the agent turn
+these tests drive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from engine.agents.base import AgentTurn
+
+_ids = itertools.count(1)
+
+
+# --- what a scripted response is made of -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Block:
+    """One content block of a streamed reply: thinking, text or tool_use."""
+
+    type: str
+    text: str = ""  # thinking or text
+    name: str = ""  # tool_use
+    input: dict[str, Any] = field(default_factory=dict)  # tool_use
+    id: str = ""
+
+
+def thinking(text: str) -> Block:
+    return Block("thinking", text=text)
+
+
+def text(value: str) -> Block:
+    return Block("text", text=value)
+
+
+def tool_use(name: str, **tool_input: Any) -> Block:
+    return Block("tool_use", name=name, input=tool_input, id=f"toolu_{next(_ids):06d}")
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int = 100
+    output_tokens: int = 50
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A 200 streamed message. `fail_after` cuts the stream after that many SSE events with an `event: error`
+    of type `fail_type`, as the API does when it is overloaded mid-response."""
+
+    blocks: tuple[Block, ...]
+    usage: Usage = Usage()
+    stop_reason: str | None = None  # default: tool_use if a block calls a tool, else end_turn
+    fail_after: int | None = None
+    fail_type: str = "overloaded_error"
+    event_delay: float = 0.0  # seconds between SSE events, for tests that act while a reply streams
+
+
+@dataclass(frozen=True)
+class HttpError:
+    """A non-200 answer with the API's JSON error body."""
+
+    status: int
+    type: str
+    message: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def reply(*blocks: Block, usage: Usage | None = None, **options: Any) -> Reply:
+    return Reply(blocks=blocks, usage=usage or Usage(), **options)
+
+
+def overloaded(status: int = 529) -> HttpError:
+    # retry-after-ms keeps the SDK's own backoff to a millisecond in tests.
+    return HttpError(status, "overloaded_error", "Overloaded", (("retry-after-ms", "1"),))
+
+
+def rate_limited() -> HttpError:
+    return HttpError(429, "rate_limit_error", "Number of requests has exceeded your rate limit",
+                     (("retry-after-ms", "1"),))
+
+
+def unauthorized() -> HttpError:
+    return HttpError(401, "authentication_error", "invalid x-api-key")
+
+
+# --- the server --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: dict[str, Any]
+
+
+class FakeAnthropic:
+    """`with FakeAnthropic() as api: api.script(reply(...), ...); client = Anthropic(base_url=api.url, ...)`."""
+
+    def __init__(self) -> None:
+        self._responses: queue.Queue[Reply | HttpError] = queue.Queue()
+        self.requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
+                                        name="fake-anthropic", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def script(self, *responses: Reply | HttpError) -> None:
+        for response in responses:
+            self._responses.put(response)
+
+    def pending(self) -> int:
+        return self._responses.qsize()
+
+    def start(self) -> FakeAnthropic:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeAnthropic:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def _next(self) -> Reply | HttpError:
+        try:
+            return self._responses.get_nowait()
+        except queue.Empty:
+            return HttpError(400, "invalid_request_error", "fake_anthropic: no scripted response left")
+
+
+def _handler_for(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+            return  # keep test output clean
+
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            length = int(self.headers.get("content-length", "0"))
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except json.JSONDecodeError:
+                body = {}
+            api._record(RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            if self.path != "/v1/messages":
+                self._error(HttpError(404, "not_found_error", f"Not found: {self.path}"))
+                return
+            problem = _request_problem(body)
+            if problem:
+                self._error(HttpError(400, "invalid_request_error", problem))
+                return
+            response = api._next()
+            if isinstance(response, HttpError):
+                self._error(response)
+            else:
+                self._stream(body, response)
+
+        def _error(self, error: HttpError) -> None:
+            payload = json.dumps({
+                "type": "error", "error": {"type": error.type, "message": error.message},
+                "request_id": f"req_fake{next(_ids):06d}",
+            }).encode()
+            self.send_response(error.status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            for name, value in error.headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def _stream(self, body: dict[str, Any], response: Reply) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("cache-control", "no-cache")
+            self.send_header("request-id", f"req_fake{next(_ids):06d}")
+            self.send_header("connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for number, (event, data) in enumerate(sse_events(body.get("model", ""), response)):
+                    if response.fail_after is not None and number == response.fail_after:
+                        event, data = "error", {"type": "error", "error": {"type": response.fail_type,
+                                                                            "message": "Overloaded"}}
+                    self.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+                    self.wfile.flush()
+                    if event == "error":
+                        return
+                    if response.event_delay:
+                        time.sleep(response.event_delay)
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the client closed the stream early (a cancelled turn)
+
+    return Handler
+
+
+def sse_events(model: str, response: Reply) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The events of one streamed message, in the order and shape the Messages API sends them."""
+    usage = response.usage
+    yield "message_start", {"type": "message_start", "message": {
+        "id": f"msg_fake{next(_ids):06d}", "type": "message", "role": "assistant", "model": model,
+        "content": [], "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": usage.input_tokens, "output_tokens": 1,
+                  "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+                  "cache_read_input_tokens": usage.cache_read_input_tokens},
+    }}
+    yield "ping", {"type": "ping"}
+    for index, block in enumerate(response.blocks):
+        if block.type == "thinking":
+            start = {"type": "thinking", "thinking": "", "signature": ""}
+            deltas = [{"type": "thinking_delta", "thinking": piece} for piece in _pieces(block.text)]
+            deltas.append({"type": "signature_delta", "signature": f"sig-{index}-fake"})
+        elif block.type == "text":
+            start = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": piece} for piece in _pieces(block.text)]
+        else:
+            start = {"type": "tool_use", "id": block.id, "name": block.name, "input": {}}
+            deltas = [{"type": "input_json_delta", "partial_json": piece}
+                      for piece in ["", *_pieces(json.dumps(block.input), 24)]]
+        yield "content_block_start", {"type": "content_block_start", "index": index, "content_block": start}
+        for delta in deltas:
+            yield "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+        yield "content_block_stop", {"type": "content_block_stop", "index": index}
+    stop_reason = response.stop_reason or (
+        "tool_use" if any(b.type == "tool_use" for b in response.blocks) else "end_turn")
+    # message_delta's usage counts are cumulative totals for the whole message, not increments.
+    yield "message_delta", {"type": "message_delta",
+                            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                            "usage": {"output_tokens": usage.output_tokens, "input_tokens": usage.input_tokens,
+                                      "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+                                      "cache_read_input_tokens": usage.cache_read_input_tokens}}
+    yield "message_stop", {"type": "message_stop"}
+
+
+def _pieces(value: str, size: int = 12) -> list[str]:
+    return [value[i : i + size] for i in range(0, len(value), size)] or [""]
+
+
+def _request_problem(body: dict[str, Any]) -> str:
+    """The checks of the real API that a client bug would trip: required fields, streaming, and every tool_use
+    answered by a tool_result in the next user message."""
+    for name in ("model", "max_tokens", "messages"):
+        if name not in body:
+            return f"{name}: Field required"
+    if body.get("stream") is not True:
+        return "fake_anthropic only serves stream: true"
+    messages = body["messages"]
+    if not messages or messages[0].get("role") != "user":
+        return "messages: first message must use the user role"
+    for position, message in enumerate(messages):
+        content = message.get("content")
+        if isinstance(content, list) and not content:
+            return f"messages.{position}: content must be non-empty"
+        if message.get("role") != "assistant" or not isinstance(content, list):
+            continue
+        wanted = {block["id"] for block in content if block.get("type") == "tool_use"}
+        if not wanted:
+            continue
+        following = messages[position + 1]["content"] if position + 1 < len(messages) else []
+        answered = {block.get("tool_use_id") for block in following if isinstance(block, dict)
+                    and block.get("type") == "tool_result"}
+        if wanted - answered:
+            return (f"messages.{position + 1}: tool_use ids were found without tool_result blocks immediately "
+                    f"after: {sorted(wanted - answered)}")
+    return ""
+
+
+# --- a turn to drive an agent with -------------------------------------------------------------------------------
+
+
+def make_turn(workspace: Path, events: list[Any] | None = None, **overrides: Any) -> AgentTurn:
+    """An `AgentTurn` for experiment 1 of `workspace`: editable train.py (the existing editable files are read
+    from disk), protected prepare.py; events go to `events` when given."""
+    editable = overrides.pop("editable", ("train.py",))
+    fields: dict[str, Any] = {
+        "experiment": 1, "workspace": workspace,
+        "files": {path: (workspace / path).read_text() for path in editable if (workspace / path).is_file()},
+        "editable": editable, "protected": ("prepare.py",), "program": "Make val_bpb as low as you can.",
+        "metric_name": "val_bpb", "direction": "minimize", "history": (), "incumbent": None,
+    }
+    if events is not None:
+        fields["emit"] = events.append
+    fields.update(overrides)
+    return AgentTurn(**fields)
