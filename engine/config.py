@@ -1,0 +1,367 @@
+"""loopdeck.toml: the settings schema (pydantic), its loader, inference for autoresearch repos, the default file."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import re
+import shutil
+import sys
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engine.errors import LoopdeckError
+
+CONFIG_FILE = "loopdeck.toml"
+STATE_DIR = ".loopdeck"  # run state inside a workspace, never in git
+DEFAULT_PATTERN = r"^val_bpb:\s*([-+0-9.eE]+|nan|inf)"
+# autoresearch's prepare.py fixes a 5-minute budget; used when a foreign repo does not say otherwise.
+AUTORESEARCH_BUDGET = 300.0
+
+
+def _relative_path(value: str) -> str:
+    """A workspace file path: relative, posix, inside the workspace, not in .git or .loopdeck."""
+    parts = PurePosixPath(value).parts
+    if (not value or "\\" in value or value.startswith("/") or ".." in parts or str(PurePosixPath(value)) != value
+            or parts[0] in (".git", STATE_DIR)):
+        raise ValueError(f"must be a relative path inside the workspace such as 'train.py', got {value!r}")
+    return value
+
+
+class _Section(BaseModel):
+    # strict: TOML is typed, so "60" for a number is a mistake worth reporting rather than coercing.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class ExperimentSettings(_Section):
+    """What an experiment is: which files change, how it runs, for how long."""
+
+    editable: list[str] = Field(default=["train.py"], min_length=1,
+                                description="files the agent may change (relative to this directory)")
+    protected: list[str] = Field(default=[], description="files hashed at session start and checked before every run")
+    command: list[str] = Field(default=["{python}", "train.py"], min_length=1,
+                               description="the run command; {python} = the interpreter loopdeck runs under")
+    budget_seconds: float = Field(default=60.0, gt=0, description="training time budget per experiment, in seconds")
+    timeout_seconds: float = Field(default=0.0, ge=0, description="0 = budget*2 + 120 (start-up, compile, "
+                                   "evaluation); then the whole process group is killed")
+    data: str = Field(default="", description='training corpus, passed as LOOPDECK_DATA; "" = the embedded corpus')
+    env: dict[str, str] = Field(default={}, description="extra environment variables for the training process")
+    env_allow: list[str] = Field(default=[], description="variables passed through the credential scrub "
+                                 "(names containing KEY, TOKEN, SECRET, PASSWORD, … are removed otherwise)")
+
+    @field_validator("editable", "protected")
+    @classmethod
+    def _paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            _relative_path(path)
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"lists a file twice: {paths}")
+        return paths
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, argv: list[str]) -> list[str]:
+        if not argv[0].strip():
+            raise ValueError("the program to run must not be empty")
+        return argv
+
+
+class MetricSettings(_Section):
+    """How the experiment's score is read from its output."""
+
+    name: str = Field(default="val_bpb", min_length=1, description="the metric's name (shown and recorded)")
+    pattern: str = Field(default=DEFAULT_PATTERN, description="regex matched per line of the output; the last "
+                         "match's first group is the metric")
+    direction: Literal["minimize", "maximize"] = Field(default="minimize", description="minimize | maximize")
+    min_improvement: float = Field(default=0.0, ge=0, description="a change must beat the incumbent by more "
+                                   "than this to be kept")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, pattern: str) -> str:
+        try:
+            compiled = re.compile(pattern, re.MULTILINE)
+        except re.error as exc:
+            raise ValueError(f"is not a valid regular expression ({exc}), got {pattern!r}") from None
+        if compiled.groups < 1:
+            raise ValueError(f"needs a capture group around the number, e.g. '^val_bpb:\\s*(\\S+)', got {pattern!r}")
+        return pattern
+
+
+class LoopSettings(_Section):
+    """When the loop asks, and when it stops."""
+
+    approval: Literal["ask", "auto"] = Field(default="ask", description="ask (a person approves each change) | auto")
+    max_experiments: int = Field(default=0, ge=0, description="0 = no limit (the baseline is not counted)")
+    max_hours: float = Field(default=0.0, ge=0, description="0 = no limit")
+    max_consecutive_crashes: int = Field(default=5, ge=1, description="stop after this many failed runs in a row")
+    tag: str = Field(default="", description='research branch loopdeck/<tag>; "" = today\'s date (YYYYMMDD)')
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, tag: str) -> str:
+        if tag and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", tag) or ".." in tag
+                    or tag.endswith((".", ".lock"))):
+            raise ValueError(f"must be letters, digits, '.', '_' or '-' (a git branch name part), got {tag!r}")
+        return tag
+
+
+class ClaudeSettings(_Section):
+    """The Claude agent (used when [agent] kind is claude, or auto with ANTHROPIC_API_KEY set)."""
+
+    model: str = Field(default="claude-sonnet-5-5", min_length=1, description="Anthropic model id")
+    max_tokens: int = Field(default=16000, gt=0, description="output token cap per turn")
+    thinking: Literal["adaptive", "enabled", "disabled"] = Field(default="adaptive",
+                                                                 description="adaptive | enabled | disabled")
+    effort: Literal["low", "medium", "high"] = Field(default="medium", description="low | medium | high")
+    budget_usd: float = Field(default=0.0, ge=0, description="0 = no cap; the session stops cleanly when spent")
+    budget_tokens: int = Field(default=0, ge=0, description="0 = no cap")
+    base_url: str = Field(default="", description='"" = the SDK default')
+
+
+class AgentSettings(_Section):
+    """Who proposes the changes."""
+
+    kind: Literal["auto", "offline", "claude"] = Field(default="auto", description="auto (claude if "
+                                                       "ANTHROPIC_API_KEY is set, else offline) | offline | claude")
+    seed: int = Field(default=0, ge=0, description="seed of the offline agent's search")
+    claude: ClaudeSettings = Field(default_factory=ClaudeSettings)
+
+
+class Config(_Section):
+    """Root of loopdeck.toml: `.experiment`, `.metric`, `.loop`, `.agent` (with `.agent.claude`)."""
+
+    experiment: ExperimentSettings = Field(default_factory=ExperimentSettings)
+    metric: MetricSettings = Field(default_factory=MetricSettings)
+    loop: LoopSettings = Field(default_factory=LoopSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+
+    def timeout(self) -> float:
+        """Hard per-run timeout in seconds: timeout_seconds, or budget*2 + 120 when it is 0."""
+        return self.experiment.timeout_seconds or self.experiment.budget_seconds * 2 + 120
+
+    def command_argv(self) -> list[str]:
+        """The run command with `{python}` replaced by the interpreter loopdeck runs under."""
+        return [arg.replace("{python}", sys.executable) for arg in self.experiment.command]
+
+    def updated(self, **fields: Any) -> Config:
+        """A validated copy with settings replaced by field name (budget_seconds=5, approval="auto", kind=…)."""
+        unknown = sorted(set(fields) - set(_field_sections()))
+        if unknown:
+            raise TypeError(f"unknown settings {unknown}")
+        data = self.model_dump()
+        for name, value in fields.items():
+            section = data
+            for key in _field_sections()[name]:
+                section = section[key]
+            section[name] = value
+        return _validate(data, "settings")
+
+
+@functools.cache
+def _field_sections() -> dict[str, tuple[str, ...]]:
+    """Every setting's name -> the section path holding it (setting names are unique across sections)."""
+    index: dict[str, tuple[str, ...]] = {}
+
+    def walk(model: type[BaseModel], path: tuple[str, ...]) -> None:
+        for name, info in model.model_fields.items():
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, (*path, name))
+            else:
+                index[name] = path
+
+    walk(Config, ())
+    return index
+
+
+# --- errors --------------------------------------------------------------------------------------------------------
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_TYPE_NAMES = {"float_type": "a number", "int_type": "a whole number", "int_from_float": "a whole number",
+               "string_type": "a string", "list_type": "a list", "dict_type": "a table",
+               "model_type": "a table", "literal_error": "one of"}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = error["loc"]
+    where = ".".join(str(part) for part in loc if isinstance(part, str))
+    where += "".join(f"[{part}]" for part in loc if isinstance(part, int))
+    kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
+    if kind == "extra_forbidden":
+        model: type[BaseModel] = Config
+        for part in loc[:-1]:
+            annotation = model.model_fields[str(part)].annotation
+            assert isinstance(annotation, type)
+            model = annotation
+        allowed = ", ".join(model.model_fields)
+        return f"{where}: unknown setting; allowed here: {allowed}"
+    if kind == "literal_error":
+        return f"{where}: must be one of {ctx['expected']}, got {_shown(value)}"
+    if kind in ("greater_than", "greater_than_equal"):
+        op, bound = (">", ctx["gt"]) if kind == "greater_than" else (">=", ctx["ge"])
+        return f"{where}: must be {op} {bound:g}, got {_shown(value)}"
+    if kind == "finite_number":
+        return f"{where}: must be a finite number, got {_shown(value)}"
+    if kind in ("too_short", "string_too_short"):
+        return f"{where}: must not be empty"
+    if kind in _TYPE_NAMES:
+        return f"{where}: expected {_TYPE_NAMES[kind]}, got {type(value).__name__} {_shown(value)}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}"
+
+
+def _validate(data: Any, source: str) -> Config:
+    if not isinstance(data, dict):
+        raise LoopdeckError(f"{source}: expected a table of settings")
+    unknown = sorted(set(data) - set(Config.model_fields))
+    if unknown:
+        raise LoopdeckError(f"{source}: {unknown[0]}: unknown section; allowed: {', '.join(Config.model_fields)}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors()]
+        raise LoopdeckError(f"{source}: " + "; ".join(problems)) from None
+
+
+# --- loading -------------------------------------------------------------------------------------------------------
+
+
+def parse_config(text: str, source: str = CONFIG_FILE) -> Config:
+    """Validate TOML text; any problem raises LoopdeckError naming the field and the allowed values."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LoopdeckError(f"{source}: invalid TOML: {exc}") from None
+    return _validate(data, source)
+
+
+def load_config(workspace: Path | str) -> tuple[Config, list[str]]:
+    """loopdeck.toml if present, else settings inferred for an autoresearch-style repo (+ notes saying what)."""
+    workspace = Path(workspace)
+    if not workspace.is_dir():
+        raise LoopdeckError(f"{workspace} is not a directory: create a workspace with `loopdeck init {workspace}`")
+    path = workspace / CONFIG_FILE
+    if path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LoopdeckError(f"cannot read {path}: {exc}") from None
+        config, notes = parse_config(text, str(path)), []
+    else:
+        config, notes = _infer(workspace)
+    for name in (*config.experiment.editable, *config.experiment.protected):
+        if not (workspace / name).is_file():
+            raise LoopdeckError(f"{name} not found in {workspace}: it is listed in [experiment] of {CONFIG_FILE}; "
+                                "restore the file or fix the setting")
+    return config, notes
+
+
+def _infer(workspace: Path) -> tuple[Config, list[str]]:
+    """Settings for an autoresearch-layout repo (train.py, prepare.py, program.md) without a loopdeck.toml."""
+    if not (workspace / "train.py").is_file():
+        raise LoopdeckError(f"{workspace} has no {CONFIG_FILE} and no train.py: run `loopdeck init {workspace}` to "
+                            f"create a workspace, or add a {CONFIG_FILE} naming the files to edit and the command")
+    protected = ["prepare.py"] if (workspace / "prepare.py").is_file() else []
+    uv_project = (workspace / "pyproject.toml").is_file() and (workspace / "uv.lock").is_file()
+    command = ["uv", "run", "train.py"] if uv_project and shutil.which("uv") else ["{python}", "train.py"]
+    budget, budget_source = _time_budget(workspace, ["train.py", *protected])
+    config = Config.model_validate({"experiment": {"editable": ["train.py"], "protected": protected,
+                                                   "command": command, "budget_seconds": budget}})
+    shown_command = " ".join(config.command_argv())
+    notes = [
+        f"no {CONFIG_FILE} in {workspace}: settings inferred for an autoresearch-style repository",
+        "editable: train.py" + (f"; protected: {', '.join(protected)}" if protected else ""),
+        f"command: {shown_command}" + (" (uv project)" if command[0] == "uv" else ""),
+        f"metric: {config.metric.name} from lines matching {config.metric.pattern}, lower is better",
+        f"budget: {budget:g} s ({budget_source}); runs are killed after {config.timeout():g} s",
+    ]
+    if uv_project and command[0] != "uv":
+        notes.append("this is a uv project but `uv` is not on PATH: running with loopdeck's own Python")
+    return config, notes
+
+
+def _time_budget(workspace: Path, files: list[str]) -> tuple[float, str]:
+    """The repo's own TIME_BUDGET constant, when a module-level `TIME_BUDGET = <number>` states it."""
+    for name in files:
+        try:
+            tree = ast.parse((workspace / name).read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "TIME_BUDGET"
+                                                     for t in node.targets)
+                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, int | float)
+                    and not isinstance(node.value.value, bool) and node.value.value > 0):
+                return float(node.value.value), f"TIME_BUDGET in {name}"
+    return AUTORESEARCH_BUDGET, "autoresearch's default"
+
+
+# --- the default file ----------------------------------------------------------------------------------------------
+
+
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        plain = not any(ord(c) < 32 or ord(c) == 127 for c in value)
+        # A literal string keeps regex backslashes readable; anything else gets a basic string with escapes.
+        if plain and "\\" in value and "'" not in value:
+            return f"'{value}'"
+        return '"' + "".join(_ESCAPES.get(c, f"\\u{ord(c):04x}" if ord(c) < 32 or ord(c) == 127 else c)
+                             for c in value) + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = [f"{_toml_key(key)} = {_toml_value(item)}" for key, item in value.items()]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
+_HEADER = """\
+# loopdeck.toml: the settings of this research workspace. Every setting is shown, with its default or the value
+# chosen at `loopdeck init`. loopdeck reads this file when a session starts.
+"""
+
+
+def _render(model: BaseModel, path: tuple[str, ...], out: list[str]) -> None:
+    out += ["", f"# {type(model).__doc__}", f"[{'.'.join(path)}]"]
+    nested = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            nested.append((name, value))
+            continue
+        line = f"{name} = {_toml_value(value)}"
+        out.append(f"{line:<40} # {info.description}" if len(line) < 40 else f"{line}  # {info.description}")
+    for name, value in nested:
+        _render(value, (*path, name), out)
+
+
+def default_toml(**overrides: Any) -> str:
+    """The fully commented loopdeck.toml; overrides by field name (budget_seconds=…, data=…, kind=…, approval=…)."""
+    config = Config().updated(**overrides)
+    out = [_HEADER.rstrip("\n")]
+    for name in Config.model_fields:
+        _render(getattr(config, name), (name,), out)
+    text = "\n".join(out) + "\n"
+    parse_config(text, "default loopdeck.toml")
+    return text
