@@ -115,12 +115,26 @@ class ClaudeSettings(_Section):
 
     model: str = Field(default="claude-sonnet-5-5", min_length=1, description="Anthropic model id")
     max_tokens: int = Field(default=16000, gt=0, description="output token cap per turn")
-    thinking: Literal["adaptive", "enabled", "disabled"] = Field(default="adaptive",
-                                                                 description="adaptive | enabled | disabled")
-    effort: Literal["low", "medium", "high"] = Field(default="medium", description="low | medium | high")
+    thinking: Literal["adaptive", "enabled", "between_tools", "disabled"] = Field(
+        default="adaptive",
+        description="adaptive | enabled | between_tools | disabled (some models refuse disabled: use between_tools)")
+    effort: Literal["low", "medium", "high", "xhigh", "max"] = Field(default="medium",
+                                                                    description="low | medium | high | xhigh | max")
     budget_usd: float = Field(default=0.0, ge=0, description="0 = no cap; the session stops cleanly when spent")
     budget_tokens: int = Field(default=0, ge=0, description="0 = no cap")
     base_url: str = Field(default="", description='"" = the SDK default')
+    prices: dict[str, float] = Field(default={}, description="$ per million tokens overriding the built-in dated "
+                                     "table: input, output, cache_write, cache_read")
+
+    @field_validator("prices")
+    @classmethod
+    def _prices(cls, prices: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(prices) - {"input", "output", "cache_write", "cache_read"})
+        if unknown:
+            raise ValueError(f"unknown price {unknown[0]!r}; allowed: input, output, cache_write, cache_read")
+        if any(v < 0 for v in prices.values()):
+            raise ValueError("prices must be >= 0")
+        return prices
 
 
 class AgentSettings(_Section):
