@@ -1,0 +1,89 @@
+"""`loopdeck run` (the console, supervising an in-process engine) and `loopdeck watch` (read-only, from the journal).
+
+Everything a person can get wrong (a bad path, a dirty tree, a bad config) raises `LoopdeckError` here, before the
+app takes over the terminal, so the CLI prints one clean line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from console.bridge import EventBridge
+from engine.errors import LoopdeckError
+
+STOP_TIMEOUT = 60.0  # seconds to wait for the engine to record an aborted experiment on the way out
+
+
+def _ensure_workspace(path: Path, args: argparse.Namespace) -> list[str]:
+    """A path that does not exist yet (or an empty directory) becomes a workspace with the embedded default."""
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        return []
+    from engine.workspace import init_workspace
+
+    created = init_workspace(path, budget=args.budget, agent=args.agent)
+    return [f"Created a new workspace in {created} (train.py, program.md, loopdeck.toml) with the embedded default."]
+
+
+def run_console_command(args: argparse.Namespace) -> int:
+    from engine.session import RunOptions, Session
+
+    path = Path(args.dir).expanduser()
+    notes = _ensure_workspace(path, args)
+    options = RunOptions(agent=args.agent, approval=args.approve, max_experiments=args.max_experiments,
+                         max_hours=args.max_hours, budget_seconds=args.budget, tag=args.tag)
+    bridge = EventBridge()
+    session = Session(path, options, on_event=bridge)
+    notes += list(session.config_notes)
+
+    from console.app import LoopdeckApp
+
+    app = LoopdeckApp(bridge=bridge, session=session, workspace=str(path), notes=notes)
+    try:
+        with _stop_on_hangup(session, app):
+            app.run()
+    finally:
+        # However the app ended (quit, a crash, the terminal gone), the in-process loop must not be left running.
+        if not session.wait(timeout=0):
+            session.abort()
+            session.wait(timeout=STOP_TIMEOUT)
+    return 0
+
+
+@contextmanager
+def _stop_on_hangup(session, app) -> Iterator[None]:
+    """The terminal closing (SIGHUP) or a SIGTERM stops the in-process loop the way headless does: the running
+    training is killed and recorded as interrupted, then the console closes."""
+
+    def handler(signum: int, frame: object) -> None:
+        session.interrupt()
+        app.call_later(app.exit)
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def watch_command(args: argparse.Namespace) -> int:
+    from engine.config import STATE_DIR
+    from engine.session import JOURNAL_FILE
+
+    path = Path(args.dir).expanduser()
+    if not path.is_dir():
+        raise LoopdeckError(f"{path} is not a directory: give `loopdeck watch` a workspace a session runs in")
+    journal = path / STATE_DIR / JOURNAL_FILE
+    if not journal.exists():
+        raise LoopdeckError(
+            f"{path} has no events journal ({journal}): start a session there first, e.g. "
+            f"`loopdeck run {path} --headless`, then `loopdeck watch {path}` in another terminal"
+        )
+    from console.app import LoopdeckApp
+
+    LoopdeckApp(journal=journal, workspace=str(path)).run()
+    return 0

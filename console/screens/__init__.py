@@ -1,0 +1,1 @@
+"""Screens: the main supervisory screen, an experiment's details, and help."""

@@ -1,0 +1,502 @@
+"""The console's view of a session, folded from engine events in one place (plain Python, no Textual).
+
+`SessionView.apply(event)` is the only code that turns events into state. Every history it keeps is bounded, so a
+night of experiments costs the same memory as the first hour. `apply` records which parts of the screen changed
+(`dirty` topics) so the UI redraws only those.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine import events as ev
+
+CURVE_POINTS = 1200  # per curve; older points are thinned, never the whole early part dropped
+LIVE_LOG_LINES = 200
+REASONING_CHARS = 40_000
+REASONING_BLOCKS = 80  # each block is a few widgets in the Markdown pane: their count, not just text, costs
+TELEMETRY_POINTS = 120
+NOTICES = 50
+
+FINAL_STATUSES = frozenset(
+    {"keep", "discard", "crash", "timeout", "nan", "rejected", "vetoed", "interrupted", "aborted"}
+)
+# Engine states in which no decision can still be pending.
+_NOT_WAITING = frozenset({"proposing", "committing", "training", "evaluating", "stopping", "stopped"})
+
+# Topics: which widgets must redraw.
+STATUS, TABLE, REASONING, DIFF, CURVE, HARDWARE, APPROVAL, LOG = (
+    "status", "table", "reasoning", "diff", "curve", "hardware", "approval", "log",
+)
+
+
+class Curve:
+    """(x, y) points bounded by thinning: when full, every other point goes and the sampling stride doubles."""
+
+    def __init__(self, capacity: int = CURVE_POINTS, points: tuple[tuple[float, float], ...] = ()) -> None:
+        self.capacity = max(2, capacity)
+        self.points: list[tuple[float, float]] = []
+        self._stride = 1
+        self._seen = 0
+        for point in points:
+            self.add(*point)
+
+    def add(self, x: float, y: float) -> None:
+        self._seen += 1
+        if (self._seen - 1) % self._stride:
+            return
+        self.points.append((x, y))
+        if len(self.points) > self.capacity:
+            self.points = self.points[::2]
+            self._stride *= 2
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+@dataclass
+class ExperimentView:
+    id: int
+    status: str = "proposed"  # proposed | awaiting | approved | running | a final ExperimentStatus
+    description: str = ""
+    rationale: str = ""
+    diff: str = ""
+    files: tuple[str, ...] = ()
+    added: int = 0
+    removed: int = 0
+    commit: str = ""
+    baseline: bool = False
+    metric: float | None = None
+    delta: float | None = None
+    incumbent_metric: float | None = None
+    training_seconds: float | None = None
+    wall_seconds: float | None = None
+    peak_memory_mb: float | None = None
+    reason: str = ""
+    note: str = ""
+    log_tail: str = ""
+    budget_seconds: float = 0.0
+    started_ts: float | None = None
+    finished_ts: float | None = None
+    step: int = 0
+    elapsed_seconds: float = 0.0
+    progress: float = 0.0
+    loss: float | None = None
+    tokens_per_second: float = 0.0
+    agent_tokens: int = 0
+    agent_cost_usd: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+@dataclass
+class ReasoningBlock:
+    kind: str  # thinking | text | tool | result | note | proposal | rejected
+    text: str
+    ok: bool = True
+
+
+@dataclass
+class Telemetry:
+    """Latest sample plus short histories for sparklines."""
+
+    latest: ev.TelemetrySample | None = None
+    gpu: dict[int, dict[str, deque[float]]] = field(default_factory=dict)
+    cpu: deque[float] = field(default_factory=lambda: deque(maxlen=TELEMETRY_POINTS))
+    ram: deque[float] = field(default_factory=lambda: deque(maxlen=TELEMETRY_POINTS))
+    process_cpu: deque[float] = field(default_factory=lambda: deque(maxlen=TELEMETRY_POINTS))
+
+    def add(self, sample: ev.TelemetrySample) -> None:
+        self.latest = sample
+        self.cpu.append(sample.cpu_percent)
+        if sample.memory_total_mb:
+            self.ram.append(100.0 * sample.memory_used_mb / sample.memory_total_mb)
+        self.process_cpu.append(sample.process_cpu_percent or 0.0)
+        for gpu in sample.gpus:
+            history = self.gpu.setdefault(
+                gpu.index, {k: deque(maxlen=TELEMETRY_POINTS) for k in ("util", "mem", "power", "temp")}
+            )
+            mem = (100.0 * gpu.memory_used_mb / gpu.memory_total_mb
+                   if gpu.memory_used_mb is not None and gpu.memory_total_mb else None)
+            for key, value in (("util", gpu.utilization_percent), ("mem", mem),
+                               ("power", gpu.power_watts), ("temp", gpu.temperature_c)):
+                if value is not None:
+                    history[key].append(value)
+
+
+class SessionView:
+    """Everything the console shows, derived from the event stream."""
+
+    def __init__(self, *, watch: bool = False, approval: str = "ask") -> None:
+        self.watch = watch
+        self.approval = approval
+        self.workspace = ""
+        self.branch = ""
+        self.agent = ""
+        self.metric_name = "val_bpb"
+        self.direction = "minimize"
+        self.budget_seconds = 0.0
+        self.self_reported = True
+        self.started = False
+        self.engine_state = "starting"
+        self.state_detail = ""
+        self.experiments: dict[int, ExperimentView] = {}
+        self.current: int | None = None  # the experiment being proposed, reviewed or run
+        self.running: int | None = None
+        self.pending: int | None = None  # awaiting a human decision
+        self.pending_since: float | None = None
+        self.baseline_metric: float | None = None
+        self.incumbent_id: int | None = None
+        self.incumbent_metric: float | None = None
+        self.session_tokens = 0
+        self.session_cost_usd = 0.0
+        self.curve = Curve()  # the running (or last run) experiment's loss against training seconds
+        self.curve_experiment: int | None = None
+        self.incumbent_curve = Curve()
+        self._incumbent_curve_id: int | None = None
+        self.reasoning_experiment: int | None = None
+        self.reasoning: list[ReasoningBlock] = []
+        self.reasoning_generation = 0  # bumped when blocks are dropped or reset (the pane must redraw fully)
+        self.log: deque[str] = deque(maxlen=LIVE_LOG_LINES)
+        self.telemetry = Telemetry()
+        self.notices: deque[ev.Notice] = deque(maxlen=NOTICES)
+        self.finished: ev.SessionFinished | None = None
+        self.pause_intent: bool | None = None  # asked to pause (True) or resume (False), not yet in effect
+        self.failure = ""  # a console-side failure (a worker died), shown until the session ends
+        self.stopping = ""  # the console asked the engine to stop and waits for it
+        self.events_applied = 0
+        self.dirty: set[str] = set()
+
+    # --- derived -------------------------------------------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        if self.watch:
+            return "watch"
+        return "supervised" if self.approval == "ask" else "autonomous"
+
+    @property
+    def active(self) -> bool:
+        """The session can still change (controls make sense)."""
+        return self.finished is None
+
+    @property
+    def paused(self) -> bool:
+        return self.engine_state == "paused"
+
+    @property
+    def pausing_or_paused(self) -> bool:
+        """What the pause key should offer to undo: a requested pause counts before the engine gets to it."""
+        return self.paused if self.pause_intent is None else self.pause_intent
+
+    def rows(self) -> list[ExperimentView]:
+        return [self.experiments[k] for k in sorted(self.experiments)]
+
+    def kept_and_total(self) -> tuple[int, int]:
+        done = [x for x in self.experiments.values() if x.finished and not x.baseline]
+        return sum(1 for x in done if x.status == "keep"), len(done)
+
+    def improvement(self) -> float | None:
+        if self.incumbent_metric is None or self.baseline_metric is None:
+            return None
+        return self.incumbent_metric - self.baseline_metric
+
+    def take_dirty(self) -> set[str]:
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
+    # --- console-side changes (optimistic, confirmed later by events) ---------------------------------------
+
+    def set_approval(self, policy: str) -> None:
+        self.approval = policy
+        self.dirty |= {STATUS, APPROVAL}
+
+    def request_pause(self, pause: bool) -> None:
+        self.pause_intent = pause
+        self.dirty.add(STATUS)
+
+    def decided(self) -> None:
+        """A decision was sent: the keys go away at once, whatever the engine's latency."""
+        self.pending = None
+        self.pending_since = None
+        self.dirty |= {APPROVAL, STATUS}
+
+    def set_stopping(self, message: str) -> None:
+        self.stopping = message
+        self.dirty |= {APPROVAL, STATUS}
+
+    def fail(self, message: str) -> None:
+        self.failure = message
+        self.dirty |= {APPROVAL, STATUS}
+
+    # --- the reducer ---------------------------------------------------------------------------------------
+
+    def apply(self, event: ev.Event) -> None:
+        self.events_applied += 1
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+
+    def _experiment(self, experiment_id: int) -> ExperimentView:
+        row = self.experiments.get(experiment_id)
+        if row is None:
+            row = self.experiments[experiment_id] = ExperimentView(id=experiment_id)
+        return row
+
+    def _set_current(self, experiment_id: int | None) -> None:
+        if experiment_id is not None and experiment_id != self.current:
+            self.current = experiment_id
+            self.dirty.add(STATUS)
+
+    def _clear_pending(self) -> None:
+        if self.pending is not None:
+            self.pending = None
+            self.pending_since = None
+            self.dirty |= {APPROVAL, STATUS}
+
+    def _on_session_started(self, e: ev.SessionStarted) -> None:
+        self.started = True
+        self.workspace, self.branch, self.agent = e.workspace, e.branch, e.agent
+        self.approval = e.approval
+        self.budget_seconds = e.budget_seconds
+        self.metric_name, self.direction = e.metric_name, e.metric_direction
+        self.self_reported = e.self_reported
+        self.finished = None
+        self.dirty |= {STATUS, TABLE, APPROVAL}
+
+    def _on_session_finished(self, e: ev.SessionFinished) -> None:
+        self.finished = e
+        self.engine_state = "stopped"
+        self.pause_intent = None
+        self.running = None
+        if e.baseline_metric is not None:
+            self.baseline_metric = e.baseline_metric
+        self._clear_pending()
+        self.dirty |= {STATUS, APPROVAL}
+
+    def _on_state_changed(self, e: ev.StateChanged) -> None:
+        self.engine_state = e.state
+        if self.pause_intent is not None and self.pause_intent == (e.state == "paused"):
+            self.pause_intent = None
+        self.state_detail = e.detail
+        self._set_current(e.experiment)
+        if e.state in _NOT_WAITING:
+            self._clear_pending()
+        self.dirty |= {STATUS, APPROVAL}
+
+    def _on_policy_changed(self, e: ev.ApprovalPolicyChanged) -> None:
+        self.set_approval(e.approval)
+
+    def _on_notice(self, e: ev.Notice) -> None:
+        self.notices.append(e)
+
+    # agent ---------------------------------------------------------------------------------------------------
+
+    def _reasoning_for(self, experiment_id: int) -> None:
+        """Reasoning shows one experiment's turn: a new experiment starts a fresh page."""
+        if experiment_id != self.reasoning_experiment:
+            self.reasoning_experiment = experiment_id
+            self.reasoning = []
+            self.reasoning_generation += 1
+        self._set_current(experiment_id)
+        self.dirty.add(REASONING)
+
+    def _add_block(self, kind: str, text: str, ok: bool = True, *, stream: bool = False) -> None:
+        last = self.reasoning[-1] if self.reasoning else None
+        if stream and last is not None and last.kind == kind:
+            last.text += text
+        else:
+            self.reasoning.append(ReasoningBlock(kind, text, ok))
+        self._bound_reasoning()
+
+    def _bound_reasoning(self) -> None:
+        total = sum(len(b.text) for b in self.reasoning)
+        if total <= REASONING_CHARS and len(self.reasoning) <= REASONING_BLOCKS:
+            return
+        if len(self.reasoning) > REASONING_BLOCKS:
+            # Drop a quarter at once: the pane redraws fully after a drop, so drops should be rare.
+            dropped = self.reasoning[: REASONING_BLOCKS // 4]
+            del self.reasoning[: REASONING_BLOCKS // 4]
+            total -= sum(len(b.text) for b in dropped)
+        while len(self.reasoning) > 1 and total > REASONING_CHARS:
+            total -= len(self.reasoning.pop(0).text)
+        if total > REASONING_CHARS:
+            first = self.reasoning[0]
+            first.text = "…" + first.text[-(REASONING_CHARS - 1):]
+        self.reasoning_generation += 1
+
+    def _on_thinking(self, e: ev.AgentThinkingDelta) -> None:
+        self._reasoning_for(e.experiment)
+        self._add_block("thinking", e.text, stream=True)
+
+    def _on_text(self, e: ev.AgentTextDelta) -> None:
+        self._reasoning_for(e.experiment)
+        self._add_block("text", e.text, stream=True)
+
+    def _on_tool_call(self, e: ev.AgentToolCall) -> None:
+        self._reasoning_for(e.experiment)
+        self._add_block("tool", e.summary or e.tool)
+
+    def _on_tool_result(self, e: ev.AgentToolResult) -> None:
+        self._reasoning_for(e.experiment)
+        self._add_block("result", e.summary or e.tool, e.ok)
+
+    def _on_usage(self, e: ev.AgentUsage) -> None:
+        turn_tokens = e.input_tokens + e.output_tokens + e.cache_write_tokens + e.cache_read_tokens
+        row = self._experiment(e.experiment)
+        row.agent_tokens += turn_tokens
+        row.agent_cost_usd += e.cost_usd
+        # Prefer the engine's running totals; an agent that reports none still adds up per turn.
+        if e.session_tokens or e.session_cost_usd:
+            self.session_tokens, self.session_cost_usd = e.session_tokens, e.session_cost_usd
+        else:
+            self.session_tokens += turn_tokens
+            self.session_cost_usd += e.cost_usd
+        self.dirty.add(STATUS)
+
+    def _on_note(self, e: ev.NoteDelivered) -> None:
+        self._reasoning_for(e.experiment)
+        self._add_block("note", e.text)
+
+    # proposal and review -------------------------------------------------------------------------------------
+
+    def _on_change_proposed(self, e: ev.ChangeProposed) -> None:
+        row = self._experiment(e.experiment)
+        row.description, row.rationale, row.diff = e.description, e.rationale, e.diff
+        row.files, row.added, row.removed = e.files, e.added, e.removed
+        if not row.finished:
+            row.status = "proposed"
+        self._reasoning_for(e.experiment)
+        self._add_block("proposal", f"{e.description}\n\n{e.rationale}".strip())
+        self.dirty |= {TABLE, DIFF, STATUS}
+
+    def _on_change_rejected(self, e: ev.ChangeRejected) -> None:
+        row = self._experiment(e.experiment)
+        row.status, row.reason = "rejected", e.reason
+        self._reasoning_for(e.experiment)
+        self._add_block("rejected", e.reason, ok=False)
+        self._clear_pending()
+        self.dirty |= {TABLE, DIFF}
+
+    def _on_approval_requested(self, e: ev.ApprovalRequested) -> None:
+        row = self._experiment(e.experiment)
+        row.description = row.description or e.description
+        row.status = "awaiting"
+        self.pending, self.pending_since = e.experiment, e.ts
+        self._set_current(e.experiment)
+        self.dirty |= {TABLE, APPROVAL, STATUS, DIFF}
+
+    def _on_decision(self, e: ev.DecisionMade) -> None:
+        row = self._experiment(e.experiment)
+        if e.approved:
+            if not row.finished:
+                row.status = "approved"
+        else:
+            row.status, row.note = "vetoed", e.note
+            row.reason = row.reason or (f"vetoed: {e.note}" if e.note else "vetoed")
+        if self.pending == e.experiment:
+            self._clear_pending()
+        self.dirty |= {TABLE, APPROVAL, STATUS}
+
+    # experiments -------------------------------------------------------------------------------------------
+
+    def _on_experiment_started(self, e: ev.ExperimentStarted) -> None:
+        row = self._experiment(e.experiment)
+        row.status, row.commit, row.baseline = "running", e.commit, e.baseline
+        row.description = row.description or e.description or ("baseline" if e.baseline else "")
+        row.budget_seconds = e.budget_seconds
+        row.started_ts = e.ts
+        self.running = e.experiment
+        self._set_current(e.experiment)
+        if self.pending == e.experiment:
+            self._clear_pending()
+        self.curve, self.curve_experiment = Curve(), e.experiment
+        if e.incumbent_curve:
+            self.incumbent_curve, self._incumbent_curve_id = Curve(points=e.incumbent_curve), self.incumbent_id
+        elif self._incumbent_curve_id != self.incumbent_id:
+            self.incumbent_curve = Curve()
+        self.log.clear()
+        self.dirty |= {TABLE, STATUS, CURVE, LOG, DIFF}
+
+    def _on_log_line(self, e: ev.LogLine) -> None:
+        if e.experiment == self.running:
+            self.log.append(e.line)
+            self.dirty.add(LOG)
+
+    def _on_train_step(self, e: ev.TrainStep) -> None:
+        row = self._experiment(e.experiment)
+        row.step, row.elapsed_seconds, row.progress = e.step, e.elapsed_seconds, e.progress
+        row.loss, row.tokens_per_second = e.loss, e.tokens_per_second
+        if e.experiment == self.curve_experiment:
+            self.curve.add(e.elapsed_seconds, e.loss)
+            self.dirty |= {CURVE, STATUS}
+
+    def _on_experiment_finished(self, e: ev.ExperimentFinished) -> None:
+        row = self._experiment(e.experiment)
+        row.status, row.metric, row.delta = e.status, e.metric, e.delta
+        row.incumbent_metric, row.commit = e.incumbent_metric, e.commit or row.commit
+        row.description = e.description or row.description
+        row.training_seconds, row.wall_seconds = e.training_seconds, e.wall_seconds
+        row.peak_memory_mb = e.peak_memory_mb
+        row.reason = e.reason or row.reason
+        row.log_tail = e.log_tail
+        row.finished_ts = e.ts
+        if row.baseline and e.metric is not None:
+            self.baseline_metric = e.metric
+        if e.status == "keep" and e.metric is not None:
+            self._keep(e.experiment, e.metric)
+        if self.running == e.experiment:
+            self.running = None
+        if self.pending == e.experiment:
+            self._clear_pending()
+        self.dirty |= {TABLE, STATUS, CURVE}
+
+    def _on_kept(self, e: ev.ExperimentKept) -> None:
+        self._keep(e.experiment, e.metric)
+        if self.baseline_metric is None and e.previous_metric is None:
+            self.baseline_metric = e.metric
+        self.dirty |= {STATUS, TABLE}
+
+    def _keep(self, experiment_id: int, metric: float) -> None:
+        self.incumbent_id, self.incumbent_metric = experiment_id, metric
+        if self.curve_experiment == experiment_id and self._incumbent_curve_id != experiment_id:
+            self.incumbent_curve = Curve(points=tuple(self.curve.points))
+            self._incumbent_curve_id = experiment_id
+
+    def _on_reverted(self, e: ev.ExperimentReverted) -> None:
+        row = self._experiment(e.experiment)
+        row.reason = row.reason or e.reason
+        self.dirty.add(TABLE)
+
+    def _on_telemetry(self, e: ev.TelemetrySample) -> None:
+        self.telemetry.add(e)
+        self.dirty.add(HARDWARE)
+
+
+_HANDLERS = {
+    ev.SessionStarted: SessionView._on_session_started,
+    ev.SessionFinished: SessionView._on_session_finished,
+    ev.StateChanged: SessionView._on_state_changed,
+    ev.ApprovalPolicyChanged: SessionView._on_policy_changed,
+    ev.Notice: SessionView._on_notice,
+    ev.AgentThinkingDelta: SessionView._on_thinking,
+    ev.AgentTextDelta: SessionView._on_text,
+    ev.AgentToolCall: SessionView._on_tool_call,
+    ev.AgentToolResult: SessionView._on_tool_result,
+    ev.AgentUsage: SessionView._on_usage,
+    ev.NoteDelivered: SessionView._on_note,
+    ev.ChangeProposed: SessionView._on_change_proposed,
+    ev.ChangeRejected: SessionView._on_change_rejected,
+    ev.ApprovalRequested: SessionView._on_approval_requested,
+    ev.DecisionMade: SessionView._on_decision,
+    ev.ExperimentStarted: SessionView._on_experiment_started,
+    ev.LogLine: SessionView._on_log_line,
+    ev.TrainStep: SessionView._on_train_step,
+    ev.ExperimentFinished: SessionView._on_experiment_finished,
+    ev.ExperimentKept: SessionView._on_kept,
+    ev.ExperimentReverted: SessionView._on_reverted,
+    ev.TelemetrySample: SessionView._on_telemetry,
+}

@@ -1,0 +1,294 @@
+"""A research session on one workspace: the one surface that the console and headless mode drive.
+
+`Session(...)` validates everything a person can get wrong before anything runs (and raises `LoopdeckError`),
+takes the workspace's lock, and opens the ledger and the events journal. `run()` (this thread) or `start()` (a
+background thread) runs the loop. Every event goes through one `emit`: appended to `.loopdeck/events.jsonl`, then
+handed to `on_event`. The control methods are thread-safe and never block; commands appended to
+`.loopdeck/control.jsonl` by other processes reach the same controller (polled about 5 times a second).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.agents.base import Agent
+from engine.config import Config, load_config
+from engine.control import Controller, ControlReader, control_path, make_command
+from engine.errors import LoopdeckError
+from engine.events import EngineState, Event, ExperimentFinished, Notice, SessionFinished, StateChanged
+from engine.gitops import BRANCH_PREFIX, ResearchRepo
+from engine.journal import JournalWriter
+from engine.ledger import Ledger
+from engine.lock import WorkspaceLock
+from engine.loop import LoopContext, ResearchLoop
+from engine.telemetry import TelemetrySampler
+from engine.workspace import file_hashes, state_dir
+
+AGENT_KINDS = ("auto", "offline", "claude")
+APPROVALS = ("ask", "auto")
+JOURNAL_FILE = "events.jsonl"
+CONTROL_POLL_SECONDS = 0.2
+
+
+@dataclass
+class RunOptions:
+    """Overrides of loopdeck.toml for one session (None = the file's value)."""
+
+    agent: str | None = None
+    approval: str | None = None
+    max_experiments: int | None = None
+    max_hours: float | None = None
+    budget_seconds: float | None = None
+    tag: str | None = None
+
+
+def resolve_agent_kind(kind: str) -> str:
+    """auto → claude when ANTHROPIC_API_KEY is set, else offline; an unknown kind raises LoopdeckError."""
+    if kind not in AGENT_KINDS:
+        raise LoopdeckError(f"unknown agent {kind!r}: choose one of {', '.join(AGENT_KINDS)}")
+    if kind == "auto":
+        return "claude" if os.environ.get("ANTHROPIC_API_KEY", "").strip() else "offline"
+    return kind
+
+
+class Session:
+    workspace: Path
+    state_dir: Path
+    config: Config
+    state: EngineState
+
+    def __init__(self, workspace: Path | str, options: RunOptions | None = None,
+                 on_event: Callable[[Event], None] | None = None, agent: Agent | None = None) -> None:
+        options = options or RunOptions()
+        path = Path(workspace).expanduser()
+        if not path.is_dir():
+            raise LoopdeckError(f"{path} is not a directory: create a workspace with `loopdeck init {path}`")
+        self.repo = ResearchRepo(path)
+        self.workspace = self.repo.path
+        config, self.config_notes = load_config(self.workspace)
+        self.config = _apply_options(config, options)
+        self.agent_kind = agent.name if agent is not None else resolve_agent_kind(options.agent or
+                                                                                   self.config.agent.kind)
+        if self.agent_kind == "claude" and agent is None and not os.environ.get("ANTHROPIC_API_KEY", "").strip():
+            raise LoopdeckError("the claude agent needs ANTHROPIC_API_KEY in the environment: export it, or use "
+                                "the built-in offline agent (--agent offline)")
+        self._agent = agent
+        self._on_event = on_event
+        self.state = "starting"
+        self.finished: SessionFinished | None = None
+        self.error = ""  # why the session ended, when it ended on an error
+        self.state_dir = state_dir(self.workspace)
+        self._lock = WorkspaceLock(self.state_dir)
+        self._lock.acquire()
+        try:
+            self.ledger = Ledger(self.state_dir)
+            self._check_tree()
+            self.branch = self.repo.ensure_branch(self._tag())
+            self.protected_hashes = file_hashes(self.workspace, self.config.experiment.protected)
+            self._journal = JournalWriter(self.state_dir / JOURNAL_FILE)
+        except BaseException:
+            if hasattr(self, "ledger"):
+                self.ledger.close()
+            self._lock.release()
+            raise
+        self._emit_lock = threading.RLock()
+        self._callback_failed = False
+        self._journal_failed = False
+        self._closed = False
+        self.controller = Controller(self.config.loop.approval, self.emit)
+        self._control_reader = ControlReader(control_path(self.state_dir))
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._used = False
+
+    @property
+    def approval(self) -> str:
+        """The approval policy in force: "ask" or "auto" (it changes with set_approval and `loopdeck ctl`)."""
+        return self.controller.approval
+
+    def _check_tree(self) -> None:
+        """A clean tree on a branch — except our own leftovers: a killed engine's half-made experiment on the
+        research branch, which resuming resets anyway."""
+        try:
+            self.repo.check_clean()
+        except LoopdeckError:
+            branch = self.repo.current_branch() or ""
+            if not (branch.startswith(BRANCH_PREFIX) and self.ledger.unfinished()):
+                raise
+
+    def _tag(self) -> str:
+        """--tag, else loopdeck.toml's tag, else the research branch already checked out, else today's date."""
+        if self.config.loop.tag:
+            return self.config.loop.tag
+        branch = self.repo.current_branch() or ""
+        if branch.startswith(BRANCH_PREFIX):
+            return branch.removeprefix(BRANCH_PREFIX)
+        return time.strftime("%Y%m%d")
+
+    # --- events ------------------------------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """The one way out for events: the journal first, then the callback. Never raises."""
+        with self._emit_lock:
+            if isinstance(event, StateChanged):
+                self.state = event.state
+            try:
+                if not self._closed:
+                    self._journal.append(event)
+            except (OSError, ValueError) as exc:
+                if not self._journal_failed:
+                    self._journal_failed = True
+                    self.error = f"cannot write the events journal ({exc}): stopping"
+                    self.controller.interrupt("error")
+            if self._on_event is not None:
+                try:
+                    self._on_event(event)
+                except Exception as exc:
+                    if not self._callback_failed:
+                        self._callback_failed = True
+                        self.emit(Notice(level="error", message=f"the on_event callback raised {type(exc).__name__}:"
+                                         f" {exc} (reported once; the session goes on)"))
+
+    # --- running -----------------------------------------------------------------------------------------------
+
+    def run(self) -> SessionFinished:
+        """Run the loop in this thread until it stops; returns the SessionFinished event."""
+        with self._running():
+            loop = ResearchLoop(self._context(), self._make_agent)
+            self.finished = loop.run()
+            self.error = self.error or loop.failure_message
+        return self.finished
+
+    def start(self) -> None:
+        """Run the loop in a background thread."""
+        if self._thread is not None:
+            raise RuntimeError("this session was already started")
+        self._thread = threading.Thread(target=self.run, name="loopdeck-engine", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for a started session to finish; True once it has (or when it was never started)."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def try_patch(self, patch_text: str, description: str) -> ExperimentFinished:
+        """`loopdeck try`: run one hand-made unified diff through the loop's own guard → … → record path."""
+        with self._running():
+            loop = ResearchLoop(self._context(), self._make_agent)
+            try:
+                return loop.run_patch(patch_text, description)
+            finally:
+                self.finished = loop.finished
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        """Control poller and telemetry for one run; everything is released however the run ends."""
+        if self._used or self._closed:
+            raise RuntimeError("a Session runs once; make a new one to resume")
+        self._used = True
+        self._sampler = TelemetrySampler(self.emit)
+        poller = threading.Thread(target=self._poll_control, name="loopdeck-control", daemon=True)
+        try:
+            self._sampler.start()
+            poller.start()
+            yield
+        finally:
+            self._stopped.set()
+            if poller.is_alive():
+                poller.join()
+            self._sampler.stop()
+            self.close()
+
+    def close(self) -> None:
+        """Release the workspace (lock, ledger, journal). A run does it itself; call it for a session never run."""
+        with self._emit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._journal.close()
+        self.ledger.close()
+        self._lock.release()
+
+    def _context(self) -> LoopContext:
+        return LoopContext(
+            workspace=self.workspace, state_dir=self.state_dir, config=self.config, repo=self.repo,
+            ledger=self.ledger, controller=self.controller, emit=self.emit, branch=self.branch,
+            protected_hashes=self.protected_hashes, track_pid=self._sampler.track,
+            resumed=bool(self.ledger.rows()), agent_kind=self.agent_kind)
+
+    def _make_agent(self) -> Agent:
+        if self._agent is not None:
+            return self._agent
+        if self.agent_kind == "offline":
+            from engine.agents.offline import OfflineAgent
+
+            return OfflineAgent(seed=self.config.agent.seed)
+        # Imported here: the anthropic SDK is only loaded by sessions that use it.
+        from engine.agents.claude import ClaudeAgent, ClaudeSettings
+
+        return ClaudeAgent(ClaudeSettings.from_config(self.config.agent.claude))
+
+    def _poll_control(self) -> None:
+        while not self._stopped.wait(CONTROL_POLL_SECONDS):
+            try:
+                commands = self._control_reader.poll()
+            except OSError as exc:
+                self.emit(Notice(level="warning", message=f"cannot read {self._control_reader.path}: {exc}"))
+                continue
+            for line in self._control_reader.rejected:
+                self.emit(Notice(level="warning", message=f"ignored a malformed control command: {line}"))
+            self._control_reader.rejected.clear()
+            for command in commands:
+                self.controller.put(command)
+
+    # --- control (thread-safe, never blocks) -------------------------------------------------------------------
+
+    def _send(self, action: str, **fields: object) -> None:
+        self.controller.put(make_command(action, **fields))
+
+    def decide(self, approve: bool, note: str = "", experiment: int | None = None) -> None:
+        self._send("decide", approve=approve, note=note, experiment=experiment)
+
+    def send_note(self, text: str) -> None:
+        self._send("note", note=text)
+
+    def pause(self) -> None:
+        self._send("pause")
+
+    def resume(self) -> None:
+        self._send("resume")
+
+    def stop_after_current(self) -> None:
+        self._send("stop")
+
+    def abort(self) -> None:
+        self._send("abort")
+
+    def interrupt(self) -> None:
+        """SIGTERM / Ctrl-C: kill the running training now, record it interrupted, finish as "stopped"."""
+        self.controller.interrupt()
+
+    def set_approval(self, policy: str) -> None:
+        if policy not in APPROVALS:
+            raise LoopdeckError(f"approval policy must be one of {', '.join(APPROVALS)}, got {policy!r}")
+        self._send("approval", policy=policy)
+
+
+def _apply_options(config: Config, options: RunOptions) -> Config:
+    if options.approval is not None and options.approval not in APPROVALS:
+        raise LoopdeckError(f"approval policy must be one of {', '.join(APPROVALS)}, got {options.approval!r}")
+    if options.agent is not None:
+        resolve_agent_kind(options.agent)
+    overrides = {"approval": options.approval, "max_experiments": options.max_experiments,
+                 "max_hours": options.max_hours, "budget_seconds": options.budget_seconds, "tag": options.tag}
+    overrides = {name: value for name, value in overrides.items() if value is not None}
+    return config.updated(**overrides) if overrides else config
+
