@@ -95,7 +95,8 @@ class MetricSettings(_Section):
 class LoopSettings(_Section):
     """When the loop asks, and when it stops."""
 
-    approval: Literal["ask", "auto"] = Field(default="ask", description="ask (a person approves each change) | auto")
+    approval: Literal["ask", "auto"] = Field(default="ask", description="ask (a person approves each change) | "
+                                             "auto; unset: ask in the console, auto headless")
     max_experiments: int = Field(default=0, ge=0, description="0 = no limit (the baseline is not counted)")
     max_hours: float = Field(default=0.0, ge=0, description="0 = no limit")
     max_consecutive_crashes: int = Field(default=5, ge=1, description="stop after this many failed runs in a row")
@@ -356,7 +357,12 @@ _HEADER = """\
 """
 
 
-def _render(model: BaseModel, path: tuple[str, ...], out: list[str]) -> None:
+# Settings whose default depends on how loopdeck runs (console or headless): default_toml writes them commented
+# out unless given, so that the mode decides.
+_MODE_DEPENDENT = frozenset({"approval"})
+
+
+def _render(model: BaseModel, path: tuple[str, ...], out: list[str], given: frozenset[str]) -> None:
     out += ["", f"# {type(model).__doc__}", f"[{'.'.join(path)}]"]
     nested = []
     for name, info in type(model).model_fields.items():
@@ -365,9 +371,11 @@ def _render(model: BaseModel, path: tuple[str, ...], out: list[str]) -> None:
             nested.append((name, value))
             continue
         line = f"{name} = {_toml_value(value)}"
+        if name in _MODE_DEPENDENT and name not in given:
+            line = f"# {line}"
         out.append(f"{line:<40} # {info.description}" if len(line) < 40 else f"{line}  # {info.description}")
     for name, value in nested:
-        _render(value, (*path, name), out)
+        _render(value, (*path, name), out, given)
 
 
 def default_toml(**overrides: Any) -> str:
@@ -375,7 +383,7 @@ def default_toml(**overrides: Any) -> str:
     config = Config().updated(**overrides)
     out = [_HEADER.rstrip("\n")]
     for name in Config.model_fields:
-        _render(getattr(config, name), (name,), out)
+        _render(getattr(config, name), (name,), out, frozenset(overrides))
     text = "\n".join(out) + "\n"
     parse_config(text, "default loopdeck.toml")
     return text

@@ -467,14 +467,9 @@ class ResearchLoop:
         metrics_path = run_dir / "metrics.jsonl"
         records: dict[str, dict] = {}
         lines = _LineThrottle(ctx.emit, number)
-        watcher = _ChildWatcher(run_dir, ctx.track_pid)
-
-        def on_line(line: str) -> None:
-            watcher.poll()
-            lines(line)
+        pid_note = _PidNote(run_dir, ctx.track_pid)
 
         def on_metrics(record: dict) -> None:
-            watcher.poll()
             kind = record.get("type")
             if kind == "step":
                 step = _train_step(number, record)
@@ -488,9 +483,10 @@ class ResearchLoop:
                 self.config.command_argv(), cwd=ctx.workspace,
                 env=training_env(self.config, metrics_path=metrics_path, run_dir=run_dir),
                 log_path=run_dir / "log.txt", metrics_path=metrics_path, timeout=self.config.timeout(),
-                on_line=on_line, on_metrics=on_metrics, stop_event=ctx.controller.abort_event)
+                on_line=lines, on_metrics=on_metrics, stop_event=ctx.controller.abort_event,
+                on_start=pid_note.started)
         finally:
-            watcher.done()
+            pid_note.done()
             lines.flush()
         return result, records
 
@@ -645,36 +641,21 @@ class _LineThrottle:
             self._skipped = 0
 
 
-class _ChildWatcher:
-    """Finds the training process (a new child of the engine) for telemetry, and notes it in runs/<id>/pid so a
-    restarted engine can kill a run orphaned by a killed one."""
+class _PidNote:
+    """Notes the training process in runs/<id>/pid (so a restarted engine can kill a run orphaned by a killed one)
+    and points telemetry at it."""
 
     def __init__(self, run_dir: Path, track: Callable[[int | None], None]) -> None:
         self._path = run_dir / "pid"
         self._track = track
-        self._me = psutil.Process()
-        self._before = {child.pid for child in self._safe_children()}
-        self._found: psutil.Process | None = None
 
-    def _safe_children(self) -> list[psutil.Process]:
+    def started(self, pid: int) -> None:
         try:
-            return self._me.children()
-        except psutil.Error:
-            return []
-
-    def poll(self) -> None:
-        if self._found is not None:
-            return
-        fresh = [child for child in self._safe_children() if child.pid not in self._before]
-        if not fresh:
-            return
-        self._found = fresh[-1]
-        try:
-            created = self._found.create_time()
+            created = psutil.Process(pid).create_time()
         except psutil.Error:
             return
-        self._path.write_text(json.dumps({"pid": self._found.pid, "create_time": created}))
-        self._track(self._found.pid)
+        self._path.write_text(json.dumps({"pid": pid, "create_time": created}))
+        self._track(pid)
 
     def done(self) -> None:
         self._track(None)

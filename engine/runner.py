@@ -276,8 +276,10 @@ def _has_exited(pid: int) -> bool:
 
 def run_experiment(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_path: Path, metrics_path: Path,
                    timeout: float | None, on_line: Callable[[str], None], on_metrics: Callable[[dict], None],
-                   stop_event: threading.Event | None = None, grace_seconds: float = 3.0) -> RunResult:
-    """Run argv to completion, timeout or abort; on_line from a reader thread, on_metrics from the caller's.
+                   stop_event: threading.Event | None = None, grace_seconds: float = 3.0,
+                   on_start: Callable[[int], None] | None = None) -> RunResult:
+    """Run argv to completion, timeout or abort; on_line from a reader thread, on_metrics from the caller's,
+    on_start(pid) once the process exists.
 
     The log file is (re)written from the start; a stale metrics file is removed first, so that only this run's
     records are followed. Raises the first exception a callback raised, after the run is fully cleaned up.
@@ -299,6 +301,12 @@ def run_experiment(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], lo
                              log_tail=message, error_line=message.removeprefix("loopdeck: "), log_path=log_path,
                              timeout_seconds=timeout)
         tree = _ProcessTree(process.pid, mark, started_wall)
+        if on_start is not None:
+            try:
+                on_start(process.pid)
+            except BaseException:
+                _terminate(process.pid, tree, grace_seconds)
+                raise
         follower = _MetricsFollower(metrics_path, on_metrics)
         assert process.stdout is not None
         stop_reading, closed = threading.Event(), threading.Event()
@@ -442,7 +450,9 @@ def scrubbed_env(base: Mapping[str, str], allow: Iterable[str] = (), extra: Mapp
     PRIVATE (any case), and cloud credential families AWS_*, AZURE_*, GOOGLE_*, GCLOUD_*, CLOUDSDK_*.
     """
     allowed = set(allow)
-    env = {name: value for name, value in base.items() if name in allowed or not _looks_secret(name)}
+    # LOOPDECK_* is loopdeck's own training contract (e.g. LOOPDECK_EVAL_TOKENS), never a credential.
+    env = {name: value for name, value in base.items()
+           if name in allowed or name.startswith("LOOPDECK_") or not _looks_secret(name)}
     env.update(extra or {})
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -26,9 +26,13 @@ def test_default_toml_round_trips_to_the_defaults() -> None:
     assert parse_config(text) == Config()
     # every setting is visible and commented
     for name in ("editable", "protected", "command", "budget_seconds", "timeout_seconds", "pattern", "direction",
-                 "approval", "max_experiments", "kind", "model", "base_url"):
+                 "max_experiments", "kind", "model", "base_url"):
         line = next(line for line in text.splitlines() if line.startswith(f"{name} ="))
         assert "#" in line.split("=", 1)[1]
+    # the approval default depends on the mode (console: ask, headless: auto), so it is shown but left unset
+    assert '# approval = "ask"' in text
+    assert "approval" not in parse_config(text).loop.model_fields_set
+    assert "approval" in parse_config(default_toml(approval="ask")).loop.model_fields_set
 
 
 def test_default_toml_overrides_and_awkward_strings() -> None:

@@ -249,6 +249,28 @@ def test_credentials_are_unreadable_inside_a_run(tmp_path: Path) -> None:
     assert "sk-ant" not in result.read_log()
 
 
+def test_loopdeck_contract_variables_pass_the_scrub() -> None:
+    env = scrubbed_env({"LOOPDECK_EVAL_TOKENS": "4096", "EVAL_TOKENS": "1"})
+    assert env["LOOPDECK_EVAL_TOKENS"] == "4096"
+    assert "EVAL_TOKENS" not in env
+
+
+def test_on_start_gets_the_live_training_pid(tmp_path: Path) -> None:
+    seen: list[tuple[int, bool]] = []
+    script = _script(tmp_path, """
+        import os, time
+        print(f"pid={os.getpid()}")
+        time.sleep(0.3)
+    """)
+    result = run_experiment([sys.executable, str(script)], cwd=tmp_path, env=scrubbed_env({"PATH": "/usr/bin:/bin"}),
+                            log_path=tmp_path / "log.txt", metrics_path=tmp_path / "m.jsonl", timeout=20,
+                            on_line=lambda line: None, on_metrics=lambda record: None,
+                            on_start=lambda pid: seen.append((pid, psutil.pid_exists(pid))))
+    assert result.returncode == 0
+    assert seen == [(result.pid, True)]
+    assert f"pid={result.pid}" in result.read_log()
+
+
 def test_training_env_sets_the_contract_variables(tmp_path: Path) -> None:
     config = Config().updated(budget_seconds=2.5, data="corpus", env={"LOOPDECK_DEVICE": "cpu"},
                               env_allow=["HF_TOKEN"])
