@@ -1,0 +1,48 @@
+"""`loopdeck train`: run the GPT training template once, outside any loop, with its files kept in one folder.
+
+The folder gets the exact train.py that ran, log.txt (everything it printed), metrics.jsonl and model.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gpt import TRAIN_TEMPLATE
+from gpt.corpus import data_files
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """Train once; returns the training process's exit status. A bad --data path raises DataError up front."""
+    data = (getattr(args, "data", None) or "").strip()
+    if data:
+        data_files(data)  # fail in a second, before torch starts, with the reason
+        data = os.path.abspath(os.path.expanduser(data))  # the run's working directory is the output folder
+    out = Path(getattr(args, "out", None) or Path("runs", time.strftime("%Y%m%d-%H%M%S"))).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(TRAIN_TEMPLATE, out / "train.py")
+    metrics = out / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)  # the run appends: start a fresh stream
+    env = {**os.environ, "LOOPDECK_RUN_DIR": str(out), "LOOPDECK_METRICS": str(metrics), "LOOPDECK_DATA": data,
+           "PYTHONUNBUFFERED": "1"}
+    if getattr(args, "budget", None):
+        env["LOOPDECK_TIME_BUDGET"] = repr(float(args.budget))
+    device = getattr(args, "device", None)
+    if device and device != "auto":
+        env["LOOPDECK_DEVICE"] = device
+    print(f"loopdeck train: run folder {out}", flush=True)
+    with (out / "log.txt").open("w", encoding="utf-8") as log, subprocess.Popen(
+        [sys.executable, "train.py"], cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, encoding="utf-8", errors="replace",
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            log.write(line)
+    return process.returncode
