@@ -15,7 +15,7 @@ from engine.gitops import ResearchRepo
 
 __all__ = ["STATE_DIR", "file_hashes", "init_workspace", "is_workspace", "program_text", "state_dir"]
 TEMPLATES = Path(__file__).parent / "templates"
-GITIGNORE = f"{STATE_DIR}/\n__pycache__/\n"
+GITIGNORE = f"{STATE_DIR}/\n__pycache__/\nruns/\n"  # runs/: a hand-run `python train.py` writes there
 
 
 def _train_template() -> Path:
