@@ -53,7 +53,7 @@ ACTIONS: tuple[ConsoleAction, ...] = (
     ConsoleAction("stop_after_current", "s", "Stop after",
                   "Stop the session once the current experiment has finished and been recorded", True,
                   palette="Stop after the current experiment"),
-    ConsoleAction("abort", "x", "Abort", "Stop now: the running experiment is killed and recorded as aborted",
+    ConsoleAction("abort", "x", "Abort", "Stop now: the running experiment is killed and recorded as interrupted",
                   True, palette="Abort the session now"),
     ConsoleAction("show_pane('agent')", "1", "Agent", "Show the agent's reasoning", show=False,
                   palette="Show the agent's reasoning"),

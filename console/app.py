@@ -293,7 +293,7 @@ class LoopdeckApp(App[None]):
 
     def action_abort(self) -> None:
         self.push_screen(
-            ChoiceDialog("Abort the session?", "The running experiment is killed, recorded as aborted and "
+            ChoiceDialog("Abort the session?", "The running experiment is killed, recorded as interrupted and "
                          "reverted; the loop stops. Resume later with `loopdeck run`.",
                          [("abort", "Abort now", "error")]),
             callback=self._abort_confirmed,
@@ -326,7 +326,7 @@ class LoopdeckApp(App[None]):
             ChoiceDialog(
                 "Quit and stop the research loop?",
                 "The loop runs inside this console, so quitting stops it. Either let the current experiment "
-                "finish and be recorded, or abort it now (it is recorded as aborted and reverted). "
+                "finish and be recorded, or abort it now (it is recorded as interrupted and reverted). "
                 "Resume later with `loopdeck run`. To leave a loop running, start it with "
                 "`loopdeck run --headless` and attach with `loopdeck watch`.",
                 [("stop", "Finish experiment, then quit", "primary"), ("abort", "Abort now and quit", "error")],
