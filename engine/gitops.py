@@ -52,11 +52,13 @@ class ResearchRepo:
 
     def head(self) -> str:
         """Full sha of HEAD."""
-        try:
-            return self._repo.head.commit.hexsha
-        except ValueError:
+        # One-shot git commands rather than GitPython's object database: its long-lived `git cat-file` helpers
+        # share our process group, so a Ctrl-C kills them and the graceful stop that follows would fail.
+        result = self._run("rev-parse", "--verify", "-q", "HEAD^{commit}")
+        if result.returncode != 0:
             raise LoopdeckError(f"{self.path} has no commits yet: commit your files first "
-                                "(`git add -A && git commit -m init`)") from None
+                                "(`git add -A && git commit -m init`)")
+        return result.stdout.decode().strip()
 
     def check_clean(self) -> None:
         """Raise LoopdeckError on a dirty tree (incl. untracked, non-ignored files) or a detached HEAD."""
@@ -124,15 +126,22 @@ class ResearchRepo:
     def read_files(self, paths: Iterable[str], at: str | None = None) -> dict[str, str]:
         """Contents of paths in the working tree (at=None) or at a commit."""
         contents = {}
-        tree = None if at is None else self._repo.commit(at).tree
         for name in paths:
-            try:
-                data = (self.path / name).read_bytes() if tree is None else (tree / name).data_stream.read()
-            except (OSError, KeyError):
+            data = self._read_bytes(name, at)
+            if data is None:
                 where = "the working tree" if at is None else f"commit {at[:7]}"
-                raise LoopdeckError(f"{name} not found in {where} of {self.path}") from None
+                raise LoopdeckError(f"{name} not found in {where} of {self.path}")
             contents[name] = _decode(name, data)
         return contents
+
+    def _read_bytes(self, name: str, at: str | None) -> bytes | None:
+        if at is None:
+            try:
+                return (self.path / name).read_bytes()
+            except OSError:
+                return None
+        result = self._run("cat-file", "blob", f"{at}:{name}")
+        return result.stdout if result.returncode == 0 else None
 
     def apply_patch(self, patch_text: str) -> dict[str, str]:
         """New contents of the files a unified diff touches, computed without changing the tree."""
