@@ -46,6 +46,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def measure(source: str, budget: float, device: str = "auto") -> tuple[dict, list[dict], dict]:
+    """Run a training file once in a subprocess: (start record, timed step records, summary). Raises
+    RuntimeError with the output's tail when the run fails."""
+    with tempfile.TemporaryDirectory(prefix="loopdeck-bench-") as folder:
+        (Path(folder) / "train.py").write_text(source, encoding="utf-8")
+        metrics = Path(folder) / "metrics.jsonl"
+        env = {**os.environ, "LOOPDECK_TIME_BUDGET": str(budget), "LOOPDECK_METRICS": str(metrics),
+               "LOOPDECK_RUN_DIR": folder, "LOOPDECK_EVAL_TOKENS": "256",  # throughput only: skip most of eval
+               **({"LOOPDECK_DEVICE": device} if device != "auto" else {})}
+        result = subprocess.run([sys.executable, "train.py"], cwd=folder, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    steps = [record for record in records if record["type"] == "step"][UNTIMED_STEPS:]
+    return records[0], steps, parse_summary(result.stdout)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=20.0, help="timed training seconds (default 20)")
@@ -56,20 +73,11 @@ def main() -> int:
     args = parser.parse_args()
 
     source = set_hyperparameters(args.template.read_text(encoding="utf-8"), **dict(args.set))
-    with tempfile.TemporaryDirectory(prefix="loopdeck-bench-") as folder:
-        (Path(folder) / "train.py").write_text(source, encoding="utf-8")
-        metrics = Path(folder) / "metrics.jsonl"
-        env = {**os.environ, "LOOPDECK_TIME_BUDGET": str(args.budget), "LOOPDECK_METRICS": str(metrics),
-               "LOOPDECK_RUN_DIR": folder, "LOOPDECK_EVAL_TOKENS": "256",  # throughput only: skip most of eval
-               **({"LOOPDECK_DEVICE": args.device} if args.device != "auto" else {})}
-        result = subprocess.run([sys.executable, "train.py"], cwd=folder, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            print(result.stdout[-3000:], result.stderr[-3000:], sep="\n", file=sys.stderr)
-            return result.returncode
-        records = [json.loads(line) for line in metrics.read_text().splitlines()]
-    start = records[0]
-    steps = [record for record in records if record["type"] == "step"][UNTIMED_STEPS:]
-    summary = parse_summary(result.stdout)
+    try:
+        start, steps, summary = measure(source, args.budget, args.device)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     knobs = hyperparameters(source)
     print(f"machine:        {cpu_name()} · {os.cpu_count()} CPUs · {platform.system()}")
     print(f"device:         {start['device']} · torch {start['torch']}")

@@ -22,8 +22,11 @@ def metric(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-def delta(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None else signed(value, digits)
+def delta(value: float | None, digits: int = 4, band: float | None = None) -> str:
+    """−0.0042, or with the noise band of the delta −0.0042±0.0011."""
+    if value is None:
+        return "—"
+    return signed(value, digits) + (f"±{band:.{digits}f}" if band is not None else "")
 
 
 def improved(delta_value: float | None, direction: str) -> bool | None:

@@ -86,6 +86,9 @@ class ExperimentView:
     tokens_per_second: float = 0.0
     agent_tokens: int = 0
     agent_cost_usd: float = 0.0
+    noise: float | None = None  # ± band of delta
+    reported_metric: float | None = None  # what the training file printed
+    evaluation: str = ""  # "trusted" | "self_reported" | ""
 
     @property
     def finished(self) -> bool:
@@ -140,6 +143,7 @@ class SessionView:
         self.direction = "minimize"
         self.budget_seconds = 0.0
         self.self_reported = True
+        self.noise_std: float | None = None  # run-to-run σ of the metric, from the baseline's seeds
         self.started = False
         self.engine_state = "starting"
         self.state_detail = ""
@@ -283,7 +287,9 @@ class SessionView:
             self.pause_intent = None
         self.state_detail = e.detail
         self._set_current(e.experiment)
-        if e.state in _NOT_WAITING:
+        # With pipelined proposals the gate for n+1 is open while n trains: only the pending experiment's own
+        # progress (or the session's end) closes it.
+        if e.state in _NOT_WAITING and (e.experiment == self.pending or e.state in ("stopping", "stopped")):
             self._clear_pending()
         self.dirty |= {STATUS, APPROVAL}
 
@@ -443,6 +449,7 @@ class SessionView:
         row.peak_memory_mb = e.peak_memory_mb
         row.reason = e.reason or row.reason
         row.log_tail = e.log_tail
+        row.noise, row.reported_metric, row.evaluation = e.noise, e.reported_metric, e.evaluation
         row.finished_ts = e.ts
         if row.baseline and e.metric is not None:
             self.baseline_metric = e.metric
@@ -470,6 +477,10 @@ class SessionView:
         row = self._experiment(e.experiment)
         row.reason = row.reason or e.reason
         self.dirty.add(TABLE)
+
+    def _on_noise(self, e: ev.NoiseEstimated) -> None:
+        self.noise_std = e.std
+        self.dirty.add(STATUS)
 
     def _on_telemetry(self, e: ev.TelemetrySample) -> None:
         self.telemetry.add(e)
@@ -499,4 +510,5 @@ _HANDLERS = {
     ev.ExperimentKept: SessionView._on_kept,
     ev.ExperimentReverted: SessionView._on_reverted,
     ev.TelemetrySample: SessionView._on_telemetry,
+    ev.NoiseEstimated: SessionView._on_noise,
 }

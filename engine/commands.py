@@ -37,22 +37,25 @@ CTL_ACTIONS = {"approve": ("decide", {"approve": True}), "veto": ("decide", {"ap
 
 
 def init_command(args: argparse.Namespace) -> int:
-    path = Path(args.dir).expanduser()
-    if is_workspace(path):
-        print(f"{path} is already a loopdeck workspace; nothing changed")
-        return 0
-    path = init_workspace(path, budget=args.budget, data=args.data, agent=args.agent, approval=args.approve)
+    path = user_path(args.dir)
+    with _path_errors(path):
+        if is_workspace(path):
+            print(f"{path} is already a loopdeck workspace; nothing changed")
+            return 0
+        data = None if args.data is None else typed_text(args.data)
+        path = init_workspace(path, budget=args.budget, data=data, agent=args.agent, approval=args.approve)
     print(f"created a loopdeck workspace in {path}: train.py, program.md, loopdeck.toml (committed on main)")
     print(f"next: `loopdeck run {path}` (console) or `loopdeck run {path} --headless`")
     return 0
 
 
 def run_headless_command(args: argparse.Namespace) -> int:
-    path = Path(args.dir).expanduser()
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        path = init_workspace(path, budget=args.budget, agent=args.agent, approval=args.approve)
-        print(f"loopdeck: {path} did not exist or was empty: created a workspace there with the embedded "
-              "default (train.py, program.md, loopdeck.toml)")
+    path = user_path(args.dir)
+    with _path_errors(path):
+        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+            path = init_workspace(path, budget=args.budget, agent=args.agent, approval=args.approve)
+            print(f"loopdeck: {path} did not exist or was empty: created a workspace there with the embedded "
+                  "default (train.py, program.md, loopdeck.toml)")
     options = RunOptions(agent=args.agent, approval=args.approve or _headless_approval(path),
                          max_experiments=args.max_experiments, max_hours=args.max_hours, budget_seconds=args.budget,
                          tag=args.tag)
@@ -66,6 +69,30 @@ def run_headless_command(args: argparse.Namespace) -> int:
         return EXIT_CODES[finished.reason]
     print(f"loopdeck: error: {session.error or finished.reason}", file=sys.stderr)
     return 2
+
+
+def user_path(text: str) -> Path:
+    """A path as typed, `~` expanded; `~someone` for a user this machine does not know is a LoopdeckError."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError as exc:  # pathlib's "Could not determine home directory"
+        raise LoopdeckError(f"{text}: {exc} (no such user?): give the path in full") from None
+
+
+def typed_text(value: str) -> str:
+    """An argument as text: bytes that are not UTF-8 (Python decodes them to lone surrogates, which no file, JSON
+    line or database can hold) become U+FFFD."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+@contextmanager
+def _path_errors(path: Path) -> Iterator[None]:
+    """A workspace path that cannot be one (under a file, too long, not writable, …) as a LoopdeckError."""
+    try:
+        yield
+    except OSError as exc:
+        raise LoopdeckError(f"cannot use {path} as a workspace: {exc.strerror or exc}: choose a directory you can "
+                            "write to") from None
 
 
 def _headless_approval(path: Path) -> str:
@@ -166,7 +193,7 @@ def report_command(args: argparse.Namespace) -> int:
     from engine.ledger import Ledger
     from engine.report import write_report
 
-    workspace = Path(args.dir).expanduser()
+    workspace = user_path(args.dir)
     with Ledger(_existing_state_dir(args.dir), create=False) as ledger:
         rows = ledger.rows()
     try:
@@ -174,37 +201,41 @@ def report_command(args: argparse.Namespace) -> int:
         name, direction = metric.name, metric.direction
     except LoopdeckError:
         name, direction = "val_bpb", "minimize"  # the report still works when the config no longer loads
-    out = Path(args.out).expanduser() if args.out else workspace / STATE_DIR / "report"
-    chart, summary = write_report(rows, out, metric_name=name, direction=direction,
-                                  title=workspace.resolve().name)
+    out = user_path(args.out) if args.out else workspace / STATE_DIR / "report"
+    try:
+        chart, summary = write_report(rows, out, metric_name=name, direction=direction,
+                                      title=workspace.resolve().name)
+    except OSError as exc:
+        raise LoopdeckError(f"cannot write the report to {out}: {exc.strerror or exc}: choose another --out "
+                            "folder") from None
     print(f"wrote {chart}\nwrote {summary}")
     return 0
 
 
 def try_command(args: argparse.Namespace) -> int:
-    patch_path = Path(args.patch).expanduser()
+    patch_path = user_path(args.patch)
     try:
         patch_text = patch_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise LoopdeckError(f"cannot read the patch {patch_path}: {exc}") from None
-    workspace = Path(args.dir).expanduser()
+    workspace = user_path(args.dir)
     session = Session(workspace, RunOptions(approval="auto", budget_seconds=args.budget),
                       on_event=HeadlessPrinter(workspace))
     for note in session.config_notes:
         print(f"loopdeck: {note}")
     with _graceful_stop(session):
-        outcome = session.try_patch(patch_text, args.description or patch_path.name)
+        outcome = session.try_patch(patch_text, typed_text(args.description or patch_path.name))
     return 0 if outcome.status in ("keep", "discard") else 1
 
 
 def control_command(args: argparse.Namespace) -> int:
-    workspace = Path(args.dir).expanduser()
+    workspace = user_path(args.dir)
     holder = is_locked(workspace / STATE_DIR)
     if holder is None:
         raise LoopdeckError(f"no loopdeck session is running in {workspace}: start one with "
                             f"`loopdeck run {workspace} --headless`")
     action, fields = CTL_ACTIONS[args.action]
-    text = args.text.strip()
+    text = typed_text(args.text).strip()
     if action == "note":
         if not text:
             raise LoopdeckError("`loopdeck ctl DIR note TEXT` needs the note's text")
@@ -217,8 +248,12 @@ def control_command(args: argparse.Namespace) -> int:
 
 
 def _existing_state_dir(directory: str) -> Path:
-    path = Path(directory).expanduser() / STATE_DIR
-    if not path.is_dir():
-        raise LoopdeckError(f"{Path(directory).expanduser()} has no {STATE_DIR}/: nothing has run there yet "
+    path = user_path(directory) / STATE_DIR
+    try:
+        found = path.is_dir()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise LoopdeckError(f"{directory}: {exc.strerror or exc}") from None
+    if not found:
+        raise LoopdeckError(f"{user_path(directory)} has no {STATE_DIR}/: nothing has run there yet "
                             f"(start with `loopdeck run {directory}`)")
     return path

@@ -100,6 +100,9 @@ class LoopSettings(_Section):
     max_experiments: int = Field(default=0, ge=0, description="0 = no limit (the baseline is not counted)")
     max_hours: float = Field(default=0.0, ge=0, description="0 = no limit")
     max_consecutive_crashes: int = Field(default=5, ge=1, description="stop after this many failed runs in a row")
+    pipeline: Literal["auto", "on", "off"] = Field(
+        default="auto", description="draft the next proposal while an experiment trains: on | off | auto (on once "
+        "the agent's proposals take more than 10% of budget_seconds)")
     tag: str = Field(default="", description='research branch loopdeck/<tag>; "" = today\'s date (YYYYMMDD)')
 
     @field_validator("tag")
@@ -147,13 +150,67 @@ class AgentSettings(_Section):
     claude: ClaudeSettings = Field(default_factory=ClaudeSettings)
 
 
+class SandboxSettings(_Section):
+    """Containment of the training process (Linux; what it guarantees and what not: engine/sandbox.py)."""
+
+    network: bool = Field(default=True, description="false = training runs in its own network namespace: no "
+                          "internet, no LAN, not even the host's 127.0.0.1")
+    memory_mb: int = Field(default=0, ge=0, description="per-process memory cap (RLIMIT_DATA); 0 = no limit")
+    cpu_seconds: int = Field(default=0, ge=0, description="per-process CPU-time cap (RLIMIT_CPU); 0 = no limit")
+    max_processes: int = Field(default=0, ge=0, description="processes + threads of the run (RLIMIT_NPROC); "
+                               "0 = no limit")
+
+
+class EvaluationSettings(_Section):
+    """Research integrity: how runs are scored, how noise is handled, doomed runs, the holdout split."""
+
+    mode: Literal["auto", "trusted", "self_reported"] = Field(
+        default="auto", description="trusted: a separate process scores the saved weights with the protected "
+        "harness (GPT target) | self_reported: the number the run prints | auto: trusted when train.py imports "
+        "gpt.harness and saves model.pt, else self_reported")
+    mismatch_tolerance: float = Field(default=0.001, ge=0, description="a printed metric further than this from "
+                                      "the trusted score is flagged on the experiment")
+    eval_timeout_seconds: float = Field(default=300.0, gt=0, description="the trusted evaluation process is "
+                                        "killed after this long")
+    startup_allowance_seconds: float = Field(
+        default=60.0, ge=0, description="wall time a run may take beyond budget_seconds (start-up, compilation, "
+        "final evaluation; at least twice the baseline's own overhead) before it is rejected for ignoring its "
+        "budget")
+    baseline_seeds: int = Field(default=3, ge=1, description="baseline runs with different seeds to measure the "
+                                "run-to-run noise (each extra one costs a run; 1 = noise not measured)")
+    confirm_multiple: float = Field(default=2.0, ge=0, description="an improvement within this many noise "
+                                    "standard deviations is re-run before it can be kept")
+    confirm_runs: int = Field(default=2, ge=1, description="fresh-seed re-runs of a candidate within the noise")
+    paired: bool = Field(default=False, description="re-run the incumbent with the same fresh seeds too, and "
+                         "compare run by run")
+    allow_seed_changes: bool = Field(default=False, description="false = a change that only alters a *SEED* "
+                                     "constant or a seed() call is refused")
+    allow_cosmetic_changes: bool = Field(default=False, description="false = a change that only alters "
+                                         "whitespace, comments or docstrings is refused")
+    early_abort: bool = Field(default=True, description="stop a run whose loss falls clearly behind the "
+                              "incumbent's at the same training time")
+    abort_after_fraction: float = Field(default=0.5, ge=0, le=1, description="early abort is considered only "
+                                        "past this fraction of the budget")
+    abort_margin: float = Field(default=0.1, gt=0, description="behind = loss more than this fraction above the "
+                                "incumbent's")
+    abort_sustain_points: int = Field(default=10, ge=1, description="consecutive behind loss records before a "
+                                      "run is stopped")
+    holdout_every: int = Field(default=5, ge=0, description="score the incumbent on the holdout split every this "
+                               "many kept experiments (and at the end; 0 = only at the end); trusted mode only")
+    transfer_warning: float = Field(default=0.5, ge=0, description="warn when the holdout gain since the "
+                                    "baseline is below this fraction of the validation gain")
+
+
 class Config(_Section):
-    """Root of loopdeck.toml: `.experiment`, `.metric`, `.loop`, `.agent` (with `.agent.claude`)."""
+    """Root of loopdeck.toml: `.experiment`, `.metric`, `.loop`, `.agent` (with `.agent.claude`), `.sandbox`,
+    `.evaluation`."""
 
     experiment: ExperimentSettings = Field(default_factory=ExperimentSettings)
     metric: MetricSettings = Field(default_factory=MetricSettings)
     loop: LoopSettings = Field(default_factory=LoopSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
 
     def timeout(self) -> float:
         """Hard per-run timeout in seconds: timeout_seconds, or budget*2 + 120 when it is 0."""
@@ -204,7 +261,7 @@ def _shown(value: Any) -> str:
 
 _TYPE_NAMES = {"float_type": "a number", "int_type": "a whole number", "int_from_float": "a whole number",
                "string_type": "a string", "list_type": "a list", "dict_type": "a table",
-               "model_type": "a table", "literal_error": "one of"}
+               "model_type": "a table", "literal_error": "one of", "bool_type": "true or false"}
 
 
 def _describe(error: dict[str, Any]) -> str:

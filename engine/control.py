@@ -189,10 +189,11 @@ class Controller:
         for event in events:
             self._emit(event)
 
-    def interrupt(self) -> None:
-        """SIGTERM / Ctrl-C: stop now like `abort`, but the session ends as "stopped" (a normal way to end)."""
+    def interrupt(self, reason: str = "stopped") -> None:
+        """SIGTERM / Ctrl-C: stop now like `abort`, but the session ends as `reason` ("stopped", a normal way to
+        end; "error" when the engine cannot go on, e.g. its journal cannot be written)."""
         with self._cond:
-            self._abort("stopped")
+            self._abort(reason)
             self._cond.notify_all()
 
     def _abort(self, reason: str) -> None:

@@ -252,6 +252,9 @@ class ExperimentFinished(Event):
     peak_memory_mb: float | None = None
     reason: str = ""  # why it crashed / was discarded, one line
     log_tail: str = ""
+    reported_metric: float | None = None  # what the training file printed (trusted mode: shown, never decisive)
+    noise: float | None = None  # ± band of `delta` (one standard error) when the run-to-run noise is known
+    evaluation: str = ""  # "trusted" | "self_reported" ("" when nothing was scored)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,6 +272,49 @@ class ExperimentReverted(Event):
     experiment: int
     to_commit: str
     reason: str
+
+
+# --- research integrity ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseEstimated(Event):
+    """The run-to-run spread of the metric, measured on the baseline run with several seeds."""
+
+    kind: ClassVar[str] = "noise_estimated"
+    std: float  # sample standard deviation of one run's metric
+    n: int
+    values: tuple[float, ...] = ()
+    mean: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRepeated(Event):
+    """An extra run of an experiment (recorded in the ledger's runs table, never an experiment of its own): a
+    baseline seed, a confirmation of a candidate within the noise, or the incumbent's paired re-run."""
+
+    kind: ClassVar[str] = "run_repeated"
+    experiment: int
+    role: str  # "noise" | "confirm" | "incumbent"
+    index: int  # 1-based, of `of`
+    of: int
+    seed: int
+    status: str  # "ok" or what went wrong (crash, timeout, nan, rejected, …)
+    metric: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class HoldoutScored(Event):
+    """The incumbent scored on the holdout split (never used to keep or discard), against the baseline."""
+
+    kind: ClassVar[str] = "holdout_scored"
+    experiment: int
+    holdout_metric: float
+    val_metric: float  # the same weights on the validation split
+    baseline_holdout: float | None = None
+    baseline_val: float | None = None
+    transfer: float | None = None  # holdout gain / validation gain since the baseline (1 = gains transfer fully)
 
 
 # --- telemetry ---------------------------------------------------------------------------------------------------

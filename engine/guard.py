@@ -2,10 +2,13 @@
 
 `check_proposal` returns the paths a proposal really changes, or raises `GuardRejection` whose `reason` is one
 readable line; it goes back to the agent as feedback and to the console, and is recorded in the ledger.
+`check_substance` refuses a change that is not an experiment: one that only reseeds, or only touches whitespace,
+comments or docstrings (Python files are compared as syntax trees).
 """
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
@@ -34,7 +37,7 @@ def check_proposal(files: Mapping[str, str], *, workspace: Path, editable: Itera
     editable = tuple(editable)
     for name in files:
         _check_path(name, workspace, editable)
-    _check_protected(workspace, protected_hashes)
+    check_protected(workspace, protected_hashes)
     changed = []
     for name, content in files.items():
         before = incumbent.get(name) if incumbent is not None else _read(workspace / name)
@@ -72,13 +75,87 @@ def _check_path(name: object, workspace: Path, editable: tuple[str, ...]) -> Non
             raise GuardRejection(f"refused path {name!r}: it is a symlink to {inside}, which is not editable")
 
 
-def _check_protected(workspace: Path, protected_hashes: Mapping[str, str]) -> None:
+def check_protected(workspace: Path, protected_hashes: Mapping[str, str]) -> None:
+    """GuardRejection when a protected file is missing or changed. Names are workspace-relative, or absolute for
+    the installed gpt modules that define the metric (which a training run could overwrite)."""
     for name, expected in protected_hashes.items():
+        if Path(name).is_absolute():
+            if not Path(name).is_file() or file_hashes(workspace, [name])[name] != expected:
+                raise GuardRejection(f"the protected evaluation file {name} changed since the session started (a "
+                                     "training run may have written to it): reinstall loopdeck and start a new "
+                                     "session")
+            continue
         if not (workspace / name).is_file():
             raise GuardRejection(f"protected file {name} is missing: restore it before the next run")
         if file_hashes(workspace, [name])[name] != expected:
             raise GuardRejection(f"protected file {name} was modified since the session started: restore it "
                                  "(git checkout) before the next run")
+
+
+def check_substance(old: Mapping[str, str], new: Mapping[str, str], *, allow_seed: bool = False,
+                    allow_cosmetic: bool = False) -> None:
+    """GuardRejection when the change from `old` to `new` (the changed files only) only reseeds, or only touches
+    whitespace, comments or docstrings."""
+    kinds = {_change_kind(name, old.get(name, ""), text) for name, text in new.items()}
+    if kinds == {"cosmetic"} and not allow_cosmetic:
+        raise GuardRejection("only whitespace, comments or docstrings change: that is not an experiment (the "
+                             "run would measure the same code); [evaluation] allow_cosmetic_changes permits it")
+    if kinds <= {"cosmetic", "seed"} and "seed" in kinds and not allow_seed:
+        raise GuardRejection("only the random seed changes: a lucky seed is noise, not progress; change the "
+                             "model or the training instead ([evaluation] allow_seed_changes permits it)")
+
+
+def _change_kind(name: str, before: str, after: str) -> str:
+    """"cosmetic", "seed" (only seed values differ) or "code"."""
+    if not name.endswith(".py"):
+        return "cosmetic" if before.split() == after.split() else "code"
+    try:
+        trees = ast.parse(before), ast.parse(after)
+    except (SyntaxError, ValueError):
+        return "code"
+    if ast.dump(_Unseeded(seeds=False).visit(trees[0])) == ast.dump(_Unseeded(seeds=False).visit(trees[1])):
+        return "cosmetic"
+    if ast.dump(_Unseeded(seeds=True).visit(trees[0])) == ast.dump(_Unseeded(seeds=True).visit(trees[1])):
+        return "seed"
+    return "code"
+
+
+class _Unseeded(ast.NodeTransformer):
+    """A syntax tree without docstrings and, with `seeds`, without the values given to seeds: `*SEED* = …`
+    assignments and the arguments of calls to `*seed*(…)` functions (torch.manual_seed(42))."""
+
+    def __init__(self, *, seeds: bool) -> None:
+        self.seeds = seeds
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
+        return super().generic_visit(node)
+
+    def visit_Assign(self, node: ast.Assign) -> ast.AST:
+        if self.seeds and any("SEED" in _target_name(target).upper() for target in node.targets):
+            node.value = ast.Constant(value="<seed>")
+        return self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
+        if self.seeds and node.value is not None and "SEED" in _target_name(node.target).upper():
+            node.value = ast.Constant(value="<seed>")
+        return self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        if self.seeds and "seed" in _target_name(node.func).lower():
+            node.args, node.keywords = [], []
+        return self.generic_visit(node)
+
+
+def _target_name(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return ""
 
 
 def _check_content(name: str, content: object) -> None:

@@ -5,14 +5,17 @@ events a second stay cheap). A crash mid-write leaves a torn last line without i
 on a fresh line, and readers skip the torn piece and count it.
 
 Recovery from a damaged journal: readers skip what they cannot decode, so a damaged journal never stops a session;
-`read_journal(path).bad_lines` names the damaged lines. Moving events.jsonl aside loses only the replay of past
-sessions in `loopdeck watch`; the ledger and results.tsv keep every experiment.
+a session start reports damage near the end (`check_journal`), `read_journal(path).bad_lines` names every damaged
+line. Moving events.jsonl aside loses only the replay of past sessions in `loopdeck watch`; the ledger and
+results.tsv keep every experiment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +53,8 @@ class JournalWriter:
             self._file.flush()
 
     def close(self) -> None:
-        with self._lock:
+        """Close the file; events a failed write (disk full) left buffered are dropped, append already said so."""
+        with self._lock, contextlib.suppress(OSError):
             self._file.close()
 
     def __enter__(self) -> JournalWriter:
@@ -104,6 +108,27 @@ def read_journal(path: Path) -> JournalRead:
 def read_events(path: Path) -> list[Event]:
     """Every event in a journal, skipping a torn last line, damaged lines and unknown kinds."""
     return read_journal(path).events
+
+
+def check_journal(path: Path, tail_bytes: int = 1 << 20) -> JournalRead:
+    """The damage in a journal's last `tail_bytes` (where a killed writer or a full disk leaves it), with true line
+    numbers: cheap enough for every session start however long the journal has grown. Events are not kept."""
+    result = JournalRead()
+    try:
+        with open(path, "rb") as journal:
+            info = os.fstat(journal.fileno())
+            # Only a regular file has an end: a device or a pipe in its place would be read forever.
+            data = journal.read(info.st_size) if stat.S_ISREG(info.st_mode) else b""
+    except FileNotFoundError:
+        return result
+    start = data.find(b"\n", max(0, len(data) - tail_bytes) - 1) + 1 if len(data) > tail_bytes else 0
+    lines = data[start:].split(b"\n")
+    result.torn_tail = bool(lines.pop())
+    first = data.count(b"\n", 0, start) + 1
+    for number, line in enumerate(lines, start=first):
+        _decode_line(line, number, result)
+    result.events.clear()
+    return result
 
 
 class JournalFollower:

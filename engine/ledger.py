@@ -6,8 +6,9 @@ every commit, so a committed row survives an OS crash or power loss too. The loo
 transactions per experiment (minutes apart), so the extra fsync costs nothing that matters.
 
 Recovery from a corrupt ledger (the open fails with a `LoopdeckError` saying so): move `ledger.sqlite` (and its
-`-wal`/`-shm` companions) aside; `results.tsv` and `events.jsonl` keep the history, and `loopdeck run` starts a
-fresh ledger. `sqlite3 ledger.sqlite ".recover"` can often salvage the rows of the damaged file.
+`-wal`/`-shm` companions) and `results.tsv` aside and keep them: results.tsv holds the history, and a fresh ledger
+rewrites it. `loopdeck run` then starts a fresh ledger (numbering from 0, a new baseline at the current incumbent);
+`sqlite3 ledger.sqlite ".recover"` can often salvage the rows of the damaged file; events.jsonl keeps the events.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from engine.events import ExperimentStatus
 LEDGER_FILE = "ledger.sqlite"
 RESULTS_FILE = "results.tsv"
 RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
-# results.tsv knows three outcomes; rejected/vetoed/running rows never ran and are left out.
+# results.tsv knows three outcomes. Rows without a commit never ran (vetoed, or rejected by the guard) and are
+# left out, like running rows; a run rejected after it ran (it broke its budget, its model looks ahead) is a crash.
+# Extra runs (baseline seeds, confirmations) live in the runs table: results.tsv keeps one line per experiment.
 _TSV_STATUS = {
     "keep": "keep", "discard": "discard", "aborted": "discard",
-    "crash": "crash", "timeout": "crash", "nan": "crash", "interrupted": "crash",
+    "crash": "crash", "timeout": "crash", "nan": "crash", "interrupted": "crash", "rejected": "crash",
 }
 _FINAL_STATUSES = frozenset(typing.get_args(ExperimentStatus)) - {"running"}
 # What an agent sees of one past experiment: enough to recognise it, bounded so hundreds fit in a context.
@@ -73,11 +76,41 @@ class ExperimentRow:
     finished_at: float | None = None
     env: dict = field(default_factory=dict)  # environment capsule: versions, device, corpus fingerprint, hashes
     meta: dict = field(default_factory=dict)  # what the proposing agent attached (Proposal.meta)
+    # Research integrity (engine/integrity.py): `metric` is the trusted score when self_reported is False.
+    reported_metric: float | None = None  # what the training file printed
+    metric_mismatch: bool = False  # the printed metric disagreed with the trusted score beyond the tolerance
+    metric_runs: int = 1  # runs `metric` is the mean of (baseline seeds, confirmations)
+    noise_std: float | None = None  # run-to-run standard deviation of the metric in force when this was judged
+    delta_band: float | None = None  # ± on `delta`: one standard error of the difference
+    holdout_metric: float | None = None  # this experiment's weights on the holdout split (never decides anything)
+    holdout_val_metric: float | None = None  # the same weights on the validation split, for the transfer gap
+
+
+@dataclass
+class RunRow:
+    """One extra run of an experiment: a baseline seed ("noise"), a confirmation ("confirm") or the incumbent's
+    paired re-run ("incumbent"). Not an experiment: never in results.tsv or the agent's history."""
+
+    experiment: int  # the experiment this run repeats (for "incumbent": the candidate it is paired with)
+    role: str
+    seed: int
+    status: str  # "ok", or the failure (crash, timeout, nan, rejected, interrupted)
+    commit: str = ""
+    metric: float | None = None
+    reported_metric: float | None = None
+    training_seconds: float | None = None
+    wall_seconds: float | None = None
+    reason: str = ""
+    log_path: str = ""
+    finished_at: float = 0.0
+    id: int | None = None
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentRow))
 _JSON_FIELDS = frozenset({"env", "meta"})
+_BOOL_FIELDS = frozenset({"self_reported", "metric_mismatch"})
 _COLUMNS = ", ".join(f'"{name}"' for name in _FIELDS)
+_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRow))
 
 # MIGRATIONS[v] takes a ledger from schema version v to v+1 (PRAGMA user_version). A new ExperimentRow field
 # gets a new entry (`ALTER TABLE experiments ADD COLUMN …`); existing entries never change.
@@ -114,6 +147,31 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         'CREATE INDEX experiments_status ON experiments ("status")',
     ),
+    (
+        'ALTER TABLE experiments ADD COLUMN "reported_metric" REAL',
+        'ALTER TABLE experiments ADD COLUMN "metric_mismatch" INTEGER NOT NULL DEFAULT 0',
+        'ALTER TABLE experiments ADD COLUMN "metric_runs" INTEGER NOT NULL DEFAULT 1',
+        'ALTER TABLE experiments ADD COLUMN "noise_std" REAL',
+        'ALTER TABLE experiments ADD COLUMN "delta_band" REAL',
+        'ALTER TABLE experiments ADD COLUMN "holdout_metric" REAL',
+        'ALTER TABLE experiments ADD COLUMN "holdout_val_metric" REAL',
+        """CREATE TABLE runs (
+            "experiment" INTEGER NOT NULL,
+            "role" TEXT NOT NULL,
+            "seed" INTEGER NOT NULL,
+            "status" TEXT NOT NULL,
+            "commit" TEXT NOT NULL DEFAULT '',
+            "metric" REAL,
+            "reported_metric" REAL,
+            "training_seconds" REAL,
+            "wall_seconds" REAL,
+            "reason" TEXT NOT NULL DEFAULT '',
+            "log_path" TEXT NOT NULL DEFAULT '',
+            "finished_at" REAL NOT NULL DEFAULT 0,
+            "id" INTEGER PRIMARY KEY AUTOINCREMENT
+        )""",
+        'CREATE INDEX runs_experiment ON runs ("experiment")',
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -144,6 +202,9 @@ class Ledger:
         try:
             self._migrate()
             self._sync_results()
+        except sqlite3.Error as exc:  # e.g. "disk I/O error": the disk is full or failing
+            self._conn.close()
+            raise LoopdeckError(f"cannot open the experiment ledger {self.path}: {exc}") from exc
         except BaseException:
             self._conn.close()
             raise
@@ -223,6 +284,24 @@ class Ledger:
             if row.status != "running"
         )
 
+    def record_run(self, run: RunRow) -> int:
+        """Record one finished extra run (its id is assigned here and returned)."""
+        values = {name: value for name, value in dataclasses.asdict(run).items() if name != "id"}
+        values["finished_at"] = values["finished_at"] or time.time()
+        columns = ", ".join(f'"{name}"' for name in values)
+        with self._transaction(f"record a run of experiment {run.experiment}"):
+            cursor = self._conn.execute(f"INSERT INTO runs ({columns}) VALUES ({', '.join('?' for _ in values)})",
+                                        tuple(values.values()))
+        return int(cursor.lastrowid or 0)
+
+    def runs(self, experiment: int | None = None) -> list[RunRow]:
+        """Extra runs, oldest first: all of them, or those of one experiment."""
+        columns = ", ".join(f'"{name}"' for name in _RUN_FIELDS)
+        where, args = ("", ()) if experiment is None else ("WHERE experiment = ?", (experiment,))
+        with self._lock:
+            found = self._conn.execute(f"SELECT {columns} FROM runs {where} ORDER BY id", args).fetchall()
+        return [RunRow(**dict(zip(_RUN_FIELDS, row, strict=True))) for row in found]
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -237,8 +316,10 @@ class Ledger:
 
     def _open(self) -> sqlite3.Connection:
         recovery = (
-            f"move {self.path.name} (and any {self.path.name}-wal / -shm beside it) out of {self.state_dir}; "
-            f"{RESULTS_FILE} and events.jsonl keep the history, and `loopdeck run` starts a fresh ledger"
+            f"move {self.path.name} (and any {self.path.name}-wal / -shm beside it) and {RESULTS_FILE} out of "
+            f"{self.state_dir}, and keep them: {RESULTS_FILE} holds the history (a fresh ledger rewrites it), and "
+            f"`sqlite3 {self.path.name} .recover` can often salvage the rows. `loopdeck run` then starts a fresh "
+            "ledger with a new baseline"
         )
         try:
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE … COMMIT), one per state change.
@@ -294,16 +375,22 @@ class Ledger:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise LoopdeckError(f"could not {what} in {self.path}: {exc}") from exc
+                raise self._write_failed(what, exc) from exc
             try:
                 yield
                 self._conn.execute("COMMIT")
             except BaseException as exc:
                 if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):  # SQLite rolls back itself if this fails too
+                        self._conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise LoopdeckError(f"could not {what} in {self.path}: {exc}") from exc
+                    raise self._write_failed(what, exc) from exc
                 raise
+
+    def _write_failed(self, what: str, exc: sqlite3.Error) -> LoopdeckError:
+        return LoopdeckError(f"could not {what} in {self.path}: {exc}. Is the disk full, or {self.state_dir} "
+                             "read-only? Free space or fix its permissions, then run again: the session resumes "
+                             "where it stopped (committed experiments are safe)")
 
     def _update(self, id: int, fields: dict[str, Any]) -> None:
         unknown = set(fields) - (set(_FIELDS) - {"id"})
@@ -351,15 +438,16 @@ class Ledger:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise LoopdeckError(f"could not write {self.results_path}: {exc}") from exc
+            raise LoopdeckError(f"could not write {self.results_path}: {exc}. Is the disk full? Free space, then run "
+                                "again: the session resumes, and results.tsv is rewritten from the ledger") from exc
 
 
 def _encode(values: dict[str, Any]) -> dict[str, Any]:
     encoded = dict(values)
     for name in _JSON_FIELDS & encoded.keys():
         encoded[name] = json.dumps(encoded[name] or {}, sort_keys=True, default=str)
-    if "self_reported" in encoded:
-        encoded["self_reported"] = int(bool(encoded["self_reported"]))
+    for name in _BOOL_FIELDS & encoded.keys():
+        encoded[name] = int(bool(encoded[name]))
     return encoded
 
 
@@ -367,7 +455,8 @@ def _decode(found: tuple[Any, ...]) -> ExperimentRow:
     values = dict(zip(_FIELDS, found, strict=True))
     for name in _JSON_FIELDS:
         values[name] = json.loads(values[name] or "{}")
-    values["self_reported"] = bool(values["self_reported"])
+    for name in _BOOL_FIELDS:
+        values[name] = bool(values[name])
     return ExperimentRow(**values)
 
 

@@ -14,6 +14,13 @@ same status a resumed session gives a run cut off by a dead engine: it has no re
 Pause takes effect at the next stage boundary (before a proposal, before a commit): a run in progress finishes.
 A stop or abort while a change awaits approval records it `vetoed` ("the session stopped before this change ran").
 
+Judging a finished run (trusted score, budget checked from outside, noise-aware keep with confirmation runs,
+early abort of runs behind the incumbent, the holdout split) is `engine/integrity.py`'s job.
+
+Pipelining (`engine/pipeline.py`, `[loop] pipeline`): while an experiment trains, the agent may draft the next
+one in a background thread; when the run ends the draft is rebased onto the incumbent if it changed, revised by
+the agent in the light of the outcome, and gated. Until then it has no ledger row and no commit.
+
 Resuming (`recover`, at every start): rows still `running` are marked `interrupted` (not re-run; the agent sees
 them in its history), a training process orphaned by the dead engine is killed, and the tree is reset to the
 incumbent commit — which also undoes a commit made before its record, or a discarded commit whose revert the dead
@@ -44,7 +51,8 @@ from engine.agents.base import (
     Proposal,
 )
 from engine.config import Config
-from engine.control import Controller
+from engine.control import Controller, Decision
+from engine.early_abort import EarlyAbort, RunStop
 from engine.errors import LoopdeckError
 from engine.events import (
     AgentUsage,
@@ -67,9 +75,12 @@ from engine.events import (
     TrainStep,
 )
 from engine.gitops import ResearchRepo, unified_diff
-from engine.guard import GuardRejection, check_proposal
+from engine.guard import GuardRejection, check_proposal, check_substance
+from engine.integrity import Integrity, evaluation_label
 from engine.ledger import ExperimentRow, Ledger
-from engine.runner import RunResult, classify, metric_from_log, run_experiment, training_env
+from engine.pipeline import Pipeline, Review
+from engine.runner import RunResult, metric_from_log, run_experiment, training_env
+from engine.sandbox import sandboxed_argv
 from engine.workspace import file_hashes
 
 CURVE_POINTS = 200  # the incumbent curve sent with ExperimentStarted
@@ -120,6 +131,7 @@ class ResearchLoop:
         self.config = ctx.config
         self._agent_factory = agent_factory
         self._agent: Agent | None = None
+        self._pipeline: Pipeline | None = None  # drafting ahead (engine/pipeline.py); only in run()
         self._failures = 0  # consecutive
         self._numbers_used = 0
         self._feedback = ""
@@ -127,6 +139,8 @@ class ResearchLoop:
         self._started = time.monotonic()
         self.failure_message = ""
         self.finished: SessionFinished | None = None
+        # Trusted score, budget check, noise-aware keep, early abort, holdout (engine/integrity.py).
+        self.integrity = Integrity(ctx, self._execute)
 
     # --- the session -------------------------------------------------------------------------------------------
 
@@ -137,6 +151,7 @@ class ResearchLoop:
             self._session_started(self.ctx.agent_kind)
             self.recover()
             self._agent = self._agent_factory()
+            self._pipeline = Pipeline(self)
             if self.ctx.ledger.incumbent() is None:
                 self.run_baseline()
             while True:
@@ -153,6 +168,8 @@ class ResearchLoop:
         finally:
             if self.failure_message:
                 self.ctx.emit(Notice(level="error", message=self.failure_message))
+            if self._pipeline is not None:
+                self._pipeline.close()
             self._close_agent()
             self._finish_session(reason)
         return self.finished
@@ -196,13 +213,15 @@ class ResearchLoop:
             workspace=str(self.ctx.workspace), branch=self.ctx.branch, agent=agent_name,
             approval=self.ctx.controller.approval, budget_seconds=cfg.experiment.budget_seconds,
             metric_name=cfg.metric.name, metric_direction=cfg.metric.direction, resumed=self.ctx.resumed,
-            editable=tuple(cfg.experiment.editable)))
+            editable=tuple(cfg.experiment.editable), self_reported=self.integrity.self_reported))
+        self.integrity.session_started()
 
     def _finish_session(self, reason: str) -> None:
         try:
             self._restore_incumbent()
         except LoopdeckError as exc:
             self.ctx.emit(Notice(level="error", message=f"could not restore the incumbent commit: {exc}"))
+        self.integrity.session_ending(reason)
         self._state("stopped", detail=reason)
         rows = self.ctx.ledger.rows()
         baselines = [row for row in rows if row.meta.get("baseline")]
@@ -260,21 +279,42 @@ class ResearchLoop:
 
     def step(self) -> None:
         number = self.ctx.ledger.next_id()
-        proposed = self.propose(number)
+        assert self._pipeline is not None
+        proposed = self._pipeline.propose(number)  # the draft made while the last run trained, or a fresh turn
         if proposed is None:
             return
-        proposal, record = proposed
+        proposal, record, review = proposed
         self._halt_if_requested()  # a stop that arrived while the agent worked: the proposal is dropped, never run
         self._numbers_used += 1
-        self.run_candidate(number, proposal, agent_name=self._agent.name, usage=record.usage, gate=True)
+        self.run_candidate(number, proposal, agent_name=self._agent.name, usage=record.usage, gate=True,
+                           review=review)
 
     def propose(self, number: int) -> tuple[Proposal, _TurnRecord] | None:
+        """One sequential agent turn for experiment `number`."""
         self._state("proposing", number)
+        notes = self.take_notes()
+        turn, record = self.make_turn(number, notes, self._feedback)
+        assert self._agent is not None
+        agent = self._agent
+        proposal = self.settle_turn(number, notes, record, lambda: agent.propose(turn))
+        return None if proposal is None else (proposal, record)
+
+    def take_notes(self) -> list[str]:
+        """The notes for the agent's next turn: veto notes, then notes sent since the last turn."""
+        notes = self._notes + self.ctx.controller.take_notes()
+        self._notes = []
+        return notes
+
+    def return_notes(self, notes: list[str]) -> None:
+        """Notes taken for a turn that was dropped go to the next one."""
+        self._notes = notes + self._notes
+
+    def make_turn(self, number: int, notes: list[str], feedback: str, record: _TurnRecord | None = None
+                  ) -> tuple[AgentTurn, _TurnRecord]:
+        """The agent's view of experiment `number` now, and the record its events add up in."""
         ctx = self.ctx
         incumbent = ctx.ledger.incumbent()
-        notes = self._notes + ctx.controller.take_notes()
-        self._notes = []
-        record = _TurnRecord()
+        record = _TurnRecord() if record is None else record
 
         def turn_emit(event: Event) -> None:
             if isinstance(event, AgentUsage):
@@ -289,11 +329,16 @@ class ResearchLoop:
             editable=tuple(self.config.experiment.editable), protected=tuple(self.config.experiment.protected),
             program=_program(ctx.workspace), metric_name=self.config.metric.name,
             direction=self.config.metric.direction, history=ctx.ledger.summaries(),
-            incumbent=_summary(incumbent), notes=tuple(notes), feedback=self._feedback, emit=turn_emit,
+            incumbent=_summary(incumbent), notes=tuple(notes), feedback=feedback, emit=turn_emit,
             cancelled=lambda: ctx.controller.halted)
-        assert self._agent is not None
+        return turn, record
+
+    def settle_turn(self, number: int, notes: list[str], record: _TurnRecord, produce: Callable[[], Proposal]
+                    ) -> Proposal | None:
+        """The proposal `produce` returns, or None after a failed turn (counted); a stop or a fatal agent error
+        raises LoopStopped."""
         try:
-            proposal = self._agent.propose(turn)
+            proposal = produce()
         except AgentCancelled:
             self._halt_if_requested()
             raise LoopStopped("stopped") from None
@@ -305,11 +350,11 @@ class ResearchLoop:
             return self._agent_failed(number, notes, record, f"{type(exc).__name__}: {exc}")
         for note in notes:
             if note not in record.delivered:
-                ctx.emit(NoteDelivered(experiment=number, text=note))
+                self.ctx.emit(NoteDelivered(experiment=number, text=note))
         if not record.usage and isinstance(proposal.meta.get("usage"), dict):
             record.usage = {name: proposal.meta["usage"].get(name, 0) for name in USAGE_FIELDS}
         self._feedback = ""
-        return proposal, record
+        return proposal
 
     def _agent_failed(self, number: int, notes: list[str], record: _TurnRecord, message: str) -> None:
         self._notes = [note for note in notes if note not in record.delivered]
@@ -317,8 +362,9 @@ class ResearchLoop:
         self.ctx.emit(Notice(level="warning", experiment=number, message=f"the agent failed to propose: {message}"))
 
     def run_candidate(self, number: int, proposal: Proposal, *, agent_name: str, usage: dict,
-                      gate: bool) -> ExperimentFinished:
-        """guard → ChangeProposed → gate → commit → run → keep/revert → record, for one proposal."""
+                      gate: bool, review: Review | None = None) -> ExperimentFinished:
+        """guard → ChangeProposed → gate → commit → run → keep/revert → record, for one proposal. `review`: what
+        was shown and decided about it (a draft) while the previous experiment trained."""
         ctx = self.ctx
         incumbent = ctx.ledger.incumbent()
         assert incumbent is not None
@@ -327,19 +373,18 @@ class ResearchLoop:
                             rationale=proposal.rationale, parent_commit=incumbent.commit, agent=agent_name,
                             incumbent_metric=incumbent.metric, meta=_json_safe(proposal.meta),
                             **_usage_fields(usage))
+        if review is not None and review.vetoed:  # a person vetoed it while the previous experiment trained
+            row.diff = review.diff
+            return self._gate(row, review.decision)
         try:
-            changed = check_proposal(proposal.files, workspace=ctx.workspace,
-                                     editable=self.config.experiment.editable,
-                                     protected_hashes=ctx.protected_hashes, incumbent=old_files)
+            new_files, row.diff = self.check_change(proposal, old_files)
         except GuardRejection as rejection:
             return self._reject(row, rejection.reason)
-        new_files = {name: proposal.files[name] for name in changed}
-        row.diff = unified_diff({name: old_files.get(name, "") for name in changed}, new_files)
-        added, removed = _diff_counts(row.diff)
-        ctx.emit(ChangeProposed(experiment=number, description=row.description, rationale=row.rationale,
-                                diff=row.diff, files=tuple(changed), added=added, removed=removed))
+        shown = review is not None and review.covers(row.diff)
+        if not shown:
+            self.announce_change(number, proposal, row.diff, new_files)
         if gate:
-            vetoed = self._gate(row)
+            vetoed = self._gate(row, review.decision if review is not None and shown else None)
             if vetoed is not None:
                 return vetoed
         else:
@@ -349,7 +394,25 @@ class ResearchLoop:
         message = row.description + (f"\n\n{row.rationale.strip()}" if row.rationale.strip() else "")
         row.commit = ctx.repo.commit_files(new_files, message)
         ctx.ledger.update(number, commit=row.commit)
+        if self._pipeline is not None:
+            self._pipeline.start(row)  # the agent drafts the next experiment while this one trains
         return self._run_and_record(row, incumbent)
+
+    def check_change(self, proposal: Proposal, old_files: dict[str, str]) -> tuple[dict[str, str], str]:
+        """The files `proposal` really changes and its diff against `old_files`; GuardRejection if refused."""
+        changed = check_proposal(proposal.files, workspace=self.ctx.workspace,
+                                 editable=self.config.experiment.editable,
+                                 protected_hashes=self.ctx.protected_hashes, incumbent=old_files)
+        new_files = {name: proposal.files[name] for name in changed}
+        check_substance(old_files, new_files, allow_seed=self.config.evaluation.allow_seed_changes,
+                        allow_cosmetic=self.config.evaluation.allow_cosmetic_changes)
+        return new_files, unified_diff({name: old_files.get(name, "") for name in changed}, new_files)
+
+    def announce_change(self, number: int, proposal: Proposal, diff: str, new_files: dict[str, str]) -> None:
+        added, removed = _diff_counts(diff)
+        self.ctx.emit(ChangeProposed(experiment=number, description=_one_line(proposal.description),
+                                     rationale=proposal.rationale, diff=diff, files=tuple(new_files), added=added,
+                                     removed=removed))
 
     def _not_run(self, row: ExperimentRow, status: str, reason: str) -> ExperimentFinished:
         """Record a proposal that never ran (rejected or vetoed): its row is born with its final status."""
@@ -362,18 +425,15 @@ class ResearchLoop:
         self._feedback = f"Your proposal #{row.id} ({row.description}) was rejected before running: {reason}"
         return self._not_run(row, "rejected", reason)
 
-    def _gate(self, row: ExperimentRow) -> ExperimentFinished | None:
+    def _gate(self, row: ExperimentRow, decision: Decision | None = None) -> ExperimentFinished | None:
         """None when the change may run; else its `vetoed` record (or LoopStopped, after recording, on a stop).
+        `decision`: one already made (on a draft, while the previous experiment trained); else the gate asks.
 
         A pause requested while the gate waits holds the approved change before its commit."""
         ctl = self.ctx.controller
-        if ctl.approval == "ask":
-            self._state("awaiting_approval", row.id)
-            self.ctx.emit(ApprovalRequested(experiment=row.id, description=row.description))
-        decision = ctl.wait_decision(row.id)
+        if decision is None:
+            decision = self.ask(row.id, row.description)
         if decision is not None:
-            self.ctx.emit(DecisionMade(experiment=row.id, approved=decision.approved, note=decision.note,
-                                       by=decision.by))
             if decision.note:
                 self._notes.append(decision.note)
             if not decision.approved:
@@ -387,12 +447,27 @@ class ResearchLoop:
         self._halt_if_requested()
         raise AssertionError("unreachable: the gate ends only on a decision, a stop or an abort")
 
+    def ask(self, experiment: int, description: str, *, announce_state: bool = True) -> Decision | None:
+        """Open the approval gate (in ask mode) and wait: a person's decision, auto's, or None on a stop/abort."""
+        ctl = self.ctx.controller
+        if ctl.approval == "ask":
+            if announce_state:
+                self._state("awaiting_approval", experiment)
+            self.ctx.emit(ApprovalRequested(experiment=experiment, description=description))
+        decision = ctl.wait_decision(experiment)
+        if decision is not None:
+            self.ctx.emit(DecisionMade(experiment=experiment, approved=decision.approved, note=decision.note,
+                                       by=decision.by))
+        return decision
+
     def run_baseline(self) -> None:
         number = self.ctx.ledger.next_id()
         head = self.ctx.repo.head()
         row = ExperimentRow(id=number, status="running", description="baseline", parent_commit=head, commit=head,
                             agent="", meta={"baseline": True})
         self.ctx.ledger.begin(row)
+        if self._pipeline is not None:
+            self._pipeline.start(row)
         outcome = self._run_and_record(row, None)
         if outcome.status == "interrupted":
             self._halt_if_requested()
@@ -410,39 +485,34 @@ class ResearchLoop:
                                    description=row.description, budget_seconds=self.config.experiment.budget_seconds,
                                    baseline=incumbent is None, incumbent_curve=curve))
         self._state("training", number)
-        result, records = self._execute(number, run_dir)
+        watch = self.integrity.watch(incumbent, curve)
+        result, records = self._execute(number, run_dir, watch=watch)
         self._state("evaluating", number)
-        metric = metric_from_log(self.config.metric.pattern, result.read_log())
-        status, reason = classify(result, metric)
-        if status == "aborted":
-            status, reason = "interrupted", ("aborted by a person" if ctx.controller.abort_reason == "aborted"
-                                             else "the engine was stopped")
+        reported = metric_from_log(self.config.metric.pattern, result.read_log())
+        status, reason = self.integrity.classify(result, reported)
         fields = self._run_fields(result, records, run_dir)
         if status == "ok":
-            assert metric is not None
-            status, reason = self._judge(metric, incumbent)
-            fields.update(metric=metric)
-            if incumbent is not None:
-                fields.update(delta=metric - incumbent.metric)
-        elif status != "interrupted":
-            fields.update(log_tail=result.log_tail)
+            judgement = self.integrity.judge(row, incumbent, result, reported, run_dir)
+            status, reason = judgement.status, judgement.reason
+            fields.update(judgement.fields)
+        if status == "aborted" and watch is not None and watch.reason:  # stopped early: behind the incumbent
+            status, reason = "aborted", watch.reason
+            fields.update(training_seconds=watch.stopped_at)
+        elif status == "aborted":
+            status, reason = "interrupted", ("aborted by a person" if ctx.controller.abort_reason == "aborted"
+                                             else "the engine was stopped")
+        elif status not in ("keep", "discard"):
+            fields.setdefault("log_tail", result.log_tail)
         if status == "keep":
-            ctx.emit(ExperimentKept(experiment=number, commit=row.commit, metric=metric,
+            ctx.emit(ExperimentKept(experiment=number, commit=row.commit, metric=fields["metric"],
                                     previous_metric=incumbent.metric if incumbent else None))
         elif incumbent is not None:
             ctx.repo.reset_to(incumbent.commit)
             ctx.emit(ExperimentReverted(experiment=number, to_commit=incumbent.commit, reason=reason))
         outcome = self._record(row, status, reason=reason, **fields)
         self._feedback = _feedback(outcome, self.config.metric.name)
+        self.integrity.after_record(outcome)
         return outcome
-
-    def _judge(self, metric: float, incumbent: ExperimentRow | None) -> tuple[str, str]:
-        if incumbent is None:
-            return "keep", "baseline"
-        gain = incumbent.metric - metric if self.config.metric.direction == "minimize" else metric - incumbent.metric
-        if gain > self.config.metric.min_improvement:
-            return "keep", f"improved on the incumbent by {gain:.6f}"
-        return "discard", f"not better than the incumbent ({metric:.6f} vs {incumbent.metric:.6f})"
 
     def _record(self, row: ExperimentRow, status: str, **fields: object) -> ExperimentFinished:
         """Give the row its final status, tell everyone, and count failures."""
@@ -456,34 +526,42 @@ class ResearchLoop:
             experiment=row.id, status=status, metric=final.metric, delta=final.delta,
             incumbent_metric=final.incumbent_metric, commit=final.commit, description=final.description,
             training_seconds=final.training_seconds, wall_seconds=final.wall_seconds,
-            peak_memory_mb=final.peak_memory_mb, reason=final.reason, log_tail=final.log_tail)
+            peak_memory_mb=final.peak_memory_mb, reason=final.reason, log_tail=final.log_tail,
+            reported_metric=final.reported_metric, noise=final.delta_band, evaluation=evaluation_label(final))
         ctx.emit(outcome)
         return outcome
 
-    def _execute(self, number: int, run_dir: Path) -> tuple[RunResult, dict[str, dict]]:
-        """Run the training command, streaming its log lines and metrics records as events."""
+    def _execute(self, number: int, run_dir: Path, *, seed: int | None = None, watch: EarlyAbort | None = None,
+                 argv: list[str] | None = None, timeout: float | None = None,
+                 stream: bool = True) -> tuple[RunResult, dict[str, dict]]:
+        """Run the training command (or `argv`: the trusted evaluator) for experiment `number` in `run_dir`,
+        streaming its log lines and metrics records as events unless `stream` is off (extra runs and evaluations
+        keep their output in their own directory). `watch` stops the run early when it falls behind."""
         ctx = self.ctx
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = run_dir / "metrics.jsonl"
         records: dict[str, dict] = {}
-        lines = _LineThrottle(ctx.emit, number)
-        pid_note = _PidNote(run_dir, ctx.track_pid)
+        lines = _LineThrottle(ctx.emit if stream else lambda event: None, number)
+        pid_note = _PidNote(self._run_dir(number), ctx.track_pid)  # where a restarted engine looks for orphans
+        stop = RunStop(ctx.controller.abort_event)
 
         def on_metrics(record: dict) -> None:
             kind = record.get("type")
             if kind == "step":
                 step = _train_step(number, record)
-                if step is not None:
+                if step is not None and stream:
                     ctx.emit(step)
+                if step is not None and watch is not None and watch.observe(step.elapsed_seconds, step.loss):
+                    stop.set()
             elif kind in ("start", "end"):
                 records[kind] = record
 
         try:
             result = run_experiment(
-                self.config.command_argv(), cwd=ctx.workspace,
-                env=training_env(self.config, metrics_path=metrics_path, run_dir=run_dir),
-                log_path=run_dir / "log.txt", metrics_path=metrics_path, timeout=self.config.timeout(),
-                on_line=lines, on_metrics=on_metrics, stop_event=ctx.controller.abort_event,
+                sandboxed_argv(argv or self.config.command_argv(), self.config.sandbox), cwd=ctx.workspace,
+                env=training_env(self.config, metrics_path=metrics_path, run_dir=run_dir, seed=seed),
+                log_path=run_dir / "log.txt", metrics_path=metrics_path, timeout=timeout or self.config.timeout(),
+                on_line=lines, on_metrics=on_metrics, stop_event=stop,
                 on_start=pid_note.started)
         finally:
             pid_note.done()
@@ -606,8 +684,9 @@ def _feedback(outcome: ExperimentFinished, metric_name: str) -> str:
     if outcome.status in ("keep", "discard") and outcome.metric is not None:
         text = f"{head}, {metric_name} {outcome.metric:.6f}"
         if outcome.delta is not None:
-            text += f" (delta {outcome.delta:+.6f} vs incumbent {outcome.incumbent_metric:.6f})"
-        return text + "."
+            band = f" ± {outcome.noise:.6f}" if outcome.noise is not None else ""
+            text += f" (delta {outcome.delta:+.6f}{band} vs incumbent {outcome.incumbent_metric:.6f})"
+        return text + (f" — {outcome.reason}." if outcome.reason else ".")
     text = f"{head} — {outcome.reason}."
     if outcome.log_tail:
         text += f"\nLast lines of its log:\n{outcome.log_tail}"

@@ -1,4 +1,9 @@
-"""`loopdeck report`: a progress chart (PNG) and a Markdown summary of a session's ledger."""
+"""`loopdeck report`: a progress chart (PNG) and a Markdown summary of a session's ledger.
+
+When the incumbent was scored on the holdout split, a second chart (transfer.png) plots the gains since the baseline
+on validation and on holdout side by side: the "transfer gap" that shows whether gains hold beyond the text they
+were selected on.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ CRASH_STATUSES = frozenset({"crash", "timeout", "nan", "interrupted"})
 NOT_RUN_STATUSES = frozenset({"rejected", "vetoed", "running"})
 NEAR_MISSES = 5
 ANNOTATION_CHARS = 40
+TRANSFER_CHART = "transfer.png"
 
 
 @dataclass
@@ -61,6 +67,8 @@ def write_report(
     png = out_dir / "progress.png"
     summary = out_dir / "summary.md"
     _draw_progress(outcome, png, metric_name=metric_name, title=title)
+    if _holdout_rows(outcome):
+        _draw_transfer(outcome, out_dir / TRANSFER_CHART, metric_name=metric_name)
     summary.write_text(_summary_markdown(outcome, metric_name=metric_name, title=title, chart=png.name),
                        encoding="utf-8")
     return png, summary
@@ -70,8 +78,9 @@ def _outcome(rows: list[ExperimentRow], *, minimize: bool) -> _Outcome:
     rows = sorted(rows, key=lambda row: row.id)
     kept = [row for row in rows if row.status == "keep" and row.metric is not None]
     baseline = next((row for row in rows if row.id == 0), kept[0] if kept else None)
-    crashed = [row for row in rows if row.status in CRASH_STATUSES]
-    not_run = [row for row in rows if row.status in NOT_RUN_STATUSES]
+    # A rejected row with a commit ran and was then refused (over budget, a model that looks ahead): a failure.
+    crashed = [row for row in rows if row.status in CRASH_STATUSES or (row.status == "rejected" and row.commit)]
+    not_run = [row for row in rows if row.status in NOT_RUN_STATUSES and row not in crashed]
     discarded = [row for row in rows if row.status not in CRASH_STATUSES | NOT_RUN_STATUSES | {"keep"}
                  and row.metric is not None]
     return _Outcome(rows, minimize, baseline, kept, discarded, crashed, not_run)
@@ -133,6 +142,44 @@ def _draw_progress(outcome: _Outcome, path: Path, *, metric_name: str, title: st
     fig.savefig(path, format="png")
 
 
+def _holdout_rows(outcome: _Outcome) -> list[ExperimentRow]:
+    """Rows scored on the holdout split, when the baseline was too (the gains are measured from it)."""
+    base = outcome.baseline
+    if base is None or base.holdout_metric is None or base.holdout_val_metric is None:
+        return []
+    return [row for row in outcome.rows if row.holdout_metric is not None and row.holdout_val_metric is not None]
+
+
+def _gains(outcome: _Outcome, row: ExperimentRow) -> tuple[float, float]:
+    """(validation gain, holdout gain) of `row`'s weights since the baseline's, positive = better."""
+    base = outcome.baseline
+    assert base is not None and base.holdout_metric is not None and base.holdout_val_metric is not None
+    assert row.holdout_metric is not None and row.holdout_val_metric is not None
+    sign = -1.0 if outcome.minimize else 1.0
+    return sign * (row.holdout_val_metric - base.holdout_val_metric), sign * (row.holdout_metric - base.holdout_metric)
+
+
+def _draw_transfer(outcome: _Outcome, path: Path, *, metric_name: str) -> None:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    rows = _holdout_rows(outcome)
+    gains = [_gains(outcome, row) for row in rows]
+    fig = Figure(figsize=(10, 5), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title("transfer: gains since the baseline, validation vs holdout", fontsize=13)
+    ax.set_xlabel("experiment # (incumbent when scored)", fontsize=11)
+    ax.set_ylabel(f"{metric_name} gain since the baseline (higher is better)", fontsize=11)
+    ax.grid(True, alpha=0.25)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ids = [row.id for row in rows]
+    ax.plot(ids, [v for v, _ in gains], marker="o", color="#2980b9", label="validation (used to keep)")
+    ax.plot(ids, [h for _, h in gains], marker="s", color="#8e44ad", label="holdout (never used)")
+    ax.axhline(0.0, color="#999999", linewidth=0.8)
+    ax.legend(loc="upper left", fontsize=9)
+    fig.savefig(path, format="png")
+
+
 def _y_window(outcome: _Outcome) -> tuple[float | None, float | None]:
     """The interesting band: from just beyond the best to just beyond the baseline, as autoresearch's chart does;
     discarded runs far worse than the baseline are pinned to the edge instead of squashing the band."""
@@ -188,9 +235,12 @@ def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart:
     if improvement is not None and baseline is not None and baseline.metric:
         facts.append(("improvement", f"{improvement:.6f} ({100 * improvement / abs(baseline.metric):.2f}%)"))
     facts.append(("kept", f"{kept_count}/{len(experiments)} experiments (baseline not counted)"))
-    facts.append(("crashed", str(sum(row.status in CRASH_STATUSES for row in experiments))))
+    facts.append(("crashed", str(sum(row in outcome.crashed for row in experiments))))
     if outcome.not_run:
         facts.append(("not run", f"{len(outcome.not_run)} (rejected by the guard, vetoed, or in flight)"))
+    if baseline is not None and baseline.noise_std is not None:
+        facts.append(("noise", f"run-to-run σ {baseline.noise_std:.6f} ({baseline.metric_runs} baseline seeds); "
+                      "gains within the noise were re-run before they were kept"))
     usage = _usage(outcome.rows)
     if usage:
         facts.append(("agent usage", usage))
@@ -211,6 +261,23 @@ def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart:
     if outcome.crashed:
         lines += ["## Crashes", "", "| # | status | reason | description |", "|---:|---|---|---|"]
         lines += [f"| {r.id} | {r.status} | {_cell(r.reason)} | {_cell(r.description)} |" for r in outcome.crashed]
+        lines.append("")
+
+    holdout = _holdout_rows(outcome)
+    if holdout:
+        lines += ["## Holdout", "", "The incumbent's weights scored on the holdout split, which never decides what is "
+                  "kept. Transfer = holdout gain / validation gain since the baseline; well below 1, the gains fit "
+                  "the validation text rather than the task.", "", f"![transfer]({TRANSFER_CHART})", "",
+                  "| # | validation | holdout | validation gain | holdout gain | transfer |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for row in holdout:
+            val_gain, holdout_gain = _gains(outcome, row)
+            if row is outcome.baseline:
+                lines.append(f"| {row.id} | {row.holdout_val_metric:.6f} | {row.holdout_metric:.6f} | - | - | - |")
+                continue
+            transfer = f"{holdout_gain / val_gain:.0%}" if val_gain > 0 else "-"
+            lines.append(f"| {row.id} | {row.holdout_val_metric:.6f} | {row.holdout_metric:.6f} | "
+                         f"{val_gain:+.6f} | {holdout_gain:+.6f} | {transfer} |")
         lines.append("")
     return "\n".join(lines)
 

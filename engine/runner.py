@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from engine.errors import LoopdeckError
+
 if TYPE_CHECKING:
     from engine.config import Config
 
@@ -110,10 +112,14 @@ class _Output:
         self.error_line = ""
         self._in_traceback = False
         self.callback_error: BaseException | None = None
+        self.log_error: OSError | None = None
 
     def feed(self, data: bytes) -> None:
-        self._log.write(data)
-        self._log.flush()
+        if self.log_error is None:
+            try:
+                self._log.write(data)
+            except OSError as exc:  # disk full: keep draining the pipe (a run blocked on it would hang)
+                self.log_error = exc
         text = self._decoder.decode(data)
         if self._after_cr and text.startswith("\n"):
             text = text[1:]  # the second half of a "\r\n" split across two reads
@@ -282,13 +288,19 @@ def run_experiment(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], lo
     on_start(pid) once the process exists.
 
     The log file is (re)written from the start; a stale metrics file is removed first, so that only this run's
-    records are followed. Raises the first exception a callback raised, after the run is fully cleaned up.
+    records are followed. Raises the first exception a callback raised, after the run is fully cleaned up, and
+    LoopdeckError when the log cannot be written (disk full): the run's output is still drained, so it never blocks.
     """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Unbuffered: every chunk is on disk at once, and a failed write leaves nothing to fail again on close.
+        log = open(log_path, "wb", buffering=0)  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise LoopdeckError(_log_problem(log_path, exc)) from None
     metrics_path.unlink(missing_ok=True)
     mark = uuid.uuid4().hex
     started_wall, started = time.time(), time.monotonic()
-    with open(log_path, "wb") as log:
+    with log:
         output = _Output(log, on_line)
         try:
             process = subprocess.Popen(list(argv), cwd=cwd, env={**env, RUN_MARK_VAR: mark},
@@ -333,6 +345,8 @@ def run_experiment(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], lo
     for error in (output.callback_error, follower.callback_error):
         if error is not None:
             raise error
+    if output.log_error is not None:
+        raise LoopdeckError(_log_problem(log_path, output.log_error))
     # ru_maxrss is in KiB on Linux and in bytes on macOS.
     peak = max(tree.peak_rss, (rusage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)) if rusage else 0)
     summary = _summary(output.summary_lines) if output.summary_lines is not None else {}
@@ -340,6 +354,11 @@ def run_experiment(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], lo
                      peak_rss_mb=peak / 2**20 if peak else None, log_tail="\n".join(output.tail), summary=summary,
                      saw_fail=output.saw_fail, has_traceback=output.has_traceback, error_line=output.error_line,
                      log_path=log_path, timeout_seconds=timeout, pid=process.pid)
+
+
+def _log_problem(log_path: Path, exc: OSError) -> str:
+    return (f"cannot write the run log {log_path}: {exc.strerror or exc}. Free disk space (or make the directory "
+            "writable) and run again: the session resumes where it stopped")
 
 
 def _supervise(pid: int, tree: _ProcessTree, follower: _MetricsFollower, closed: threading.Event, started: float,

@@ -23,10 +23,11 @@ from engine.control import Controller, ControlReader, control_path, make_command
 from engine.errors import LoopdeckError
 from engine.events import EngineState, Event, ExperimentFinished, Notice, SessionFinished, StateChanged
 from engine.gitops import BRANCH_PREFIX, ResearchRepo
-from engine.journal import JournalWriter
+from engine.journal import JournalWriter, check_journal
 from engine.ledger import Ledger
 from engine.lock import WorkspaceLock
 from engine.loop import LoopContext, ResearchLoop
+from engine.sandbox import check_sandbox
 from engine.telemetry import TelemetrySampler
 from engine.workspace import file_hashes, state_dir
 
@@ -46,6 +47,7 @@ class RunOptions:
     max_hours: float | None = None
     budget_seconds: float | None = None
     tag: str | None = None
+    pipeline: str | None = None  # "auto" | "on" | "off": draft the next proposal while an experiment trains
 
 
 def resolve_agent_kind(kind: str) -> str:
@@ -73,6 +75,7 @@ class Session:
         self.workspace = self.repo.path
         config, self.config_notes = load_config(self.workspace)
         self.config = _apply_options(config, options)
+        self.config_notes += check_sandbox(self.config.sandbox)
         self.agent_kind = agent.name if agent is not None else resolve_agent_kind(options.agent or
                                                                                    self.config.agent.kind)
         if self.agent_kind == "claude" and agent is None and not os.environ.get("ANTHROPIC_API_KEY", "").strip():
@@ -91,6 +94,7 @@ class Session:
             self._check_tree()
             self.branch = self.repo.ensure_branch(self._tag())
             self.protected_hashes = file_hashes(self.workspace, self.config.experiment.protected)
+            self.config_notes += _journal_damage(self.state_dir / JOURNAL_FILE)
             self._journal = JournalWriter(self.state_dir / JOURNAL_FILE)
         except BaseException:
             if hasattr(self, "ledger"):
@@ -141,10 +145,11 @@ class Session:
             try:
                 if not self._closed:
                     self._journal.append(event)
-            except (OSError, ValueError) as exc:
+            except (LoopdeckError, OSError, ValueError) as exc:
                 if not self._journal_failed:
                     self._journal_failed = True
-                    self.error = f"cannot write the events journal ({exc}): stopping"
+                    self.error = (f"{exc}: the session stopped. Free disk space (or make {self.state_dir} "
+                                  "writable) and run again: it resumes where it stopped")
                     self.controller.interrupt("error")
             if self._on_event is not None:
                 try:
@@ -282,13 +287,23 @@ class Session:
         self._send("approval", policy=policy)
 
 
+def _journal_damage(path: Path) -> list[str]:
+    """A note for the start of a session when the end of the events journal is damaged (see engine/journal.py)."""
+    damage = check_journal(path).describe()
+    if not damage:
+        return []
+    return [f"{path}: {damage}. The ledger and results.tsv are not affected and `loopdeck watch` replays around "
+            f"the damage; to start a clean journal, move {path.name} aside before the next run"]
+
+
 def _apply_options(config: Config, options: RunOptions) -> Config:
     if options.approval is not None and options.approval not in APPROVALS:
         raise LoopdeckError(f"approval policy must be one of {', '.join(APPROVALS)}, got {options.approval!r}")
     if options.agent is not None:
         resolve_agent_kind(options.agent)
     overrides = {"approval": options.approval, "max_experiments": options.max_experiments,
-                 "max_hours": options.max_hours, "budget_seconds": options.budget_seconds, "tag": options.tag}
+                 "max_hours": options.max_hours, "budget_seconds": options.budget_seconds, "tag": options.tag,
+                 "pipeline": options.pipeline}
     overrides = {name: value for name, value in overrides.items() if value is not None}
     return config.updated(**overrides) if overrides else config
 

@@ -49,6 +49,16 @@ def test_pending_decision_clears_on_decision_start_or_finish() -> None:
     assert view.pending is None
 
 
+def test_a_pipelined_gate_stays_open_while_the_previous_experiment_trains() -> None:
+    view = SessionView()
+    view.apply(ev.StateChanged(state="training", experiment=4))
+    view.apply(ev.ApprovalRequested(experiment=5, description="drafted while #4 trains"))
+    view.apply(ev.StateChanged(state="evaluating", experiment=4))
+    assert view.pending == 5
+    view.apply(ev.StateChanged(state="committing", experiment=5))
+    assert view.pending is None
+
+
 def test_pause_intent_holds_until_the_engine_catches_up() -> None:
     view = SessionView()
     view.apply(ev.StateChanged(state="training", experiment=1))

@@ -18,13 +18,18 @@ from themes import STATUS_LOOK
 def facts(row: ExperimentView, view: SessionView) -> list[tuple[str, str]]:
     pairs = [
         (view.metric_name, fmt.metric(row.metric, 6)),
-        ("Δ vs incumbent", fmt.delta(row.delta, 6)),
+        ("Δ vs incumbent", fmt.delta(row.delta, 6, band=row.noise)),
         ("incumbent", fmt.metric(row.incumbent_metric, 6)),
         ("training", fmt.duration(row.training_seconds)),
         ("wall", fmt.duration(row.wall_seconds)),
         ("peak memory", fmt.megabytes(row.peak_memory_mb)),
         ("commit", row.commit[:10] or "—"),
     ]
+    if row.evaluation == "trusted":
+        printed = f" · the run printed {fmt.metric(row.reported_metric, 6)}" if row.reported_metric is not None else ""
+        pairs.append(("scored", f"trusted: weights scored by the protected harness{printed}"))
+    elif row.evaluation == "self_reported":
+        pairs.append(("scored", "self-reported: the number the run printed"))
     if row.agent_tokens:
         pairs.append(("agent", f"{fmt.count(row.agent_tokens)} tokens · ~{fmt.usd(row.agent_cost_usd)}"))
     if row.status == "running":

@@ -50,7 +50,7 @@ def row_cells(row: ExperimentView, view: SessionView, variables: dict[str, str],
         Text(str(row.id), justify="right", style=Style(dim=True)),
         Text(label, style=theme_style(variables, variable, bold=row.status in ("running", "awaiting"))),
         metric,
-        Text(fmt.delta(row.delta), style=delta_style, justify="right"),
+        Text(fmt.delta(row.delta, band=row.noise), style=delta_style, justify="right"),
         Text(fmt.duration(duration_of(row, now)), justify="right", style=Style(dim=True)),
         Text(description),
     ]

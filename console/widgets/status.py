@@ -57,6 +57,10 @@ def status_segments(view: SessionView, now: float) -> list[tuple[int, Content]]:
         segments.append((3, best))
     kept, total = view.kept_and_total()
     segments.append((4, Content.assemble(("kept ", "$text-muted"), f"{kept}/{total}")))
+    if view.noise_std is not None:
+        segments.append((5, Content.assemble(("noise σ ", "$text-muted"), fmt.metric(view.noise_std))))
+    if view.started and view.self_reported:
+        segments.append((6, Content.styled("self-reported", "$text-warning")))
     if view.session_tokens or view.session_cost_usd:
         usage = f"{fmt.count(view.session_tokens)} tok"
         if view.session_cost_usd:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import anthropic
@@ -40,6 +40,11 @@ NO_KEY_MESSAGE = (
 # in the middle of a stream (the HTTP status was already 200), so the agent retries those calls itself.
 _PASSING_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
 _EPHEMERAL = {"type": "ephemeral"}
+_REVISE = (
+    "You drafted this experiment while the previous one was still training: \"{description}\". The previous "
+    "experiment's outcome is below. Your draft is already applied to the editable files (rebased onto the current "
+    "incumbent). If it still makes sense, call propose_experiment right away; otherwise change the files first."
+)
 
 
 @dataclass
@@ -116,8 +121,11 @@ class ClaudeAgent:
     # --- one turn ---------------------------------------------------------------------------------------------
 
     def propose(self, turn: AgentTurn) -> Proposal:
+        return self._converse(turn, Workbench(turn))
+
+    def _converse(self, turn: AgentTurn, bench: Workbench) -> Proposal:
+        """Tool rounds on `bench` (the turn's in-memory files) until Claude proposes."""
         self._check_budget()
-        bench = Workbench(turn)
         system = [{"type": "text", "text": system_prompt(turn.program), "cache_control": _EPHEMERAL}]
         messages: list[dict[str, Any]] = [{"role": "user", "content": first_message(turn)}]
         turn_usage, turn_cost = TokenUsage(), 0.0
@@ -183,6 +191,19 @@ class ClaudeAgent:
             reply.append({"type": "tool_result", "tool_use_id": call.id, "content": outcome.content,
                           "is_error": not outcome.ok})
         return reply, None
+
+    def revise(self, draft: Proposal, turn: AgentTurn) -> Proposal:
+        """A short follow-up turn only when the outcome is news for the draft: the experiment before it was kept
+        (the draft now sits on a new incumbent) or a person sent notes. Otherwise the draft stands, at no cost."""
+        last = turn.history[-1] if turn.history else None
+        kept = last is not None and last.status == "keep" and not last.meta.get("baseline")
+        if not kept and not turn.notes:
+            return draft
+        follow_up = replace(turn, feedback=(_REVISE.format(description=draft.description) + "\n\n"
+                                            + turn.feedback).strip())
+        bench = Workbench(follow_up)
+        bench.files.update(draft.files)  # Claude starts from its draft; the incumbent stays the base of the diff
+        return self._converse(follow_up, bench)
 
     # --- one API call, streamed, with retries -----------------------------------------------------------------
 

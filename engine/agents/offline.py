@@ -20,7 +20,7 @@ from pathlib import Path
 
 from engine.agents.base import AgentCancelled, AgentError, AgentTurn, Proposal
 from engine.agents.knobs import SEQUENCE_NAMES, Knob, Value, apply_edits, discover, module_constants, render
-from engine.agents.offline_memory import Directive, Memory, merge_directives, parse_note
+from engine.agents.offline_memory import Directive, Memory, merge_directives, normalise, parse_note
 from engine.agents.offline_search import MAX_FAILURES, Candidate, Search
 from engine.events import AgentTextDelta, AgentThinkingDelta, AgentToolCall, AgentToolResult, NoteDelivered
 
@@ -66,6 +66,31 @@ class OfflineAgent:
                              stop_reason="exhausted")
         self._directives = _carried_forward(directives, choice)
         return self._proposal(turn, knobs, choice, _context(turn, memory, knobs, new_directives))
+
+    def revise(self, draft: Proposal, turn: AgentTurn) -> Proposal:
+        """A draft written while the previous experiment ran stands unless the history now argues against it: it
+        repeats a configuration that has been evaluated, moves a knob that the previous experiment moved and
+        crashed, or a note arrived meanwhile. Then the search runs again on what is known now."""
+        sources = {path: text for path, text in turn.files.items() if path.endswith(".py")}
+        frame = _frame_constants(turn.workspace, sources, turn.protected)
+        knobs = discover(sources, exclude=frame)
+        memory = Memory.read(turn.history, knobs, turn.direction)
+        drafted = {path: text for path, text in {**turn.files, **draft.files}.items() if path.endswith(".py")}
+        configuration = frozenset((k.key, normalise(k.value)) for k in discover(drafted, exclude=frame))
+        moved = {move.get("key") for move in draft.meta.get("moves", []) if isinstance(move, Mapping)}
+        last = memory.trials[-1] if memory.trials else None
+        crashed = last is not None and last.failed and bool(moved & {m.key for m in last.moves})
+        if configuration in memory.evaluated:
+            why = "it repeats a configuration that has been evaluated"
+        elif crashed:
+            why = f"it moves what experiment #{last.id} moved when it {last.outcome()}"
+        elif turn.notes:
+            why = "a note arrived"
+        else:
+            return draft
+        turn.emit(AgentTextDelta(experiment=turn.experiment, text=f"Revising the draft ({draft.description}): "
+                                 f"{why}.\n"))
+        return self.propose(turn)
 
     def _proposal(self, turn: AgentTurn, knobs: Sequence[Knob], choice: Candidate, context: list[str]) -> Proposal:
         by_key = {k.key: k for k in knobs}

@@ -1,0 +1,124 @@
+"""What the benchmarks share: figures with the load they were taken under, the machine, scratch workspaces, and
+a training target that sleeps for exactly its budget."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure, with the 1-minute load average of the machine when it was taken."""
+
+    bench: str
+    name: str
+    value: str
+    target: str = ""
+    load: float = 0.0
+    note: str = ""
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def machine() -> str:
+    """CPU model, cores, torch version (and GPU when there is one), for the results file."""
+    import torch
+
+    from bench.train_throughput import cpu_name
+
+    gpu = f" · {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu_name()} · {os.cpu_count()} cores · torch {torch.__version__} · Python {platform.python_version()}{gpu}"
+
+
+def print_figures(figures: list[Figure]) -> None:
+    width = max((len(f"{f.bench}: {f.name}") for f in figures), default=20)
+    for figure in figures:
+        target = f"  (target {figure.target})" if figure.target else ""
+        note = f"  — {figure.note}" if figure.note else ""
+        print(f"  {f'{figure.bench}: {figure.name}':<{width}}  {figure.value}{target}  [load {figure.load:.2f}]{note}")
+
+
+def standalone(run: Callable[[bool], list[Figure]]) -> None:
+    """`python -m bench.NAME [--quick]`: one benchmark alone, its figures printed."""
+    quick = "--quick" in sys.argv[1:]
+    print_figures(run(quick))
+
+
+# --- scratch workspaces --------------------------------------------------------------------------------------------
+
+
+SLEEPING_TARGET = '''\
+"""A training target that sleeps for exactly its budget: val_bpb = |LR - 0.2| + 1 (loopdeck benchmarks)."""
+
+import json
+import os
+import time
+
+LR = {lr}
+STEP = 0  # benchmarks change this to make a new experiment without changing the metric
+
+
+def main():
+    budget = float(os.environ.get("LOOPDECK_TIME_BUDGET", "1"))
+    path = os.environ.get("LOOPDECK_METRICS")
+    stream = open(path, "a") if path else None
+    if stream:
+        stream.write(json.dumps({{"type": "start", "device": "cpu", "budget_seconds": budget}}) + "\\n")
+        stream.flush()
+    time.sleep(budget)
+    val_bpb = abs(LR - 0.2) + 1.0
+    print("---")
+    print(f"val_bpb:          {{val_bpb:.6f}}")
+    print(f"training_seconds: {{budget:.3f}}")
+    print("peak_vram_mb:     0.0")
+    if stream:
+        stream.write(json.dumps({{"type": "end", "val_bpb": val_bpb, "training_seconds": budget}}) + "\\n")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def sleeping_target(lr: float = 0.5) -> str:
+    return SLEEPING_TARGET.format(lr=lr)
+
+
+def loop_toml(budget: float, pipeline: str = "off") -> str:
+    return f"""\
+[experiment]
+editable = ["train.py"]
+budget_seconds = {budget}
+timeout_seconds = {budget * 4 + 30}
+
+[loop]
+approval = "auto"
+pipeline = "{pipeline}"
+"""
+
+
+@contextmanager
+def scratch_workspace(files: dict[str, str]) -> Iterator[Path]:
+    """A committed git workspace in a temporary directory, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="loopdeck-bench-") as folder:
+        root = Path(folder) / "ws"
+        root.mkdir()
+        files = {".gitignore": ".loopdeck/\n__pycache__/\n", "program.md": "# Benchmark\nLower val_bpb.\n", **files}
+        for name, text in files.items():
+            (root / name).write_text(text)
+        for args in (("init", "-q", "--initial-branch=main"), ("add", "-A"),
+                     ("-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-q", "-m", "bench")):
+            subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+        yield root

@@ -1,0 +1,149 @@
+"""Trusted evaluation of the built-in GPT target: when it applies, how `python -m gpt.evaluate` is run, its answer.
+
+`[evaluation] mode = "auto"` scores runs out of process when the training file is a GPT-target file: it imports
+`gpt.harness` and saves its weights with `save_model`. Other repositories (autoresearch's own train.py, anything
+that does not save loadable weights) are scored by the number they print, and every experiment says so
+(`self_reported`). The decision is made once, at session start, from the workspace as it is then: an agent cannot
+switch a session to self-reported scoring by editing the import away (its runs then fail to produce weights).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.config import Config
+from engine.runner import RunResult
+
+# What must stay the same from one evaluation to the next within a session: the text scored and how.
+REFERENCE_KEYS = ("corpus_fingerprint", "tokenizer", "eval_tokens", "batch_size", "seq_len")
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    trusted: bool
+    train_file: str  # the workspace file the evaluator imports
+    note: str  # one line for the session's start: how runs are scored and why
+    error: str = ""  # set when mode = "trusted" is asked of a workspace that cannot be scored that way
+
+
+def evaluation_plan(workspace: Path, config: Config) -> EvaluationPlan:
+    mode = config.evaluation.mode
+    train_file = _training_file(config)
+    why_not = _not_gpt_target(workspace / train_file) if train_file else "the run command names no editable .py"
+    if mode == "self_reported" or (mode == "auto" and why_not):
+        because = "[evaluation] mode = self_reported" if mode == "self_reported" else why_not
+        return EvaluationPlan(False, train_file or "", f"metric self-reported: the number the run prints is used "
+                              f"as it is ({because})")
+    if why_not:
+        return EvaluationPlan(False, train_file or "", "", error=f"[evaluation] mode = \"trusted\" needs a GPT-target "
+                              f"training file: {why_not}. Use mode = \"auto\" or \"self_reported\" for this workspace")
+    return EvaluationPlan(True, train_file, f"metric trusted: a separate process scores each run's saved weights "
+                          f"with the protected harness; what {train_file} prints is shown, never used to decide")
+
+
+def _training_file(config: Config) -> str | None:
+    """The editable Python file the run command executes (train.py for the template and autoresearch)."""
+    editable = set(config.experiment.editable)
+    return next((arg for arg in config.experiment.command if arg.endswith(".py") and arg in editable),
+                "train.py" if "train.py" in editable else None)
+
+
+def _not_gpt_target(path: Path) -> str:
+    """"" for a file that imports gpt.harness and saves its weights with save_model, else why not."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError) as exc:
+        return f"cannot read {path.name} ({exc})"
+    imports_harness = any(
+        (isinstance(node, ast.ImportFrom) and node.module == "gpt.harness")
+        or (isinstance(node, ast.Import) and any(alias.name == "gpt.harness" for alias in node.names))
+        for node in ast.walk(tree))
+    saves = any((isinstance(node, ast.Name) and node.id == "save_model")
+                or (isinstance(node, ast.Attribute) and node.attr == "save_model") for node in ast.walk(tree))
+    if not imports_harness:
+        return f"{path.name} does not import gpt.harness"
+    return "" if saves else f"{path.name} does not save its weights with save_model"
+
+
+def package_files() -> list[Path]:
+    """The installed gpt modules that define the measurement (harness, evaluator, corpus, tokenizer)."""
+    import gpt
+    from gpt.evaluate import PROTECTED_MODULES
+
+    root = Path(gpt.__file__).resolve().parent
+    return [root / f"{name}.py" for name in PROTECTED_MODULES]
+
+
+def package_hashes() -> dict[str, str]:
+    """Absolute path -> sha256 of each protected gpt module (the guard checks them like protected files)."""
+    return {str(path): hashlib.sha256(path.read_bytes()).hexdigest() for path in package_files()}
+
+
+def evaluator_argv(workspace: Path, train_file: str, weights: Path, split: str = "val") -> list[str]:
+    """`python -m gpt.evaluate …`, pinned to the gpt package this engine hashed: -P keeps the working directory off
+    sys.path (a workspace's own gpt/ cannot stand in), and the package's root goes first (a source checkout that
+    is not installed works too)."""
+    import gpt
+
+    root = str(Path(gpt.__file__).resolve().parent.parent)
+    bootstrap = f"import sys; sys.path.insert(0, {root!r}); from gpt.evaluate import main; main()"
+    return [sys.executable, "-P", "-c", bootstrap, "--workspace", str(workspace), "--train-file", train_file,
+            "--weights", str(weights), "--split", split]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    status: str  # "ok" | "rejected" | "crash"
+    reason: str = ""
+    bpb: float | None = None  # on the split asked for
+    val_bpb: float | None = None  # on val, when the split asked for was another
+    reference: dict[str, Any] = field(default_factory=dict)  # REFERENCE_KEYS as the evaluator saw them
+    harness: str = ""  # the harness file the evaluator imported
+
+
+def read_evaluation(result: RunResult) -> Evaluation:
+    """The evaluator's answer from its run; a crash with the reason when it gave none."""
+    # Here, not at the top: only trusted sessions load the gpt package (gpt.evaluate itself loads no torch).
+    from gpt.evaluate import EXIT_REJECTED, RESULT_PREFIX
+
+    if result.timed_out:
+        return Evaluation("crash", f"the trusted evaluation was killed after {result.timeout_seconds:g} s "
+                          "([evaluation] eval_timeout_seconds)")
+    answer = _last_answer(result.read_log(), RESULT_PREFIX)
+    if answer is None:
+        what = result.error_line or f"exit code {result.returncode}"
+        return Evaluation("crash", f"the trusted evaluation gave no result ({what})")
+    status, reason = answer.get("status"), str(answer.get("reason", ""))
+    if status == "rejected" and result.returncode == EXIT_REJECTED:
+        return Evaluation("rejected", reason)
+    if status != "ok" or result.returncode != 0:
+        return Evaluation("crash", f"the trusted evaluation failed: {reason or status}")
+    bpb, val_bpb = _finite(answer.get("bpb")), _finite(answer.get("val_bpb"))
+    if bpb is None:
+        return Evaluation("crash", f"the trusted evaluation returned no usable score ({answer.get('bpb')!r})")
+    return Evaluation("ok", bpb=bpb, val_bpb=val_bpb, harness=str(answer.get("harness", "")),
+                      reference={key: answer.get(key) for key in REFERENCE_KEYS})
+
+
+def _last_answer(log: str, prefix: str) -> dict | None:
+    for line in reversed(log.splitlines()):
+        if line.startswith(prefix):
+            try:
+                answer = json.loads(line[len(prefix):])
+            except ValueError:
+                return None
+            return answer if isinstance(answer, dict) else None
+    return None
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None

@@ -1,0 +1,418 @@
+"""Research integrity around each run: a score the agent cannot game, gains that are real, the holdout split.
+
+The research loop owns an experiment's life cycle (commit, run, record, revert) and calls in here at a few points:
+`classify` and `judge` turn a finished run into keep / discard / rejected, `watch` gives a run its early-abort
+watcher, `after_record` and `session_ending` score the incumbent on the holdout split.
+
+`judge`, in order:
+1. Budget, checked from outside: the wall time loopdeck measured must stay within budget + the start-up
+   allowance (at least twice the baseline's own overhead: start-up, compilation, its final evaluation). And the
+   run must stop at its budget by its own account, within 10% + 1 s: its training time before its last step
+   (metrics stream; the last step may cross the budget, however long it took on a busy machine), or else the
+   training seconds it reports. Over: `rejected`.
+2. Score: trusted mode (engine/evaluator.py) re-checks the protected files, then a separate process scores the
+   saved weights; a model that looks ahead is `rejected`. The printed number is kept as `reported_metric` and
+   flagged when it disagrees. Self-reported mode uses the printed number.
+3. Keep: the baseline is re-run with `baseline_seeds` seeds to measure the noise σ (its metric is their mean). A
+   candidate within `confirm_multiple`·σ of the incumbent is re-run with fresh seeds (engine/noise.py) and kept
+   only if the mean over its runs clears the threshold. Extra runs are rows of the ledger's runs table, never
+   experiments: results.tsv stays one line per experiment. A target that ignores LOOPDECK_SEED (a foreign repo)
+   repeats itself exactly unless its training is nondeterministic; σ is then 0 and nothing is ever confirmed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.early_abort import AbortRule, EarlyAbort
+from engine.errors import LoopdeckError
+from engine.evaluator import (
+    Evaluation,
+    evaluation_plan,
+    evaluator_argv,
+    package_files,
+    package_hashes,
+    read_evaluation,
+)
+from engine.events import (
+    ExperimentFinished,
+    HoldoutScored,
+    NoiseEstimated,
+    Notice,
+    RunRepeated,
+    StateChanged,
+)
+from engine.guard import GuardRejection, check_protected
+from engine.ledger import ExperimentRow, RunRow
+from engine.noise import (
+    baseline_seeds,
+    confirm,
+    confirmation_seeds,
+    delta_band,
+    gain,
+    needs_confirmation,
+    run_std,
+)
+from engine.runner import RunResult, classify, metric_from_log
+
+if TYPE_CHECKING:
+    from engine.loop import LoopContext
+
+# A run stops at the first step past its budget: only its last step may cross it (the template's loop), and a
+# target with its own stopping rule gets 10% of the budget plus a second of slack.
+TRAINING_OVERRUN = 0.1
+TRAINING_SLACK_SECONDS = 1.0
+WEIGHTS = "model.pt"
+
+Execute = Callable[..., tuple[RunResult, dict[str, dict]]]
+
+
+@dataclass
+class Judgement:
+    status: str  # keep | discard | rejected | crash | aborted (a stop request reached an extra run)
+    reason: str
+    fields: dict[str, Any] = field(default_factory=dict)  # ledger fields: metric, delta, reported_metric, …
+
+
+@dataclass(frozen=True)
+class _Score:
+    status: str  # ok | rejected | crash | aborted
+    reason: str = ""
+    metric: float | None = None
+    val_metric: float | None = None
+    log_tail: str = ""
+
+
+class _Interrupted(Exception):
+    """A stop request killed an extra run: the experiment is interrupted."""
+
+
+class Integrity:
+    def __init__(self, ctx: LoopContext, execute: Execute) -> None:
+        """`execute(number, run_dir, *, seed, argv, timeout, stream)` runs a process for experiment `number` the
+        way the loop runs training (sandbox, scrubbed env, process group, abort)."""
+        self.ctx = ctx
+        self.settings = ctx.config.evaluation
+        self.plan = evaluation_plan(ctx.workspace, ctx.config)
+        if self.plan.trusted:  # hashed now, at session start, and checked before every run and every evaluation
+            ctx.protected_hashes.update(package_hashes())
+        self._execute = execute
+        self._reference: dict[str, Any] | None = None  # the first trusted evaluation's corpus and constants
+        baseline = self._baseline()
+        self._std = baseline.noise_std if baseline else None
+        self._overhead = _overhead(baseline.wall_seconds, baseline.training_seconds) if baseline else None
+
+    @property
+    def self_reported(self) -> bool:
+        return not self.plan.trusted
+
+    def session_started(self) -> None:
+        """Refuse an impossible mode; say how runs are scored; repeat the noise measured by an earlier session."""
+        if self.plan.error:
+            raise LoopdeckError(self.plan.error)
+        self.ctx.emit(Notice(level="info", message=self.plan.note))
+        baseline = self._baseline()
+        if baseline is not None and self._std is not None:
+            values = [run.metric for run in self.ctx.ledger.runs(baseline.id)
+                      if run.role == "noise" and run.metric is not None]
+            self.ctx.emit(NoiseEstimated(std=self._std, n=baseline.metric_runs, mean=baseline.metric,
+                                         values=tuple(values)))
+
+    # --- during the run ----------------------------------------------------------------------------------------
+
+    def watch(self, incumbent: ExperimentRow | None, curve: tuple[tuple[float, float], ...]) -> EarlyAbort | None:
+        """The early-abort watcher of a candidate's run (None: off, the baseline, or no incumbent curve)."""
+        if not self.settings.early_abort or incumbent is None or not curve:
+            return None
+        rule = AbortRule(self.settings.abort_after_fraction, self.settings.abort_margin,
+                         self.settings.abort_sustain_points)
+        return EarlyAbort(curve, self.ctx.config.experiment.budget_seconds, rule)
+
+    # --- after the run -----------------------------------------------------------------------------------------
+
+    def classify(self, result: RunResult, reported: float | None) -> tuple[str, str]:
+        """runner.classify, except that in trusted mode the printed metric decides nothing (not even whether the
+        run produced a result): a run that exits cleanly is scored from its weights."""
+        return classify(result, 0.0 if self.plan.trusted else reported)
+
+    def judge(self, row: ExperimentRow, incumbent: ExperimentRow | None, result: RunResult, reported: float | None,
+              run_dir: Path) -> Judgement:
+        """The verdict on a run that ended cleanly (classify said ok): budget, score, noise-aware keep."""
+        fields: dict[str, Any] = {"reported_metric": reported, "self_reported": self.self_reported}
+        if incumbent is None:
+            self._overhead = _overhead(result.wall_seconds, _reported_seconds(result))
+        problem = self._over_budget(result, run_dir)
+        if problem:
+            return Judgement("rejected", problem, fields)
+        score = self._score(row.id, run_dir, reported)
+        if score.status != "ok":
+            return Judgement(score.status, score.reason, {**fields, "log_tail": score.log_tail})
+        assert score.metric is not None
+        fields.update(self._mismatch(row.id, score.metric, reported))
+        try:
+            if incumbent is None:
+                return self._judge_baseline(row, score.metric, fields)
+            return self._judge_candidate(row, incumbent, score.metric, fields)
+        except _Interrupted:
+            return Judgement("aborted", "", fields)
+
+    def _over_budget(self, result: RunResult, run_dir: Path) -> str:
+        budget = self.ctx.config.experiment.budget_seconds
+        allowance = max(self.settings.startup_allowance_seconds, 2 * (self._overhead or 0.0))
+        if result.wall_seconds > budget + allowance:
+            return (f"over budget: ran {result.wall_seconds:.1f} s (measured by loopdeck) for a {budget:g} s budget "
+                    f"plus a {allowance:.0f} s start-up allowance; the training must stop at its budget "
+                    "(LOOPDECK_TIME_BUDGET)")
+        limit = budget * (1 + TRAINING_OVERRUN) + TRAINING_SLACK_SECONDS
+        steps = _last_step_times(run_dir / "metrics.jsonl")
+        if len(steps) == 2 and steps[0] > limit:
+            return (f"over budget: the run went on training after its {budget:g} s budget (it had trained "
+                    f"{steps[0]:.1f} s before its last step); the training must stop at its budget "
+                    "(LOOPDECK_TIME_BUDGET)")
+        trained = _reported_seconds(result)
+        if len(steps) < 2 and trained is not None and trained > limit:
+            return (f"over budget: the run reports {trained:.1f} s of training for a {budget:g} s budget; the "
+                    "training must stop at its budget (LOOPDECK_TIME_BUDGET)")
+        return ""
+
+    def _score(self, number: int, run_dir: Path, reported: float | None, split: str = "val") -> _Score:
+        """The run's metric: the trusted evaluator's score of its weights, or (self-reported) what it printed."""
+        if not self.plan.trusted:
+            return _Score("ok", metric=reported)
+        try:
+            check_protected(self.ctx.workspace, self.ctx.protected_hashes)
+        except GuardRejection as rejection:
+            return _Score("rejected", rejection.reason)
+        weights = run_dir / WEIGHTS
+        if not weights.is_file():
+            return _Score("crash", f"the run saved no {WEIGHTS}: trusted evaluation scores the saved weights, so "
+                          f"{self.plan.train_file} must keep its save_model(...) call")
+        argv = evaluator_argv(self.ctx.workspace, self.plan.train_file, weights, split)
+        result, _ = self._execute(number, run_dir / f"eval-{split}", argv=argv,
+                                  timeout=self.settings.eval_timeout_seconds, stream=False)
+        if result.aborted:
+            return _Score("aborted")
+        evaluation = read_evaluation(result)
+        if evaluation.status != "ok":
+            return _Score(evaluation.status, evaluation.reason, log_tail=result.log_tail)
+        problem = self._changed_evaluation(evaluation)
+        if problem:
+            return _Score("rejected", problem, log_tail=result.log_tail)
+        return _Score("ok", metric=evaluation.bpb, val_metric=evaluation.val_bpb)
+
+    def _changed_evaluation(self, evaluation: Evaluation) -> str:
+        if evaluation.harness not in {str(path) for path in package_files()}:
+            return (f"the evaluation used {evaluation.harness or 'an unknown harness'} instead of the installed, "
+                    "hash-checked gpt.harness")
+        if self._reference is None:
+            self._reference = evaluation.reference
+        changed = [f"{key} {self._reference.get(key)!r} → {value!r}" for key, value in evaluation.reference.items()
+                   if value != self._reference.get(key)]
+        if changed:
+            return f"the evaluation changed since the session started ({'; '.join(changed)})"
+        return ""
+
+    def _mismatch(self, number: int, metric: float, reported: float | None) -> dict[str, Any]:
+        if not self.plan.trusted or reported is None or abs(reported - metric) <= self.settings.mismatch_tolerance:
+            return {}
+        name = self.ctx.config.metric.name
+        self.ctx.emit(Notice(level="warning", experiment=number,
+                             message=f"#{number} printed {name} {reported:.6f} but scores {metric:.6f} in the "
+                             "trusted evaluation: the printed number is ignored"))
+        return {"metric_mismatch": True}
+
+    def _judge_baseline(self, row: ExperimentRow, metric: float, fields: dict[str, Any]) -> Judgement:
+        values = [metric]
+        seeds = baseline_seeds(self.settings.baseline_seeds)
+        for index, seed in enumerate(seeds, start=2):
+            value = self._repeat(row, "noise", seed, index, len(seeds) + 1)
+            if value is not None:
+                values.append(value)
+        self._std = run_std(values)
+        mean = statistics.fmean(values)
+        fields.update(metric=mean, metric_runs=len(values), noise_std=self._std)
+        if self._std is None:
+            return Judgement("keep", "baseline", fields)
+        self.ctx.emit(NoiseEstimated(std=self._std, n=len(values), values=tuple(values), mean=mean))
+        return Judgement("keep", f"baseline: mean of {len(values)} seeds, run-to-run noise σ {self._std:.6f}",
+                         fields)
+
+    def _judge_candidate(self, row: ExperimentRow, incumbent: ExperimentRow, metric: float,
+                         fields: dict[str, Any]) -> Judgement:
+        cfg = self.ctx.config.metric
+        assert incumbent.metric is not None
+        improvement = gain(metric, incumbent.metric, cfg.direction)
+        band = delta_band(self._std, 1, incumbent.metric_runs)
+        fields.update(metric=metric, delta=metric - incumbent.metric, noise_std=self._std, delta_band=band)
+        if improvement <= cfg.min_improvement:
+            return Judgement("discard", f"not better than the incumbent ({metric:.6f} vs {incumbent.metric:.6f})",
+                             fields)
+        if not needs_confirmation(improvement, self._std, self.settings.confirm_multiple, cfg.min_improvement):
+            return Judgement("keep", f"improved on the incumbent by {improvement:.6f}", fields)
+        seeds = confirmation_seeds(row.id, self.settings.confirm_runs)
+        values = [metric]
+        for index, seed in enumerate(seeds, start=2):
+            value = self._repeat(row, "confirm", seed, index, len(seeds) + 1)
+            if value is None:
+                return Judgement("discard", f"not confirmed: its re-run with seed {seed} failed", fields)
+            values.append(value)
+        paired = self._incumbent_reruns(row, incumbent, seeds) if self.settings.paired else []
+        if paired is None:
+            return Judgement("discard", "not confirmed: an incumbent re-run failed", fields)
+        verdict = confirm(values, incumbent.metric, incumbent.metric_runs, std=self._std, direction=cfg.direction,
+                          min_improvement=cfg.min_improvement, paired=paired)
+        fields.update(metric=verdict.metric, delta=verdict.metric - incumbent.metric, metric_runs=verdict.runs,
+                      delta_band=verdict.band)
+        return Judgement("keep" if verdict.keep else "discard", verdict.reason, fields)
+
+    def _incumbent_reruns(self, row: ExperimentRow, incumbent: ExperimentRow, seeds: list[int]) -> list[float] | None:
+        """The incumbent re-run on the candidate's fresh seeds (the tree goes to the incumbent and back)."""
+        values = []
+        self.ctx.repo.reset_to(incumbent.commit)
+        try:
+            for index, seed in enumerate(seeds, start=1):
+                value = self._repeat(row, "incumbent", seed, index, len(seeds), commit=incumbent.commit)
+                if value is None:
+                    return None
+                values.append(value)
+        finally:
+            self.ctx.repo.reset_to(row.commit)
+        return values
+
+    def _repeat(self, row: ExperimentRow, role: str, seed: int, index: int, of: int, commit: str = "") -> float | None:
+        """One extra run of the tree as it is, recorded in the runs table; its metric, or None if it failed."""
+        run_dir = self._run_dir(row.id) / f"{role}-{seed}"
+        what = {"noise": "noise run", "confirm": "confirmation run", "incumbent": "incumbent re-run"}[role]
+        self.ctx.emit(StateChanged(state="training", experiment=row.id, detail=f"{what} {index}/{of}, seed {seed}"))
+        result, _ = self._execute(row.id, run_dir, seed=seed, stream=False)
+        reported = metric_from_log(self.ctx.config.metric.pattern, result.read_log())
+        status, reason = self.classify(result, reported)
+        score = _Score(status, reason)
+        if status == "ok":
+            problem = self._over_budget(result, run_dir)
+            score = _Score("rejected", problem) if problem else self._score(row.id, run_dir, reported)
+        (run_dir / WEIGHTS).unlink(missing_ok=True)  # an extra run's weights are scored once, not kept
+        if score.status == "aborted":
+            raise _Interrupted
+        metric = score.metric if score.status == "ok" else None
+        self.ctx.ledger.record_run(RunRow(
+            experiment=row.id, role=role, seed=seed, status=score.status, commit=commit or row.commit,
+            metric=metric, reported_metric=reported, training_seconds=_reported_seconds(result),
+            wall_seconds=result.wall_seconds, reason=score.reason, log_path=str(run_dir / "log.txt")))
+        self.ctx.emit(RunRepeated(experiment=row.id, role=role, index=index, of=of, seed=seed, status=score.status,
+                                  metric=metric, reason=score.reason))
+        return metric
+
+    # --- the holdout split -------------------------------------------------------------------------------------
+
+    def after_record(self, outcome: ExperimentFinished) -> None:
+        """Score the baseline on the holdout split once, and the incumbent every `holdout_every` keeps."""
+        if not self.plan.trusted or outcome.status != "keep":
+            return
+        row = self.ctx.ledger.get(outcome.experiment)
+        assert row is not None
+        kept = sum(r.status == "keep" and not r.meta.get("baseline") for r in self.ctx.ledger.rows())
+        every = self.settings.holdout_every
+        if row.meta.get("baseline") or (every and kept % every == 0):
+            self._score_holdout(row)
+
+    def session_ending(self, reason: str) -> None:
+        """Score the incumbent on the holdout split at the end (not after an abort or an engine error). Never
+        raises: the session is finishing."""
+        incumbent = self.ctx.ledger.incumbent()
+        if (not self.plan.trusted or incumbent is None or incumbent.holdout_metric is not None
+                or reason == "error" or self.ctx.controller.abort_event.is_set()):
+            return
+        try:
+            self._score_holdout(incumbent)
+        except (LoopdeckError, OSError) as exc:
+            self.ctx.emit(Notice(level="warning", message=f"could not score the incumbent on the holdout split: "
+                                 f"{exc}"))
+
+    def _score_holdout(self, row: ExperimentRow) -> None:
+        self.ctx.emit(StateChanged(state="evaluating", experiment=row.id,
+                                   detail=f"scoring #{row.id} on the holdout split"))
+        score = self._score(row.id, self._run_dir(row.id), None, split="holdout")
+        if score.status != "ok" or score.metric is None or score.val_metric is None:
+            if score.status != "aborted":
+                self.ctx.emit(Notice(level="warning", experiment=row.id, message=f"could not score #{row.id} on "
+                                     f"the holdout split: {score.reason}"))
+            return
+        self.ctx.ledger.update(row.id, holdout_metric=score.metric, holdout_val_metric=score.val_metric)
+        baseline = self._baseline()
+        base_holdout = baseline.holdout_metric if baseline else None
+        base_val = baseline.holdout_val_metric if baseline else None
+        transfer = None
+        direction = self.ctx.config.metric.direction
+        if base_holdout is not None and base_val is not None and baseline is not None and baseline.id != row.id:
+            val_gain = gain(score.val_metric, base_val, direction)
+            holdout_gain = gain(score.metric, base_holdout, direction)
+            if val_gain > 0:
+                transfer = holdout_gain / val_gain
+                if val_gain > 2 * (self._std or 0.0) and transfer < self.settings.transfer_warning:
+                    self.ctx.emit(Notice(level="warning", experiment=row.id, message=(
+                        f"gains stop transferring: since the baseline the validation split improved by "
+                        f"{val_gain:.4f}, the holdout split by {holdout_gain:.4f} ({transfer:.0%}); the changes may "
+                        "fit the validation text rather than the task")))
+        self.ctx.emit(HoldoutScored(experiment=row.id, holdout_metric=score.metric, val_metric=score.val_metric,
+                                    baseline_holdout=base_holdout, baseline_val=base_val, transfer=transfer))
+
+    # --- helpers -----------------------------------------------------------------------------------------------
+
+    def _baseline(self) -> ExperimentRow | None:
+        return next((row for row in self.ctx.ledger.rows() if row.meta.get("baseline") and row.status == "keep"),
+                    None)
+
+    def _run_dir(self, number: int) -> Path:
+        return self.ctx.state_dir / "runs" / str(number)
+
+
+def evaluation_label(row: ExperimentRow) -> str:
+    """How a recorded experiment's metric was obtained: "trusted", "self_reported", or "" without a metric."""
+    if row.metric is None:
+        return ""
+    return "self_reported" if row.self_reported else "trusted"
+
+
+def _last_step_times(path: Path) -> list[float]:
+    """Elapsed training seconds of the last two step records of a run's metrics stream (fewer if it has fewer)."""
+    times: deque[float] = deque(maxlen=2)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                if '"step"' not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(record, dict) or record.get("type") != "step":
+                    continue
+                elapsed = record.get("elapsed_seconds")
+                if isinstance(elapsed, int | float) and math.isfinite(elapsed):
+                    times.append(float(elapsed))
+    except OSError:
+        return []
+    return list(times)
+
+
+def _reported_seconds(result: RunResult) -> float | None:
+    try:
+        value = float(result.summary.get("training_seconds", ""))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _overhead(wall: float | None, trained: float | None) -> float | None:
+    """Seconds of a run outside its training: start-up, compilation, its own final evaluation."""
+    if wall is None or trained is None:
+        return None
+    return max(0.0, wall - trained)

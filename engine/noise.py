@@ -1,0 +1,85 @@
+"""Run-to-run noise of the metric, and the noise-aware keep decision built on it.
+
+The baseline runs with several seeds; the sample standard deviation of its metric is the noise σ. A candidate
+whose gain over the incumbent is within `confirm_multiple` × σ is re-run with fresh seeds before it can be kept,
+and kept only if the mean gain over all its runs clears `min_improvement` by one standard error of the
+difference (σ·√(1/n_candidate + 1/n_incumbent), or σ·√(2/n) for runs paired with incumbent re-runs).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Seeds of extra runs: the baseline's are 1, 2, …; experiment n's confirmations are n*SEED_STRIDE + 1, + 2, …
+SEED_STRIDE = 1000
+MAIN_SEED = 0
+
+
+def gain(metric: float, reference: float, direction: str) -> float:
+    """How much better `metric` is than `reference` (positive = better) for a minimize/maximize metric."""
+    return reference - metric if direction == "minimize" else metric - reference
+
+
+def run_std(values: Sequence[float]) -> float | None:
+    """Sample standard deviation of one run's metric, or None with fewer than two values."""
+    return statistics.stdev(values) if len(values) >= 2 else None
+
+
+def delta_band(std: float | None, runs: int, incumbent_runs: int) -> float | None:
+    """One standard error of (mean of `runs` runs) - (mean of `incumbent_runs` runs), each with noise `std`."""
+    if std is None:
+        return None
+    return std * math.sqrt(1 / max(runs, 1) + 1 / max(incumbent_runs, 1))
+
+
+def needs_confirmation(improvement: float, std: float | None, multiple: float, min_improvement: float) -> bool:
+    """A would-be keep whose improvement the noise alone could explain."""
+    if not std:
+        return False
+    return min_improvement < improvement <= multiple * std
+
+
+def baseline_seeds(count: int) -> list[int]:
+    """Seeds of the baseline's extra noise runs (its first run has MAIN_SEED)."""
+    return list(range(MAIN_SEED + 1, MAIN_SEED + count))
+
+
+def confirmation_seeds(experiment: int, count: int) -> list[int]:
+    """Fresh seeds for re-runs of one experiment: never a baseline seed, never another experiment's."""
+    return [experiment * SEED_STRIDE + i for i in range(1, count + 1)]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    keep: bool
+    metric: float  # mean of the candidate's runs
+    improvement: float  # mean gain over the incumbent
+    band: float | None  # ± on the improvement
+    runs: int
+    reason: str
+
+
+def confirm(values: Sequence[float], incumbent_metric: float, incumbent_runs: int, *, std: float | None,
+            direction: str, min_improvement: float, paired: Sequence[float] = ()) -> Verdict:
+    """The decision on a candidate re-run within the noise: `values` are all its metrics (first run included);
+    `paired`, when given, the incumbent's metrics on the same fresh seeds as values[1:]."""
+    mean = statistics.fmean(values)
+    if paired:
+        gains = [gain(v, p, direction) for v, p in zip(values[1:], paired, strict=True)]
+        improvement = statistics.fmean(gains)
+        band = std * math.sqrt(2 / len(gains)) if std is not None else None
+    else:
+        improvement = gain(mean, incumbent_metric, direction)
+        band = delta_band(std, len(values), incumbent_runs)
+    needed = min_improvement + (band or 0.0)
+    what = f"mean of {len(values)} runs" + (f", paired with {len(paired)} incumbent re-runs" if paired else "")
+    shown = f"{improvement:+.6f}" + (f" ± {band:.6f}" if band is not None else "")
+    if improvement > needed:
+        return Verdict(True, mean, improvement, band, len(values),
+                       f"confirmed: {what} improves on the incumbent by {shown}")
+    return Verdict(False, mean, improvement, band, len(values),
+                   f"not confirmed: {what} improves on the incumbent by {shown}, within the noise "
+                   f"(needs more than {needed:.6f})")

@@ -1,0 +1,103 @@
+"""The protected scorer (`python -m gpt.evaluate`) on saved weights: true scores, the causality probe, tampering."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+support = pytest.importorskip("support_gpt")
+
+from engine.evaluator import read_evaluation  # noqa: E402
+from engine.runner import RunResult  # noqa: E402
+from gpt.evaluate import EXIT_REJECTED, RESULT_PREFIX  # noqa: E402
+from gpt.harness import evaluate_bpb, load_data, save_model  # noqa: E402
+
+EVAL_TOKENS = 8192
+PEEKING = ("is_causal=True", "is_causal=False")  # the edit that lets every position attend to the future
+
+
+def build(directory: Path, source: str) -> torch.nn.Module:
+    """Write train.py into `directory` and save a model of it with small random weights everywhere (the template
+    starts its output projections at zero, which would hide what attention does)."""
+    directory.mkdir(parents=True)
+    (directory / "train.py").write_text(source)
+    spec = importlib.util.spec_from_file_location(f"train_{uuid.uuid4().hex}", directory / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.GPT(module.build_config(load_data().tokenizer.vocab_size))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    save_model(asdict(model.config), model.state_dict(), directory)
+    return model
+
+
+def score(directory: Path, split: str = "val") -> tuple[int, dict]:
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "gpt.evaluate", "--workspace", str(directory), "--weights",
+         str(directory / "model.pt"), "--split", split],
+        cwd=directory, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "LOOPDECK_EVAL_TOKENS": str(EVAL_TOKENS), "LOOPDECK_DEVICE": "cpu"})
+    lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    assert lines, result.stdout + result.stderr
+    return result.returncode, json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+
+
+def test_a_causal_model_is_scored_exactly_as_the_harness_scores_it(tmp_path):
+    model = build(tmp_path / "ws", support.tiny_train_source())
+    code, answer = score(tmp_path / "ws")
+    assert code == 0 and answer["status"] == "ok", answer
+    assert answer["bpb"] == pytest.approx(evaluate_bpb(model, load_data(), eval_tokens=EVAL_TOKENS), rel=1e-6)
+    assert (answer["eval_tokens"], answer["batch_size"], answer["seq_len"]) == (EVAL_TOKENS, 32, 256)
+    assert answer["probes"] == 32 and answer["corpus_fingerprint"] and answer["harness"].endswith("gpt/harness.py")
+
+    code, holdout = score(tmp_path / "ws", split="holdout")
+    assert code == 0 and holdout["split"] == "holdout" and holdout["val_bpb"] == pytest.approx(answer["bpb"])
+    assert holdout["bpb"] != answer["bpb"]
+
+
+def test_a_model_that_looks_ahead_is_rejected_by_the_causality_probe(tmp_path):
+    build(tmp_path / "ws", support.tiny_train_source().replace(*PEEKING))
+    code, answer = score(tmp_path / "ws")
+    assert code == EXIT_REJECTED and answer["status"] == "rejected"
+    assert answer["reason"].startswith("model looks ahead: logits at position ")
+    position, changed = (int(word) for word in answer["reason"].split() if word.isdigit())
+    assert position < changed
+
+
+def test_a_training_file_that_rebinds_the_harness_at_import_is_rejected(tmp_path):
+    tampered = support.tiny_train_source() + "\nimport gpt.harness\ngpt.harness.EVAL_TOKENS = 256\n"
+    build(tmp_path / "ws", tampered)
+    code, answer = score(tmp_path / "ws")
+    assert code == EXIT_REJECTED and "changed the protected evaluation (EVAL_TOKENS)" in answer["reason"]
+
+
+def test_missing_weights_and_garbled_answers_are_crashes(tmp_path):
+    build(tmp_path / "ws", support.tiny_train_source())
+    (tmp_path / "ws" / "model.pt").unlink()
+    code, answer = score(tmp_path / "ws")
+    assert code == 1 and answer["status"] == "error" and "no weights" in answer["reason"]
+
+    log = tmp_path / "eval.log"
+    for text, returncode, expected in [
+        ("print('hello')\n", 0, "gave no result"),
+        (RESULT_PREFIX + '{"status": "ok", "bpb": NaN}\n', 0, "no usable score"),
+        (RESULT_PREFIX + '{"status": "rejected", "reason": "looks ahead"}\n', 0, "failed: looks ahead"),
+        (RESULT_PREFIX + '{"status": "rejected", "reason": "looks ahead"}\n', EXIT_REJECTED, "looks ahead"),
+    ]:
+        log.write_text(text)
+        result = RunResult(returncode=returncode, timed_out=False, aborted=False, wall_seconds=1.0,
+                           peak_rss_mb=None, log_tail=text, log_path=log)
+        evaluation = read_evaluation(result)
+        assert expected in evaluation.reason, (text, evaluation)
+        assert evaluation.status == ("rejected" if returncode == EXIT_REJECTED else "crash")
