@@ -43,9 +43,11 @@ def start_driver(workspace: Path, *args: str) -> subprocess.Popen:
 
 
 def start_cli(workspace: Path, *args: str) -> subprocess.Popen:
-    """`loopdeck run WORKSPACE --headless …` in its own process, output captured."""
+    """`loopdeck run WORKSPACE --headless …` in its own process (leading its own process group, as a shell job
+    does), output captured."""
     return subprocess.Popen([sys.executable, "-m", "console.cli", "run", str(workspace), "--headless", *args],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def journal_lines(workspace: Path) -> list[str]:

@@ -8,6 +8,7 @@ over, and then go on with more experiments.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 
@@ -130,8 +131,10 @@ print("training_seconds: 0.1")
 '''
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_sigterm_and_ctrl_c_stop_gracefully_and_kill_the_whole_run(make_workspace, signum):
+@pytest.mark.parametrize(("signum", "to_group"), [(signal.SIGTERM, False), (signal.SIGINT, False),
+                                                  (signal.SIGINT, True)],
+                         ids=["SIGTERM", "SIGINT", "Ctrl-C to the process group"])
+def test_sigterm_and_ctrl_c_stop_gracefully_and_kill_the_whole_run(make_workspace, signum, to_group):
     workspace = make_workspace(STUBBORN_TRAIN)
     engine = start_cli(workspace, "--agent", "offline", "--approve", "auto")
     pids_file = workspace / ".loopdeck/runs/1/pids"
@@ -141,7 +144,11 @@ def test_sigterm_and_ctrl_c_stop_gracefully_and_kill_the_whole_run(make_workspac
         time.sleep(0.02)
     pids = [int(pid) for pid in pids_file.read_text().split()]
     sent = time.monotonic()
-    engine.send_signal(signum)
+    # A terminal's Ctrl-C reaches every process of the foreground group, helpers the engine started included.
+    if to_group:
+        os.killpg(engine.pid, signum)
+    else:
+        engine.send_signal(signum)
     out, err = engine.communicate(timeout=20)
     assert time.monotonic() - sent < 8  # TERM to the group, a 3 s grace for the stubborn child, then KILL
     assert engine.returncode == 0, out + err
