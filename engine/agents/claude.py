@@ -8,6 +8,7 @@ arrive as delta events while they stream; usage and an estimated cost are counte
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -109,7 +110,9 @@ class ClaudeAgent:
         self._retry_max_delay = retry_max_delay
         self._max_tool_rounds = max(1, max_tool_rounds)
         self._sleep = sleep
-        self._client = anthropic.Anthropic(api_key=key, base_url=settings.base_url or None, max_retries=max_retries)
+        self._new_client = lambda: anthropic.Anthropic(api_key=key, base_url=settings.base_url or None,
+                                                       max_retries=max_retries)
+        self._client = self._new_client()
         self._tools = [*TOOL_SCHEMAS[:-1], {**TOOL_SCHEMAS[-1], "cache_control": _EPHEMERAL}]
         self._session_usage = TokenUsage()
         self._session_cost = 0.0
@@ -238,6 +241,31 @@ class ClaudeAgent:
         }
         if self.settings.effort:
             request["output_config"] = {"effort": self.settings.effort}
+        # The request runs in a worker so that a stop is honoured even while the service sends nothing at all
+        # (cancellation is otherwise only seen between stream events).
+        outcome: dict[str, Any] = {}
+        worker = threading.Thread(target=self._stream_into, args=(turn, request, outcome), daemon=True,
+                                  name=f"claude-request-{turn.experiment}")
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+            if worker.is_alive() and turn.cancelled():
+                # Closing the client drops its connections, which ends the worker's read; a new client serves
+                # the next request.
+                abandoned, self._client = self._client, self._new_client()
+                abandoned.close()
+                raise AgentCancelled("stopped while Claude was drafting")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["message"]
+
+    def _stream_into(self, turn: AgentTurn, request: dict[str, Any], outcome: dict[str, Any]) -> None:
+        try:
+            outcome["message"] = self._stream_request(turn, request)
+        except BaseException as exc:  # handed to the turn's own thread, which raises it
+            outcome["error"] = exc
+
+    def _stream_request(self, turn: AgentTurn, request: dict[str, Any]) -> Any:
         with self._client.messages.stream(**request) as stream:
             for event in stream:
                 if turn.cancelled():
