@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from console.bridge import EventBridge
+from engine.commands import user_path
 from engine.errors import LoopdeckError
 
 STOP_TIMEOUT = 60.0  # seconds to wait for the engine to record an aborted experiment on the way out
@@ -31,7 +32,7 @@ def _ensure_workspace(path: Path, args: argparse.Namespace) -> list[str]:
 def run_console_command(args: argparse.Namespace) -> int:
     from engine.session import RunOptions, Session
 
-    path = Path(args.dir).expanduser()
+    path = user_path(args.dir)
     notes = _ensure_workspace(path, args)
     options = RunOptions(agent=args.agent, approval=args.approve, max_experiments=args.max_experiments,
                          max_hours=args.max_hours, budget_seconds=args.budget, tag=args.tag)
@@ -74,7 +75,7 @@ def watch_command(args: argparse.Namespace) -> int:
     from engine.config import STATE_DIR
     from engine.session import JOURNAL_FILE
 
-    path = Path(args.dir).expanduser()
+    path = user_path(args.dir)
     if not path.is_dir():
         raise LoopdeckError(f"{path} is not a directory: give `loopdeck watch` a workspace a session runs in")
     journal = path / STATE_DIR / JOURNAL_FILE

@@ -166,3 +166,10 @@ def test_init_creates_a_committed_workspace_once(tmp_path, capsys):
     assert git(tmp_path / "fresh", "status", "--porcelain") == ""
     code, out, _ = run_cli(capsys, "init", tmp_path / "fresh")
     assert code == 0 and "already a loopdeck workspace" in out
+
+
+def test_an_unknown_users_home_is_one_clear_line_for_the_console_commands(capsys) -> None:
+    for command in ("run", "watch"):
+        assert main([command, "~no-such-user-here/ws"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("loopdeck: error: ~no-such-user-here/ws") and "Traceback" not in err
