@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from console.bridge import EventBridge
-from engine.commands import user_path
+from engine.commands import handling_signals, user_path
 from engine.errors import LoopdeckError
 
 STOP_TIMEOUT = 60.0  # seconds to wait for the engine to record an aborted experiment on the way out
@@ -63,12 +63,8 @@ def _stop_on_hangup(session, app) -> Iterator[None]:
         session.interrupt()
         app.call_later(app.exit)
 
-    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGHUP, signal.SIGTERM)}
-    try:
+    with handling_signals(handler, signal.SIGHUP, signal.SIGTERM):
         yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 def watch_command(args: argparse.Namespace) -> int:

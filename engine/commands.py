@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
@@ -112,7 +112,14 @@ def _graceful_stop(session: Session) -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         session.interrupt()
 
-    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    with handling_signals(handler, signal.SIGINT, signal.SIGTERM):
+        yield
+
+
+@contextmanager
+def handling_signals(handler: Callable[[int, object], None], *signums: int) -> Iterator[None]:
+    """Install `handler` for `signums` while the block runs, then restore what was there."""
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
     try:
         yield
     finally:
