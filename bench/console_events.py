@@ -33,11 +33,11 @@ from textual.message import Message
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from console.app import LoopdeckApp  # noqa: E402
-from console.bridge import EventBridge  # noqa: E402
-from console.demo import demo_session, telemetry  # noqa: E402
-from engine import events as ev  # noqa: E402
-from engine.journal import JournalWriter  # noqa: E402
+from loopdeck.console.app import LoopdeckApp  # noqa: E402
+from loopdeck.console.bridge import EventBridge  # noqa: E402
+from loopdeck.console.demo import demo_session, telemetry  # noqa: E402
+from loopdeck.engine import events as ev  # noqa: E402
+from loopdeck.engine.store.journal import JournalWriter  # noqa: E402
 
 
 class NoEngine:
@@ -213,7 +213,7 @@ def first_paint_in_terminal(marker: bytes = b"Experiments", timeout: float = 30.
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         env = {**os.environ, "TERM": "xterm-256color", "LOOPDECK_CONFIG_DIR": tmp}
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "console.cli", "watch", tmp], cwd=ROOT, stdin=slave,
+        proc = subprocess.Popen([sys.executable, "-m", "loopdeck.cli", "watch", tmp], cwd=ROOT, stdin=slave,
                                 stdout=slave, stderr=slave, env=env, start_new_session=True)
         os.close(slave)
         seen = b""

@@ -19,9 +19,9 @@ import time
 from typing import Any
 
 from bench.common import ROOT, Figure, load, loop_toml, scratch_workspace, sleeping_target, standalone
-from engine.agents.claude import ClaudeAgent, ClaudeSettings
-from engine.events import Event, SessionFinished, SessionStarted, StateChanged
-from engine.session import RunOptions, Session
+from loopdeck.engine.agents.claude.agent import ClaudeAgent, ClaudeSettings
+from loopdeck.engine.events import Event, SessionFinished, SessionStarted, StateChanged
+from loopdeck.engine.session import RunOptions, Session
 
 sys.path.insert(0, str(ROOT / "tests"))
 from fake_anthropic import FakeAnthropic, HttpError, Reply, reply, text, tool_use  # noqa: E402

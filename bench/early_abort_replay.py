@@ -1,7 +1,7 @@
 """Benchmark of the early-abort rule: replays recorded sessions to measure compute saved and false aborts.
 
 For every experiment that ran to the end (kept or discarded), the run's recorded loss curve
-(`.loopdeck/runs/<n>/metrics.jsonl`) is fed, record by record, to `engine.early_abort.EarlyAbort` against the curve
+(`.loopdeck/runs/<n>/metrics.jsonl`) is fed, record by record, to `loopdeck.engine.research.early_abort.EarlyAbort` against the curve
 of the incumbent it was measured against (the kept experiment whose commit is its parent). Where the rule would have
 stopped the run, the training seconds after that point are "saved"; a stopped run that was in fact kept is a false
 abort. Runs that were aborted live have no full curve and are left out, so record sessions with
@@ -28,11 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.config import default_toml  # noqa: E402
-from engine.early_abort import AbortRule, EarlyAbort  # noqa: E402
-from engine.ledger import ExperimentRow, Ledger  # noqa: E402
-from engine.session import RunOptions, Session  # noqa: E402
-from engine.workspace import init_workspace  # noqa: E402
+from loopdeck.engine.config import default_toml  # noqa: E402
+from loopdeck.engine.research.early_abort import AbortRule, EarlyAbort  # noqa: E402
+from loopdeck.engine.session import RunOptions, Session  # noqa: E402
+from loopdeck.engine.store.ledger import ExperimentRow, Ledger  # noqa: E402
+from loopdeck.engine.store.workspace import init_workspace  # noqa: E402
 
 
 @dataclass(frozen=True)

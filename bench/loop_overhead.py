@@ -16,9 +16,9 @@ import re
 import statistics
 
 from bench.common import Figure, load, loop_toml, scratch_workspace, sleeping_target, standalone
-from engine.agents.base import AgentTurn, Proposal
-from engine.events import Event, ExperimentFinished, StateChanged
-from engine.session import RunOptions, Session
+from loopdeck.engine.agents.base import AgentTurn, Proposal
+from loopdeck.engine.events import Event, ExperimentFinished, StateChanged
+from loopdeck.engine.session import RunOptions, Session
 
 TARGET_SECONDS = 0.5
 STAGES = ("proposing", "committing", "training", "evaluating")

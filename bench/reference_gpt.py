@@ -28,9 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.common import Figure, load, standalone
-from gpt import TRAIN_TEMPLATE
-from gpt.harness import MAX_SEQ_LEN, evaluate_bpb, load_data, make_train_loader
-from gpt.template import set_hyperparameters
+from loopdeck.gpt import TRAIN_TEMPLATE
+from loopdeck.gpt.harness import MAX_SEQ_LEN, evaluate_bpb, load_data, make_train_loader
+from loopdeck.gpt.template import set_hyperparameters
 
 VOCAB = 257  # the byte tokenizer's vocabulary, BOS included
 AUTORESEARCH_H100_MFU = 39.8

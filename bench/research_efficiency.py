@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from bench.common import Figure, load, standalone
-from engine.events import Event, ExperimentFinished, SessionFinished
-from engine.session import RunOptions, Session
-from engine.workspace import init_workspace
+from loopdeck.engine.events import Event, ExperimentFinished, SessionFinished
+from loopdeck.engine.session import RunOptions, Session
+from loopdeck.engine.store.workspace import init_workspace
 
 
 def research(budget: float, experiments: int) -> tuple[SessionFinished, list[ExperimentFinished], float]:

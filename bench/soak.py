@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 import psutil
 
 from bench.common import Figure, load, scratch_workspace, sleeping_target
-from console.state import SessionView
-from engine.agents.base import AgentTurn, Proposal
-from engine.events import Event, ExperimentFinished
-from engine.journal import read_journal
-from engine.ledger import Ledger
-from engine.session import RunOptions, Session
+from loopdeck.console.state import SessionView
+from loopdeck.engine.agents.base import AgentTurn, Proposal
+from loopdeck.engine.events import Event, ExperimentFinished
+from loopdeck.engine.session import RunOptions, Session
+from loopdeck.engine.store.journal import read_journal
+from loopdeck.engine.store.ledger import Ledger
 
 TOML = """\
 [experiment]

@@ -20,10 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gpt import TRAIN_TEMPLATE
-from gpt.harness import UNTIMED_STEPS
-from gpt.metrics import parse_summary
-from gpt.template import hyperparameters, set_hyperparameters
+from loopdeck.gpt import TRAIN_TEMPLATE
+from loopdeck.gpt.harness import UNTIMED_STEPS
+from loopdeck.gpt.metrics import parse_summary
+from loopdeck.gpt.template import hyperparameters, set_hyperparameters
 
 
 def parse_override(text: str) -> tuple[str, object]:

@@ -13,20 +13,20 @@ from textual.screen import Screen
 from textual.theme import Theme
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from console import actions
-from console import state as st
-from console.bridge import EventBridge, follow_journal
-from console.commands import ConsoleCommands
-from console.dialogs.confirm import ChoiceDialog
-from console.dialogs.note import NoteDialog
-from console.messages import EventsPending
-from console.screens.experiment import ExperimentScreen
-from console.screens.help import HelpScreen
-from console.screens.main import MainScreen
-from console.settings import load_settings, save_settings
-from console.state import SessionView
-from engine import events as ev
-from themes import DEFAULT_THEME, LOOPDECK_THEMES, STYLESHEET
+from loopdeck.console import actions
+from loopdeck.console import state as st
+from loopdeck.console.bridge import EventBridge, follow_journal
+from loopdeck.console.commands import ConsoleCommands
+from loopdeck.console.dialogs.confirm import ChoiceDialog
+from loopdeck.console.dialogs.note import NoteDialog
+from loopdeck.console.messages import EventsPending
+from loopdeck.console.screens.experiment import ExperimentScreen
+from loopdeck.console.screens.help import HelpScreen
+from loopdeck.console.screens.main import MainScreen
+from loopdeck.console.settings import load_settings, save_settings
+from loopdeck.console.state import SessionView
+from loopdeck.engine import events as ev
+from loopdeck.themes import DEFAULT_THEME, LOOPDECK_THEMES, STYLESHEET
 
 RENDER_INTERVAL = 1 / 25  # redraws are batched to at most 25 per second, however fast events arrive
 MAX_BATCH = 2000  # events folded per wake-up before yielding to input
@@ -34,7 +34,7 @@ NOTICE_MAX_AGE = 30.0  # older notices (a replayed journal) are history, not new
 
 
 class SessionControls(Protocol):
-    """What the console needs of `engine.session.Session` (tests pass a recording fake)."""
+    """What the console needs of `loopdeck.engine.session.Session` (tests pass a recording fake)."""
 
     approval: str
 

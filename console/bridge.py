@@ -20,8 +20,8 @@ from pathlib import Path
 
 from textual.message_pump import MessagePump
 
-from console.messages import EventsPending
-from engine.events import Event
+from loopdeck.console.messages import EventsPending
+from loopdeck.engine.events import Event
 
 
 class EventBridge:
@@ -83,9 +83,9 @@ def follow_journal(path: Path, emit: Callable[[list[Event]], None], cancelled: C
     """Replay a session's events journal from the start, then keep following it until `cancelled()`.
 
     Runs in a worker thread; the journal follower buffers a torn last line until it is complete."""
-    from engine.journal import JournalFollower
+    from loopdeck.engine.session import journal_reader
 
-    follower = JournalFollower(path)
+    follower = journal_reader(path)
     while not cancelled():
         events = follower.poll(max_bytes=REPLAY_SLICE)
         if events:

@@ -7,7 +7,7 @@ from functools import partial
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from console.actions import ACTIONS, ConsoleAction, action_name
+from loopdeck.console.actions import ACTIONS, ConsoleAction, action_name
 
 # The palette's own system commands already offer these.
 _SYSTEM_DUPLICATES = frozenset({"quit"})

@@ -7,7 +7,7 @@ import math
 import random
 from collections.abc import Iterator
 
-from engine import events as ev
+from loopdeck.engine import events as ev
 
 T0 = 1_760_000_000.0  # a fixed wall clock, so screens built from this stream are identical run to run
 BUDGET = 60.0

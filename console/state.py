@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from engine import events as ev
+from loopdeck.engine import events as ev
 
 CURVE_POINTS = 1200  # per curve; older points are thinned, never the whole early part dropped
 LIVE_LOG_LINES = 200

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from engine.errors import LoopdeckError
+from loopdeck.engine.errors import LoopdeckError
 
 CONFIG_FILE = "loopdeck.toml"
 STATE_DIR = ".loopdeck"  # run state inside a workspace, never in git
@@ -167,7 +167,7 @@ class EvaluationSettings(_Section):
     mode: Literal["auto", "trusted", "self_reported"] = Field(
         default="auto", description="trusted: a separate process scores the saved weights with the protected "
         "harness (GPT target) | self_reported: the number the run prints | auto: trusted when train.py imports "
-        "gpt.harness and saves model.pt, else self_reported")
+        "loopdeck.gpt.harness and saves model.pt, else self_reported")
     mismatch_tolerance: float = Field(default=0.001, ge=0, description="a printed metric further than this from "
                                       "the trusted score is flagged on the experiment")
     eval_timeout_seconds: float = Field(default=300.0, gt=0, description="the trusted evaluation process is "

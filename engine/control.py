@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import LoopdeckError
-from engine.events import ApprovalPolicyChanged, Event, Notice
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.events import ApprovalPolicyChanged, Event, Notice
 
 CONTROL_FILE = "control.jsonl"
 ACTIONS = ("decide", "note", "pause", "resume", "stop", "abort", "approval")

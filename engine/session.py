@@ -17,19 +17,26 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.agents.base import Agent
-from engine.config import Config, load_config
-from engine.control import Controller, ControlReader, control_path, make_command
-from engine.errors import LoopdeckError
-from engine.events import EngineState, Event, ExperimentFinished, Notice, SessionFinished, StateChanged
-from engine.gitops import BRANCH_PREFIX, ResearchRepo
-from engine.journal import JournalWriter, check_journal
-from engine.ledger import Ledger
-from engine.lock import WorkspaceLock
-from engine.loop import LoopContext, ResearchLoop
-from engine.sandbox import check_sandbox
-from engine.telemetry import TelemetrySampler
-from engine.workspace import file_hashes, state_dir
+from loopdeck.engine.agents.base import Agent
+from loopdeck.engine.config import Config, load_config
+from loopdeck.engine.control import Controller, ControlReader, control_path, make_command
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.events import (
+    EngineState,
+    Event,
+    ExperimentFinished,
+    Notice,
+    SessionFinished,
+    StateChanged,
+)
+from loopdeck.engine.research.loop import LoopContext, ResearchLoop
+from loopdeck.engine.run.sandbox import check_sandbox
+from loopdeck.engine.run.telemetry import TelemetrySampler
+from loopdeck.engine.store.gitops import BRANCH_PREFIX, ResearchRepo
+from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal
+from loopdeck.engine.store.ledger import Ledger
+from loopdeck.engine.store.lock import WorkspaceLock
+from loopdeck.engine.store.workspace import file_hashes, state_dir
 
 AGENT_KINDS = ("auto", "offline", "claude")
 APPROVALS = ("ask", "auto")
@@ -233,11 +240,11 @@ class Session:
         if self._agent is not None:
             return self._agent
         if self.agent_kind == "offline":
-            from engine.agents.offline import OfflineAgent
+            from loopdeck.engine.agents.offline.agent import OfflineAgent
 
             return OfflineAgent(seed=self.config.agent.seed)
         # Imported here: the anthropic SDK is only loaded by sessions that use it.
-        from engine.agents.claude import ClaudeAgent, ClaudeSettings
+        from loopdeck.engine.agents.claude.agent import ClaudeAgent, ClaudeSettings
 
         return ClaudeAgent(ClaudeSettings.from_config(self.config.agent.claude))
 
@@ -306,4 +313,9 @@ def _apply_options(config: Config, options: RunOptions) -> Config:
                  "pipeline": options.pipeline}
     overrides = {name: value for name, value in overrides.items() if value is not None}
     return config.updated(**overrides) if overrides else config
+
+
+def journal_reader(path: Path) -> JournalFollower:
+    """A reader of a session's events journal that another process may be writing: `poll()` returns new events."""
+    return JournalFollower(path)
 

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt.cache import atomic_path, cache_dir
-from gpt.errors import DataError
+from loopdeck.gpt.cache import atomic_path, cache_dir
+from loopdeck.gpt.errors import DataError
 
 # Bump when the builder, the document format or the split rule changes: every fingerprint changes with it.
 CORPUS_FORMAT = "loopdeck-corpus-1"

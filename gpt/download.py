@@ -5,7 +5,7 @@ after a broken transfer, checked (parquet footer with a "text" column, and sha25
 renamed into place, so a directory never holds a torn or corrupt shard under its final name. The validation shard
 is pinned: always fetched, and named in a manifest that gpt.corpus reads to use it as the validation split.
 
-Never runs by default: `python -m gpt.download --corpus climbmix --num-shards 4`.
+Never runs by default: `python -m loopdeck.gpt.download --corpus climbmix --num-shards 4`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpt.cache import atomic_path, cache_dir
-from gpt.corpus import SHARD_MANIFEST
-from gpt.errors import DataError
+from loopdeck.gpt.cache import atomic_path, cache_dir
+from loopdeck.gpt.corpus import SHARD_MANIFEST
+from loopdeck.gpt.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def download_shards(corpus: RemoteCorpus, num_train: int, dest: Path | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpt.download", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m loopdeck.gpt.download", description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="climbmix")
     parser.add_argument("--num-shards", type=int, default=4, help="training shards (the validation shard is extra)")
     parser.add_argument("--dest", type=Path, help="target directory (default: the loopdeck cache)")

@@ -2,7 +2,7 @@
 
 Fixed, do not modify. The engine runs it in a fresh process after every training run that exited cleanly:
 
-    python -P -m gpt.evaluate --workspace DIR --weights DIR/.loopdeck/runs/7/model.pt [--split val|holdout]
+    python -P -m loopdeck.gpt.evaluate --workspace DIR --weights DIR/.loopdeck/runs/7/model.pt [--split val|holdout]
 
 It imports the workspace's train.py by path (importing never trains), rebuilds `GPT(GPTConfig(**config))` from the
 saved config, loads the weights, runs the causality probe, and computes bits per byte with the harness's fixed
@@ -69,7 +69,7 @@ def import_train(path: Path) -> ModuleType:
 def _harness_snapshot() -> dict[str, Any]:
     import torch.nn.functional as F
 
-    import gpt.harness as harness
+    import loopdeck.gpt.harness as harness
 
     return {**{name: getattr(harness, name) for name in _HARNESS_NAMES}, "F.cross_entropy": F.cross_entropy}
 
@@ -87,7 +87,7 @@ def causality_probe(model: torch.nn.Module, stream: torch.Tensor, vocab_size: in
     evaluation batch of windows at seeded offsets (a different t per row); returns the number of probes."""
     import torch
 
-    from gpt.harness import EVAL_BATCH_SIZE, MAX_SEQ_LEN, _eval_autocast
+    from loopdeck.gpt.harness import EVAL_BATCH_SIZE, MAX_SEQ_LEN, _eval_autocast
 
     generator = torch.Generator().manual_seed(PROBE_SEED)
     last = len(stream) - MAX_SEQ_LEN
@@ -125,7 +125,7 @@ def causality_probe(model: torch.nn.Module, stream: torch.Tensor, vocab_size: in
 
 def evaluate(workspace: Path, train_file: str, weights: Path, split: str) -> dict[str, Any]:
     """Score the weights; the result dict (status ok), or Rejected."""
-    import gpt.harness as harness
+    import loopdeck.gpt.harness as harness
 
     started = time.perf_counter()
     before = _harness_snapshot()
@@ -157,7 +157,7 @@ def _emit(result: dict[str, Any], code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m gpt.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loopdeck.gpt.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", required=True, type=Path, help="the workspace holding the training file")
     parser.add_argument("--train-file", default="train.py", help="the training file, relative to the workspace")
     parser.add_argument("--weights", required=True, type=Path, help="the run's model.pt")

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gpt.cache import atomic_path
-from gpt.corpus import load_corpus
-from gpt.errors import DataError
-from gpt.metrics import MetricsLog, format_summary, open_metrics
-from gpt.tokenizer import Tokenizer, get_tokenizer
+from loopdeck.gpt.cache import atomic_path
+from loopdeck.gpt.corpus import load_corpus
+from loopdeck.gpt.errors import DataError
+from loopdeck.gpt.metrics import MetricsLog, format_summary, open_metrics
+from loopdeck.gpt.tokenizer import Tokenizer, get_tokenizer
 
 __all__ = [
     "EVAL_BATCH_SIZE", "EVAL_TOKENS", "MAX_SEQ_LEN", "TIME_BUDGET", "UNTIMED_STEPS", "Data", "DataError",

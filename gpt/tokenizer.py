@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from gpt.cache import atomic_path, cache_dir
-from gpt.corpus import Corpus
-from gpt.errors import DataError
+from loopdeck.gpt.cache import atomic_path, cache_dir
+from loopdeck.gpt.corpus import Corpus
+from loopdeck.gpt.errors import DataError
 
 BOS = "<|bos|>"
 DEFAULT_BPE_VOCAB = 4096

@@ -1,7 +1,7 @@
 """Train a small GPT for a fixed wall-clock budget and report val_bpb: the one file loopdeck experiments edit.
 
 Model, optimizer and training loop live here, to be read top to bottom and changed freely. What the run is
-measured by (time budget, data, tokenizer, evaluation) lives in the protected harness `gpt.harness`.
+measured by (time budget, data, tokenizer, evaluation) lives in the protected harness `loopdeck.gpt.harness`.
 
 Notable features:
 - GPT: token embedding, RMSNorm (no learnable weight), rotary position embeddings, QK-norm, causal attention via
@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt.harness import (
+from loopdeck.gpt.harness import (
     EVAL_TOKENS,
     MAX_SEQ_LEN,
     TIME_BUDGET,

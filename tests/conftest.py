@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fake_targets import PROGRAM_MD, fake_train_source
 
-from engine.agents.base import Agent
-from engine.events import Event, SessionFinished
+from loopdeck.engine.agents.base import Agent
+from loopdeck.engine.events import Event, SessionFinished
 
 WORKSPACE_TOML = """\
 [experiment]
@@ -42,7 +42,7 @@ def git(cwd: Path, *args: str) -> str:
 
 def ledger_rows(workspace: Path) -> list:
     """Every ledger row of a workspace, read through a fresh Ledger."""
-    from engine.ledger import Ledger
+    from loopdeck.engine.store.ledger import Ledger
 
     with Ledger(workspace / ".loopdeck") as ledger:
         return ledger.rows()
@@ -116,7 +116,7 @@ class Recorded:
 @pytest.fixture
 def run_session() -> Callable[..., tuple[object, Recorded]]:
     """run_session(workspace, agent, **RunOptions fields) -> (Session after its run, Recorded events)."""
-    from engine.session import RunOptions, Session
+    from loopdeck.engine.session import RunOptions, Session
 
     def run(path: Path, agent: Agent | None, /, **options: object) -> tuple[Session, Recorded]:
         recorded = Recorded()

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from engine.agents.base import AgentTurn
+from loopdeck.engine.agents.base import AgentTurn
 
 _ids = itertools.count(1)
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from engine.agents.base import AgentError, AgentTurn, Proposal
+from loopdeck.engine.agents.base import AgentError, AgentTurn, Proposal
 
 FAKE_TRAIN = '''\
 """Fake training target for loopdeck tests."""

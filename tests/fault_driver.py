@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_targets import ScriptedAgent, set_constant  # noqa: E402
 
-from engine.agents.base import AgentTurn, Proposal  # noqa: E402
-from engine.events import AgentTextDelta, Event  # noqa: E402
-from engine.session import RunOptions, Session  # noqa: E402
+from loopdeck.engine.agents.base import AgentTurn, Proposal  # noqa: E402
+from loopdeck.engine.events import AgentTextDelta, Event  # noqa: E402
+from loopdeck.engine.session import RunOptions, Session  # noqa: E402
 
 DRAFTING = "drafting, and about to block"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 from conftest import git, ledger_rows
 
-from engine.journal import JournalRead, read_journal
+from loopdeck.engine.store.journal import JournalRead, read_journal
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -45,7 +45,7 @@ def start_driver(workspace: Path, *args: str) -> subprocess.Popen:
 def start_cli(workspace: Path, *args: str) -> subprocess.Popen:
     """`loopdeck run WORKSPACE --headless …` in its own process (leading its own process group, as a shell job
     does), output captured."""
-    return subprocess.Popen([sys.executable, "-m", "console.cli", "run", str(workspace), "--headless", *args],
+    return subprocess.Popen([sys.executable, "-m", "loopdeck.cli", "run", str(workspace), "--headless", *args],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gpt import TRAIN_TEMPLATE
-from gpt.template import set_hyperparameters
+from loopdeck.gpt import TRAIN_TEMPLATE
+from loopdeck.gpt.template import set_hyperparameters
 
 # A model small enough to take many optimizer steps per second on a 2-core CPU.
 TINY = {

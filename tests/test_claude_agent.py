@@ -23,10 +23,10 @@ from fake_anthropic import (
     unauthorized,
 )
 
-from engine.agents.base import AgentCancelled, AgentError, ExperimentSummary, Proposal
-from engine.agents.claude import ClaudeAgent, ClaudeSettings
-from engine.agents.pricing import PRICES
-from engine.events import (
+from loopdeck.engine.agents.base import AgentCancelled, AgentError, ExperimentSummary, Proposal
+from loopdeck.engine.agents.claude.agent import ClaudeAgent, ClaudeSettings
+from loopdeck.engine.agents.claude.pricing import PRICES
+from loopdeck.engine.events import (
     AgentTextDelta,
     AgentThinkingDelta,
     AgentToolCall,

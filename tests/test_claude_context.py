@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from fake_anthropic import make_turn
 
-from engine.agents.base import ExperimentSummary
-from engine.agents.claude_context import first_message, history_overview, system_prompt
-from engine.agents.pricing import PRICES, TokenUsage, price_for
+from loopdeck.engine.agents.base import ExperimentSummary
+from loopdeck.engine.agents.claude.context import first_message, history_overview, system_prompt
+from loopdeck.engine.agents.claude.pricing import PRICES, TokenUsage, price_for
 
 STATUSES = ("discard", "crash", "keep", "discard", "timeout", "rejected", "vetoed", "nan", "aborted", "discard")
 

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("engine.session")
+pytest.importorskip("loopdeck.engine.session")
 
 from fake_anthropic import FakeAnthropic, Usage, reply, text, thinking, tool_use  # noqa: E402
 from fake_targets import expected_metric, fake_train_source  # noqa: E402
 
-from engine.agents.claude import ClaudeAgent, ClaudeSettings  # noqa: E402
-from engine.agents.pricing import PRICES  # noqa: E402
-from engine.events import AgentToolCall, AgentUsage, ExperimentKept, NoteDelivered  # noqa: E402
-from engine.ledger import Ledger  # noqa: E402
+from loopdeck.engine.agents.claude.agent import ClaudeAgent, ClaudeSettings  # noqa: E402
+from loopdeck.engine.agents.claude.pricing import PRICES  # noqa: E402
+from loopdeck.engine.events import AgentToolCall, AgentUsage, ExperimentKept, NoteDelivered  # noqa: E402
+from loopdeck.engine.store.ledger import Ledger  # noqa: E402
 
 KEY = "sk-ant-engine-test-5f3c9e1d-never-to-be-written-anywhere"
 USAGE = Usage(input_tokens=2000, output_tokens=300, cache_creation_input_tokens=1500, cache_read_input_tokens=4000)
@@ -97,7 +97,7 @@ def test_a_spent_budget_stops_the_session_cleanly(make_workspace, run_session):
 
 
 def test_a_note_reaches_claude_in_the_next_turn(make_workspace, run_session):
-    from engine.session import RunOptions, Session
+    from loopdeck.engine.session import RunOptions, Session
 
     workspace = make_workspace(fake_train_source(lr=0.5))
     with FakeAnthropic() as api:

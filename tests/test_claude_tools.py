@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from fake_anthropic import make_turn
 
-from engine.agents.base import ExperimentSummary
-from engine.agents.claude_tools import Workbench, call_summary
+from loopdeck.engine.agents.base import ExperimentSummary
+from loopdeck.engine.agents.claude.tools import Workbench, call_summary
 
 TRAIN = "LR = 0.02\nDEPTH = 4\n\ndef lr():\n    return LR\n\ndef depth():\n    return DEPTH\n"
 

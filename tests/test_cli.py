@@ -10,9 +10,9 @@ import pytest
 from conftest import git, init_repo, ledger_rows
 from fake_targets import expected_metric, fake_train_source, write_autoresearch_repo
 
-from console.cli import main
-from engine.control import send_command
-from engine.gitops import unified_diff
+from loopdeck.cli.main import main
+from loopdeck.engine.control import send_command
+from loopdeck.engine.store.gitops import unified_diff
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.config import DEFAULT_PATTERN, Config, default_toml, load_config, parse_config
-from engine.errors import LoopdeckError
+from loopdeck.engine.config import DEFAULT_PATTERN, Config, default_toml, load_config, parse_config
+from loopdeck.engine.errors import LoopdeckError
 
 
 def _error(text: str) -> str:
@@ -193,7 +193,7 @@ def _config_tables(draw: st.DrawFn) -> dict:
 
 
 def _toml_of(table: dict) -> str:
-    from engine.config import _toml_value
+    from loopdeck.engine.config import _toml_value
 
     lines = []
     for section, values in table.items():

@@ -10,16 +10,16 @@ from test_console_support import FakeSession, feed, footer_actions, make_app, ru
 from textual.color import Color
 from textual.widgets import Input, Markdown
 
-from console.actions import CONTROL_ACTIONS, DECISION_ACTIONS
-from console.commands import ConsoleCommands
-from console.demo import T0, demo_session
-from console.dialogs.confirm import ChoiceDialog
-from console.dialogs.note import NoteDialog
-from console.messages import EventsPending
-from console.screens.experiment import ExperimentScreen
-from console.screens.help import HelpScreen
-from console.widgets.experiments import ExperimentsTable
-from engine import events as ev
+from loopdeck.console.actions import CONTROL_ACTIONS, DECISION_ACTIONS
+from loopdeck.console.commands import ConsoleCommands
+from loopdeck.console.demo import T0, demo_session
+from loopdeck.console.dialogs.confirm import ChoiceDialog
+from loopdeck.console.dialogs.note import NoteDialog
+from loopdeck.console.messages import EventsPending
+from loopdeck.console.screens.experiment import ExperimentScreen
+from loopdeck.console.screens.help import HelpScreen
+from loopdeck.console.widgets.experiments import ExperimentsTable
+from loopdeck.engine import events as ev
 
 
 def started(approval: str = "ask") -> ev.SessionStarted:

@@ -12,13 +12,13 @@ import pytest
 from fake_targets import ScriptedAgent, change
 from test_console_support import make_app, run, screen_text, settle
 
-from console.app import LoopdeckApp
-from console.bridge import EventBridge
-from console.widgets.experiments import ExperimentsTable
-from engine.events import SessionFinished
-from engine.journal import read_events
-from engine.ledger import Ledger
-from engine.session import RunOptions, Session
+from loopdeck.console.app import LoopdeckApp
+from loopdeck.console.bridge import EventBridge
+from loopdeck.console.widgets.experiments import ExperimentsTable
+from loopdeck.engine.events import SessionFinished
+from loopdeck.engine.session import RunOptions, Session
+from loopdeck.engine.store.journal import read_events
+from loopdeck.engine.store.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def test_watch_only_follows_a_headless_engine_process(make_workspace, tmp_path: 
     workspace = make_workspace()
     journal = workspace / ".loopdeck" / "events.jsonl"
     engine = subprocess.Popen(
-        [sys.executable, "-m", "console.cli", "run", str(workspace), "--headless", "--agent", "offline",
+        [sys.executable, "-m", "loopdeck.cli", "run", str(workspace), "--headless", "--agent", "offline",
          "--max-experiments", "3"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

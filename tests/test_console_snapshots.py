@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_console_support import feed, make_app, run, screen_text
 
-from console.demo import demo_session
+from loopdeck.console.demo import demo_session
 
 SNAPSHOTS = Path(__file__).with_name("snapshots")
 UPDATE = os.environ.get("LOOPDECK_UPDATE_SNAPSHOTS") == "1"

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import threading
 
-from console import format as fmt
-from console.bridge import EventBridge
-from console.demo import demo_session
-from console.messages import EventsPending
-from console.plot import BrailleCanvas, Scale, bar, sparkline
-from console.state import CURVE_POINTS, REASONING_CHARS, TELEMETRY_POINTS, Curve, SessionView
-from console.widgets.diff import split_files
-from console.widgets.hardware import hardware_lines
-from console.widgets.reasoning import reasoning_markdown
-from engine import events as ev
+from loopdeck.console import format as fmt
+from loopdeck.console.bridge import EventBridge
+from loopdeck.console.demo import demo_session
+from loopdeck.console.messages import EventsPending
+from loopdeck.console.plot import BrailleCanvas, Scale, bar, sparkline
+from loopdeck.console.state import CURVE_POINTS, REASONING_CHARS, TELEMETRY_POINTS, Curve, SessionView
+from loopdeck.console.widgets.diff import split_files
+from loopdeck.console.widgets.hardware import hardware_lines
+from loopdeck.console.widgets.reasoning import reasoning_markdown
+from loopdeck.engine import events as ev
 
 
 def folded(events) -> SessionView:
@@ -200,6 +200,6 @@ def test_the_console_never_imports_torch_or_gpt() -> None:
     import sys
 
     code = ("import sys, console.app, console.launch, engine.session, engine.journal; "
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.split('.')[0] == 'gpt'))")
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('loopdeck.gpt')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

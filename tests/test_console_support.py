@@ -12,10 +12,10 @@ from typing import Any
 
 from rich.console import Console
 
-from console.app import LoopdeckApp
-from console.bridge import EventBridge
-from console.demo import T0
-from engine.events import Event
+from loopdeck.console.app import LoopdeckApp
+from loopdeck.console.bridge import EventBridge
+from loopdeck.console.demo import T0
+from loopdeck.engine.events import Event
 
 NOW = T0 + 2000.0
 

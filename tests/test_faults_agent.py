@@ -26,12 +26,12 @@ from fake_anthropic import (
 from fake_targets import expected_metric, fake_train_source
 from fault_support import assert_consistent
 
-from console.cli import main
-from console.state import SessionView
-from engine.agents.claude import ClaudeAgent, ClaudeSettings
-from engine.commands import HeadlessPrinter
-from engine.events import ExperimentKept, Notice, SessionFinished
-from engine.session import RunOptions, Session
+from loopdeck.cli.commands import HeadlessPrinter
+from loopdeck.cli.main import main
+from loopdeck.console.state import SessionView
+from loopdeck.engine.agents.claude.agent import ClaudeAgent, ClaudeSettings
+from loopdeck.engine.events import ExperimentKept, Notice, SessionFinished
+from loopdeck.engine.session import RunOptions, Session
 
 pytestmark = pytest.mark.timeout(120)
 KEY = "sk-ant-api03-FAULTSUITE-9c1d2e3f4a5b6c7d-NEVER-WRITE-ME"

@@ -12,8 +12,8 @@ from conftest import ledger_rows
 from fake_targets import ScriptedAgent, change
 from fault_support import assert_consistent
 
-from console.cli import main
-from engine.journal import read_journal
+from loopdeck.cli.main import main
+from loopdeck.engine.store.journal import read_journal
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -24,10 +24,10 @@ from conftest import Recorded, ledger_rows
 from fake_targets import ScriptedAgent, change, fake_train_source
 from fault_support import REPO, assert_consistent, assert_no_leftovers, integrity
 
-from console.cli import main
-from engine.events import Event, ExperimentStarted
-from engine.journal import JournalWriter
-from engine.session import RunOptions, Session
+from loopdeck.cli.main import main
+from loopdeck.engine.events import Event, ExperimentStarted
+from loopdeck.engine.session import RunOptions, Session
+from loopdeck.engine.store.journal import JournalWriter
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -126,7 +126,7 @@ def test_the_disk_filling_up_under_a_headless_run(make_workspace, run_session, l
     """RLIMIT_FSIZE on the whole engine process: whichever file reaches the limit first fails, as on a full disk."""
     workspace = make_workspace(fake_train_source(mode=mode))
     engine = subprocess.run(
-        [sys.executable, "-m", "console.cli", "run", str(workspace), "--headless", "--agent", "offline",
+        [sys.executable, "-m", "loopdeck.cli", "run", str(workspace), "--headless", "--agent", "offline",
          "--max-experiments", "4"], cwd=REPO, capture_output=True, text=True, timeout=60,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
     assert engine.returncode == 2, engine.stdout + engine.stderr

@@ -26,9 +26,9 @@ from fault_support import (
     wait_for_line,
 )
 
-from engine.journal import read_events
-from engine.lock import is_locked
-from engine.session import Session
+from loopdeck.engine.session import Session
+from loopdeck.engine.store.journal import read_events
+from loopdeck.engine.store.lock import is_locked
 
 pytestmark = pytest.mark.timeout(120)
 

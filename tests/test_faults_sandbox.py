@@ -17,9 +17,9 @@ from conftest import ledger_rows
 from fake_targets import ScriptedAgent, write_files
 from fault_support import REPO, amend_config, assert_consistent, assert_no_leftovers
 
-from engine.config import Config
-from engine.errors import LoopdeckError
-from engine.sandbox import LAUNCHER, _probe_namespaces, check_sandbox, sandboxed_argv
+from loopdeck.engine.config import Config
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.run.sandbox import LAUNCHER, _probe_namespaces, check_sandbox, sandboxed_argv
 
 pytestmark = pytest.mark.timeout(120)
 NETNS = _probe_namespaces(network=True) == ""
@@ -202,7 +202,7 @@ def test_where_namespaces_are_refused_the_session_does_not_start_and_says_why(ma
     workspace = sandbox_workspace(make_workspace, train(), network=False)
     engine = subprocess.run(
         ["unshare", "--user", "--map-root-user", "sh", "-c", 'echo 0 > /proc/sys/user/max_user_namespaces && '
-         'exec "$0" -m console.cli run "$1" --headless --agent offline', sys.executable, str(workspace)],
+         'exec "$0" -m loopdeck.cli run "$1" --headless --agent offline', sys.executable, str(workspace)],
         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert engine.returncode == 2, engine.stdout + engine.stderr
     assert engine.stderr.startswith("loopdeck: error: [sandbox] network = false needs a new network namespace, "

@@ -10,7 +10,7 @@ from conftest import ledger_rows
 from fake_targets import ScriptedAgent, change, write_files
 from fault_support import assert_consistent, assert_no_leftovers
 
-from engine.events import ExperimentFinished
+from loopdeck.engine.events import ExperimentFinished
 
 pytestmark = pytest.mark.timeout(120)
 

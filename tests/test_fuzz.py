@@ -21,12 +21,12 @@ from fault_support import amend_config, assert_consistent
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from console.cli import main
-from engine.config import Config, load_config, parse_config
-from engine.errors import LoopdeckError
-from engine.events import ChangeRejected
-from engine.guard import MAX_FILE_BYTES, GuardRejection, check_proposal
-from engine.lock import WorkspaceLock
+from loopdeck.cli.main import main
+from loopdeck.engine.config import Config, load_config, parse_config
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.events import ChangeRejected
+from loopdeck.engine.research.guard import MAX_FILE_BYTES, GuardRejection, check_proposal
+from loopdeck.engine.store.lock import WorkspaceLock
 
 pytestmark = pytest.mark.timeout(300)
 FAST = settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])  # no .hypothesis/ in the repo

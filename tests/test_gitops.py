@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import LoopdeckError
-from engine.gitops import ResearchRepo, unified_diff
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.store.gitops import ResearchRepo, unified_diff
 
 TRAIN = "LR = 0.1\nprint('val_bpb: 1.0')\n"
 

@@ -1,4 +1,4 @@
-"""gpt.download against a local HTTP server on 127.0.0.1: resume with Range, corrupt files rejected, shard manifests."""
+"""loopdeck.gpt.download against a local HTTP server on 127.0.0.1: resume with Range, corrupt files rejected, shard manifests."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gpt.corpus import SHARD_MANIFEST, load_corpus
-from gpt.download import DownloadError, RemoteCorpus, download_file, download_shards
+from loopdeck.gpt.corpus import SHARD_MANIFEST, load_corpus
+from loopdeck.gpt.download import DownloadError, RemoteCorpus, download_file, download_shards
 
 FAST = {"backoff": 0.0, "timeout": 5.0, "log": lambda message: None}
 

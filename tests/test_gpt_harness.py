@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from gpt import harness
-from gpt.errors import DataError
-from gpt.harness import MAX_SEQ_LEN, Data, evaluate_bpb, load_data, make_train_loader
-from gpt.metrics import MetricsLog, format_summary, parse_summary
-from gpt.tokenizer import ByteTokenizer
+from loopdeck.gpt import harness
+from loopdeck.gpt.errors import DataError
+from loopdeck.gpt.harness import MAX_SEQ_LEN, Data, evaluate_bpb, load_data, make_train_loader
+from loopdeck.gpt.metrics import MetricsLog, format_summary, parse_summary
+from loopdeck.gpt.tokenizer import ByteTokenizer
 
 VOCAB = 6
 BOS = 5

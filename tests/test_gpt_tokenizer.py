@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gpt.corpus import Corpus, Document
-from gpt.errors import DataError
-from gpt.tokenizer import ByteTokenizer, get_tokenizer
+from loopdeck.gpt.corpus import Corpus, Document
+from loopdeck.gpt.errors import DataError
+from loopdeck.gpt.tokenizer import ByteTokenizer, get_tokenizer
 
 SAMPLES = ["Hello, world!", "naïve café — 東京 🚀", "  indented\n\tcode = [1, 2]\n\n", ""]
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 from support_gpt import tiny_train_source
 
-from gpt import TRAIN_TEMPLATE
-from gpt.corpus import embedded_corpus
-from gpt.harness import evaluate_bpb, load_data, load_model
-from gpt.metrics import SUMMARY_FORMATS, parse_summary
-from gpt.template import hyperparameters
+from loopdeck.gpt import TRAIN_TEMPLATE
+from loopdeck.gpt.corpus import embedded_corpus
+from loopdeck.gpt.harness import evaluate_bpb, load_data, load_model
+from loopdeck.gpt.metrics import SUMMARY_FORMATS, parse_summary
+from loopdeck.gpt.template import hyperparameters
 
 BUDGET = 2.0
 EVAL_TOKENS = 2048
@@ -156,7 +156,7 @@ def test_hyperparameter_block_is_plain_literals():
 
 
 def loopdeck(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "console.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "loopdeck.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=240)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.guard import MAX_FILE_BYTES, GuardRejection, check_proposal
-from engine.workspace import file_hashes
+from loopdeck.engine.research.guard import MAX_FILE_BYTES, GuardRejection, check_proposal
+from loopdeck.engine.store.workspace import file_hashes
 
 TRAIN = "LR = 0.1\nprint('val_bpb: 1.0')\n"
 

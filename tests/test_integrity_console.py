@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from console import format as fmt
-from console.screens.experiment import facts
-from console.state import SessionView
-from console.widgets.status import status_segments
-from engine import events as ev
-from engine.config import parse_config
-from engine.errors import LoopdeckError
+from loopdeck.console import format as fmt
+from loopdeck.console.screens.experiment import facts
+from loopdeck.console.state import SessionView
+from loopdeck.console.widgets.status import status_segments
+from loopdeck.engine import events as ev
+from loopdeck.engine.config import parse_config
+from loopdeck.engine.errors import LoopdeckError
 
 
 def view_of(*events: ev.Event) -> SessionView:

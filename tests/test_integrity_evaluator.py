@@ -1,4 +1,4 @@
-"""The protected scorer (`python -m gpt.evaluate`) on saved weights: true scores, the causality probe, tampering."""
+"""The protected scorer (`python -m loopdeck.gpt.evaluate`) on saved weights: true scores, the causality probe, tampering."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 torch = pytest.importorskip("torch")
 support = pytest.importorskip("support_gpt")
 
-from engine.evaluator import read_evaluation  # noqa: E402
-from engine.runner import RunResult  # noqa: E402
-from gpt.evaluate import EXIT_REJECTED, RESULT_PREFIX  # noqa: E402
-from gpt.harness import evaluate_bpb, load_data, save_model  # noqa: E402
+from loopdeck.engine.run.evaluator import read_evaluation  # noqa: E402
+from loopdeck.engine.run.runner import RunResult  # noqa: E402
+from loopdeck.gpt.evaluate import EXIT_REJECTED, RESULT_PREFIX  # noqa: E402
+from loopdeck.gpt.harness import evaluate_bpb, load_data, save_model  # noqa: E402
 
 EVAL_TOKENS = 8192
 PEEKING = ("is_causal=True", "is_causal=False")  # the edit that lets every position attend to the future
@@ -44,7 +44,7 @@ def build(directory: Path, source: str) -> torch.nn.Module:
 
 def score(directory: Path, split: str = "val") -> tuple[int, dict]:
     result = subprocess.run(
-        [sys.executable, "-P", "-m", "gpt.evaluate", "--workspace", str(directory), "--weights",
+        [sys.executable, "-P", "-m", "loopdeck.gpt.evaluate", "--workspace", str(directory), "--weights",
          str(directory / "model.pt"), "--split", split],
         cwd=directory, capture_output=True, text=True, timeout=120,
         env={"PATH": "/usr/bin:/bin", "LOOPDECK_EVAL_TOKENS": str(EVAL_TOKENS), "LOOPDECK_DEVICE": "cpu"})

@@ -10,10 +10,16 @@ import pytest
 from conftest import ledger_rows
 from fake_targets import ScriptedAgent, set_constant
 
-from engine.agents.base import AgentTurn, Proposal
-from engine.events import ExperimentFinished, NoiseEstimated, RunRepeated
-from engine.ledger import Ledger
-from engine.noise import confirm, confirmation_seeds, delta_band, needs_confirmation, run_std
+from loopdeck.engine.agents.base import AgentTurn, Proposal
+from loopdeck.engine.events import ExperimentFinished, NoiseEstimated, RunRepeated
+from loopdeck.engine.research.noise import (
+    confirm,
+    confirmation_seeds,
+    delta_band,
+    needs_confirmation,
+    run_std,
+)
+from loopdeck.engine.store.ledger import Ledger
 
 # A target whose metric is a known value plus Gaussian noise of known σ, seeded from LOOPDECK_SEED and from the
 # code (LABEL): like real training, a changed file follows another random trajectory even with the same seed.

@@ -6,9 +6,15 @@ import pytest
 from conftest import git, ledger_rows
 from fake_targets import ScriptedAgent, change, fake_train_source, set_constant, write_files
 
-from engine.early_abort import AbortRule, EarlyAbort
-from engine.events import ChangeRejected, ExperimentFinished, ExperimentReverted, SessionStarted, TrainStep
-from engine.guard import GuardRejection, check_substance
+from loopdeck.engine.events import (
+    ChangeRejected,
+    ExperimentFinished,
+    ExperimentReverted,
+    SessionStarted,
+    TrainStep,
+)
+from loopdeck.engine.research.early_abort import AbortRule, EarlyAbort
+from loopdeck.engine.research.guard import GuardRejection, check_substance
 
 # --- the budget, checked from outside -------------------------------------------------------------------------------
 
@@ -164,9 +170,9 @@ def test_early_abort_stops_a_run_that_is_clearly_behind_and_keeps_one_that_is_ah
 
 
 def test_the_scoring_mode_follows_the_training_file(tmp_path):
-    from engine.config import Config
-    from engine.evaluator import evaluation_plan
-    from gpt import TRAIN_TEMPLATE
+    from loopdeck.engine.config import Config
+    from loopdeck.engine.run.evaluator import evaluation_plan
+    from loopdeck.gpt import TRAIN_TEMPLATE
 
     (tmp_path / "train.py").write_text(TRAIN_TEMPLATE.read_text())
     config = Config()
@@ -188,8 +194,8 @@ def test_trusted_mode_on_a_foreign_target_stops_with_a_clear_message(make_worksp
 
 
 def test_a_protected_file_outside_the_workspace_is_checked_by_its_hash(tmp_path):
-    from engine.guard import check_protected
-    from engine.workspace import file_hashes
+    from loopdeck.engine.research.guard import check_protected
+    from loopdeck.engine.store.workspace import file_hashes
 
     harness = tmp_path / "site" / "harness.py"
     harness.parent.mkdir()

@@ -10,14 +10,14 @@ import pytest
 from conftest import ledger_rows
 from fake_targets import ScriptedAgent, write_files
 
-from engine.events import (
+from loopdeck.engine.events import (
     ExperimentFinished,
     HoldoutScored,
     Notice,
     SessionStarted,
 )
-from engine.ledger import MIGRATIONS, Ledger
-from engine.report import write_report
+from loopdeck.engine.research.report import write_report
+from loopdeck.engine.store.ledger import MIGRATIONS, Ledger
 
 PEEKING = ("is_causal=True", "is_causal=False")
 FAKE_PRINT = ('"val_bpb": val_bpb,', '"val_bpb": 0.1,')

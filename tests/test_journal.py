@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from engine.errors import LoopdeckError
-from engine.events import Event, ExperimentFinished, GpuSample, LogLine, Notice, event_kinds
-from engine.journal import JournalFollower, JournalWriter, read_events, read_journal
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.events import Event, ExperimentFinished, GpuSample, LogLine, Notice, event_kinds
+from loopdeck.engine.store.journal import JournalFollower, JournalWriter, read_events, read_journal
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -216,8 +216,8 @@ def test_follower_tails_a_writer_in_another_process(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import json, time
         from pathlib import Path
-        from engine.events import LogLine
-        from engine.journal import JournalWriter
+        from loopdeck.engine.events import LogLine
+        from loopdeck.engine.store.journal import JournalWriter
         path = Path({str(path)!r})
         with JournalWriter(path) as writer:
             for i in range({count}):

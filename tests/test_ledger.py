@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.agents.base import ExperimentSummary
-from engine.errors import LoopdeckError
-from engine.ledger import (
+from loopdeck.engine.agents.base import ExperimentSummary
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.research.history import SUMMARY_DIFF_CHARS, SUMMARY_LOG_LINES, agent_history
+from loopdeck.engine.store.ledger import (
     SCHEMA_VERSION,
-    SUMMARY_DIFF_CHARS,
-    SUMMARY_LOG_LINES,
     ExperimentRow,
     Ledger,
     format_status_table,
@@ -86,7 +85,7 @@ def test_summaries_are_compact_agent_history(ledger: Ledger) -> None:
     ledger.finish(1, "crash", reason="Traceback: boom", log_tail=log)
     ledger.begin(ExperimentRow(id=2, status="running", description="in flight"))
 
-    summaries = ledger.summaries()
+    summaries = agent_history(ledger.rows())
     assert [s.id for s in summaries] == [0, 1]  # the experiment in flight is not history yet
     assert all(isinstance(s, ExperimentSummary) for s in summaries)
     crash = summaries[1]
@@ -167,7 +166,7 @@ def test_rows_survive_sigkill_right_after_finish(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, signal, sys
         from pathlib import Path
-        from engine.ledger import ExperimentRow, Ledger
+        from loopdeck.engine.store.ledger import ExperimentRow, Ledger
         ledger = Ledger(Path({str(state)!r}))
         for i in range(3):
             ledger.begin(ExperimentRow(id=i, status="running", commit=f"c{{i:06d}}", description=f"exp {{i}}"))

@@ -19,8 +19,8 @@ from fake_targets import (
     write_files,
 )
 
-from engine.agents.base import AgentError
-from engine.events import (
+from loopdeck.engine.agents.base import AgentError
+from loopdeck.engine.events import (
     ChangeProposed,
     ChangeRejected,
     DecisionMade,
@@ -192,7 +192,7 @@ def test_a_second_session_resumes_numbering_on_the_same_branch(workspace, run_se
 
 
 def test_an_on_event_callback_that_raises_does_not_stop_the_loop(workspace):
-    from engine.session import RunOptions, Session
+    from loopdeck.engine.session import RunOptions, Session
 
     seen = []
 
@@ -240,12 +240,12 @@ def test_an_autoresearch_repository_keeps_prepare_py_protected(tmp_path, run_ses
 
 
 def test_an_engine_error_ends_the_session_cleanly_with_its_traceback_saved(workspace, run_session, monkeypatch):
-    import engine.loop
+    import loopdeck.engine.research.loop as loop
 
     def broken_diff(old, new):
         raise RuntimeError("a bug in the engine")
 
-    monkeypatch.setattr(engine.loop, "unified_diff", broken_diff)
+    monkeypatch.setattr(loop, "unified_diff", broken_diff)
     session, recorded = run_session(workspace, ScriptedAgent([change("LR", 0.3)]))
     assert recorded.finished.reason == "error"
     assert session.error.startswith("engine error: RuntimeError: a bug in the engine")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from engine.events import ExperimentFinished, TrainStep
-from engine.ledger import Ledger
+from loopdeck.engine.events import ExperimentFinished, TrainStep
+from loopdeck.engine.store.ledger import Ledger
 
 
 @pytest.mark.slow
 def test_the_offline_agent_drives_the_real_gpt_target(make_workspace, run_session):
     support = pytest.importorskip("support_gpt", reason="tests/support_gpt.py (the GPT target's helpers) is missing")
-    pytest.importorskip("engine.agents.offline", reason="the offline agent is not there yet")
+    pytest.importorskip("loopdeck.engine.agents.offline.agent", reason="the offline agent is not there yet")
     # A small evaluation keeps each run to a few seconds ([experiment] env: the credential scrub would drop a
     # LOOPDECK_EVAL_TOKENS inherited from this process, its name containing TOKEN).
     workspace = make_workspace(support.tiny_train_source(), timeout=120, env={"LOOPDECK_EVAL_TOKENS": "8192"})

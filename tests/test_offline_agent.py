@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.agents.base import AgentCancelled, AgentError, AgentTurn, ExperimentSummary, Proposal
-from engine.agents.knobs import (
+from loopdeck.engine.agents.base import AgentCancelled, AgentError, AgentTurn, ExperimentSummary, Proposal
+from loopdeck.engine.agents.offline.agent import OfflineAgent
+from loopdeck.engine.agents.offline.knobs import (
     apply_edits,
     classify,
     constant_changes,
@@ -21,9 +22,8 @@ from engine.agents.knobs import (
     neighbour,
     render,
 )
-from engine.agents.offline import OfflineAgent
-from engine.agents.offline_memory import parse_note
-from engine.events import (
+from loopdeck.engine.agents.offline.memory import parse_note
+from loopdeck.engine.events import (
     AgentTextDelta,
     AgentThinkingDelta,
     AgentToolCall,
@@ -444,7 +444,7 @@ def moved_keys(row: ExperimentSummary) -> list[str]:
 
 
 def test_gpt_template_is_searchable():
-    gpt = pytest.importorskip("gpt")
+    gpt = pytest.importorskip("loopdeck.gpt")
     if not gpt.TRAIN_TEMPLATE.is_file():
         pytest.skip("gpt/train.py not written yet")
     source = gpt.TRAIN_TEMPLATE.read_text(encoding="utf-8")

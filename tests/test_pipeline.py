@@ -10,8 +10,8 @@ import pytest
 from conftest import ledger_rows
 from fake_targets import ScriptedAgent, change, expected_metric, fake_train_source, set_constant
 
-from engine.agents.base import AgentCancelled, AgentTurn, Proposal
-from engine.events import (
+from loopdeck.engine.agents.base import AgentCancelled, AgentTurn, Proposal
+from loopdeck.engine.events import (
     ApprovalRequested,
     ChangeProposed,
     DecisionMade,
@@ -20,7 +20,7 @@ from engine.events import (
     Notice,
     StateChanged,
 )
-from engine.pipeline import ProposalClock, merge3, rebase, same_change
+from loopdeck.engine.research.pipeline import ProposalClock, merge3, rebase, same_change
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -186,7 +186,7 @@ def test_the_agent_is_told_the_outcome_and_its_revision_is_what_runs(make_worksp
 
 
 def test_a_stop_while_drafting_cancels_the_draft_and_leaves_no_row(make_workspace):
-    from engine.session import RunOptions, Session
+    from loopdeck.engine.session import RunOptions, Session
 
     workspace = make_workspace(fake_train_source(lr=0.5, **RUN))
     agent = TimedAgent([change("LR", 0.3), change("LR", 0.25)], delay=0.05)
@@ -213,7 +213,7 @@ def test_a_stop_while_drafting_cancels_the_draft_and_leaves_no_row(make_workspac
 
 
 def test_supervised_the_next_diff_is_reviewed_while_the_current_one_trains(make_workspace):
-    from engine.session import RunOptions, Session
+    from loopdeck.engine.session import RunOptions, Session
 
     workspace = make_workspace(fake_train_source(lr=0.5, **RUN), approval="ask")
 
@@ -245,7 +245,7 @@ def test_supervised_the_next_diff_is_reviewed_while_the_current_one_trains(make_
 
 
 def test_a_veto_given_while_the_previous_run_trains_is_recorded_when_it_ends(make_workspace):
-    from engine.session import RunOptions, Session
+    from loopdeck.engine.session import RunOptions, Session
 
     workspace = make_workspace(fake_train_source(lr=0.5, **RUN), approval="ask")
     agent = TimedAgent([change("LR", 0.6), change("LR", 0.3)])
@@ -271,7 +271,7 @@ def test_a_veto_given_while_the_previous_run_trains_is_recorded_when_it_ends(mak
 
 
 def test_a_session_that_ends_while_a_draft_awaits_approval_closes_its_gate(make_workspace):
-    from engine.session import RunOptions, Session
+    from loopdeck.engine.session import RunOptions, Session
 
     workspace = make_workspace(fake_train_source(lr=0.5, **RUN), approval="ask", crashes=1)
     agent = TimedAgent([change("MODE", "crash"), change("LR", 0.3)])

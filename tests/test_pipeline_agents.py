@@ -8,9 +8,9 @@ from pathlib import Path
 from fake_anthropic import FakeAnthropic, make_turn, reply, text, tool_use
 from fake_targets import fake_train_source, set_constant
 
-from engine.agents.base import ExperimentSummary, Proposal
-from engine.agents.claude import ClaudeAgent, ClaudeSettings
-from engine.agents.offline import OfflineAgent
+from loopdeck.engine.agents.base import ExperimentSummary, Proposal
+from loopdeck.engine.agents.claude.agent import ClaudeAgent, ClaudeSettings
+from loopdeck.engine.agents.offline.agent import OfflineAgent
 
 KEY = "sk-ant-pipeline-test-key"
 BASELINE = ExperimentSummary(id=0, status="keep", metric=1.3, delta=None, description="baseline",

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.ledger import ExperimentRow
-from engine.report import write_report
+from loopdeck.engine.research.report import write_report
+from loopdeck.engine.store.ledger import ExperimentRow
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.config import DEFAULT_PATTERN, Config
-from engine.runner import (
+from loopdeck.engine.config import DEFAULT_PATTERN, Config
+from loopdeck.engine.run.runner import (
     RunResult,
     classify,
     metric_from_log,

@@ -17,9 +17,9 @@ import pytest
 from conftest import git, ledger_rows
 from fake_targets import ScriptedAgent, change, expected_metric, fake_train_source
 
-from engine.control import ControlReader, send_command
-from engine.errors import LoopdeckError
-from engine.events import (
+from loopdeck.engine.control import ControlReader, send_command
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.events import (
     ApprovalRequested,
     DecisionMade,
     Event,
@@ -29,9 +29,9 @@ from engine.events import (
     StateChanged,
     TrainStep,
 )
-from engine.ledger import ExperimentRow, Ledger
-from engine.lock import is_locked
-from engine.session import RunOptions, Session
+from loopdeck.engine.session import RunOptions, Session
+from loopdeck.engine.store.ledger import ExperimentRow, Ledger
+from loopdeck.engine.store.lock import is_locked
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def test_the_ask_gate_waits_for_decisions_sent_through_the_control_file(make_wor
     assert delivered == [(2, "too risky: try a lower LR")]
 
     # The approval comes from another process: `loopdeck ctl DIR approve`.
-    result = subprocess.run([sys.executable, "-m", "console.cli", "ctl", str(workspace), "approve"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "loopdeck.cli", "ctl", str(workspace), "approve"], cwd=REPO,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert session.wait(15)
@@ -267,7 +267,7 @@ def test_resume_after_the_engine_is_killed_mid_run(make_workspace, run_session):
     """A real `loopdeck run --headless` process, SIGKILLed while experiment #1 trains."""
     workspace = make_workspace(fake_train_source(steps=12, step_seconds=0.1))
     engine = subprocess.Popen(
-        [sys.executable, "-m", "console.cli", "run", str(workspace), "--headless", "--agent", "offline",
+        [sys.executable, "-m", "loopdeck.cli", "run", str(workspace), "--headless", "--agent", "offline",
          "--approve", "auto"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     journal = workspace / ".loopdeck/events.jsonl"
     deadline = time.monotonic() + 30
@@ -291,7 +291,7 @@ def test_resume_after_the_engine_is_killed_mid_run(make_workspace, run_session):
     assert final[1].commit and final[2].parent_commit == final[0].commit
     assert agent.turns[0].experiment == 2 and agent.turns[0].history[1].status == "interrupted"
     assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
-    from engine.journal import read_journal
+    from loopdeck.engine.store.journal import read_journal
 
     read = read_journal(journal)
     assert not read.bad_lines and read.events[-1].kind == "session_finished"
@@ -301,7 +301,7 @@ def test_resume_after_the_engine_is_killed_mid_run(make_workspace, run_session):
 def test_sigterm_stops_a_headless_session_gracefully(make_workspace):
     workspace = make_workspace(fake_train_source(steps=40, step_seconds=0.1))
     engine = subprocess.Popen(
-        [sys.executable, "-m", "console.cli", "run", str(workspace), "--headless", "--agent", "offline",
+        [sys.executable, "-m", "loopdeck.cli", "run", str(workspace), "--headless", "--agent", "offline",
          "--approve", "auto"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     journal = workspace / ".loopdeck/events.jsonl"
     deadline = time.monotonic() + 30

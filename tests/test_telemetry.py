@@ -14,8 +14,8 @@ import psutil
 import pynvml
 import pytest
 
-from engine.events import TelemetrySample, event_from_dict
-from engine.telemetry import NO_GPU, TelemetrySampler
+from loopdeck.engine.events import TelemetrySample, event_from_dict
+from loopdeck.engine.run.telemetry import NO_GPU, TelemetrySampler
 
 MIB = 1024 * 1024
 UNSUPPORTED = pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # the real class picks NVMLError_NotSupported

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import load_config
-from engine.errors import LoopdeckError
-from engine.gitops import ResearchRepo
-from engine.workspace import file_hashes, init_workspace, is_workspace, state_dir
+from loopdeck.engine.config import load_config
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.store.gitops import ResearchRepo
+from loopdeck.engine.store.workspace import file_hashes, init_workspace, is_workspace, state_dir
 
 TEMPLATE = "# the editable GPT training file\nprint('val_bpb: 1.0')\n"
 
@@ -20,7 +20,7 @@ TEMPLATE = "# the editable GPT training file\nprint('val_bpb: 1.0')\n"
 def template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "template_train.py"
     path.write_text(TEMPLATE)
-    monkeypatch.setattr("gpt.TRAIN_TEMPLATE", path, raising=False)
+    monkeypatch.setattr("loopdeck.gpt.TRAIN_TEMPLATE", path, raising=False)
     # No global identity: init must commit with its own.
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-global-gitconfig"))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")

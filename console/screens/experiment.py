@@ -9,10 +9,10 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from console import format as fmt
-from console.state import ExperimentView, SessionView
-from console.widgets.diff import render_diff
-from themes import STATUS_LOOK
+from loopdeck.console import format as fmt
+from loopdeck.console.state import ExperimentView, SessionView
+from loopdeck.console.widgets.diff import render_diff
+from loopdeck.themes import STATUS_LOOK
 
 
 def facts(row: ExperimentView, view: SessionView) -> list[tuple[str, str]]:

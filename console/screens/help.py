@@ -9,7 +9,7 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from console.actions import ACTIONS, action_name
+from loopdeck.console.actions import ACTIONS, action_name
 
 INTRO = (
     "loopdeck runs the research loop: the agent proposes a change to the training code, loopdeck runs it for a "

@@ -9,14 +9,14 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Header, Tab, Tabs
 
-from console import state as st
-from console.state import SessionView
-from console.widgets.charts import LossCurve, MetricChart
-from console.widgets.diff import DiffPane
-from console.widgets.experiments import ExperimentsTable
-from console.widgets.hardware import HardwarePane
-from console.widgets.reasoning import ReasoningPane
-from console.widgets.status import Banner, StatusLine
+from loopdeck.console import state as st
+from loopdeck.console.state import SessionView
+from loopdeck.console.widgets.charts import LossCurve, MetricChart
+from loopdeck.console.widgets.diff import DiffPane
+from loopdeck.console.widgets.experiments import ExperimentsTable
+from loopdeck.console.widgets.hardware import HardwarePane
+from loopdeck.console.widgets.reasoning import ReasoningPane
+from loopdeck.console.widgets.status import Banner, StatusLine
 
 PANES = ("agent", "diff", "run", "experiments")
 TAB_LABELS = {"agent": "Agent", "diff": "Change", "run": "Run", "experiments": "Experiments"}

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from textual.content import Content
 from textual.widget import Widget
 
-from console import format as fmt
-from console.plot import BrailleCanvas, Point, Scale, data_range, nice_label
-from console.state import SessionView
-from themes import STATUS_LOOK
+from loopdeck.console import format as fmt
+from loopdeck.console.plot import BrailleCanvas, Point, Scale, data_range, nice_label
+from loopdeck.console.state import SessionView
+from loopdeck.themes import STATUS_LOOK
 
 
 def canvas_content(canvas: BrailleCanvas, styles: Sequence[str]) -> list[Content]:

@@ -10,7 +10,7 @@ from textual.content import Content
 from textual.highlight import highlight
 from textual.widgets import Static
 
-from console.state import ExperimentView, SessionView
+from loopdeck.console.state import ExperimentView, SessionView
 
 _GUTTER = {"+": ("+", "bold $text-success", "on $success 12%"), "-": ("−", "bold $text-error", "on $error 12%"),
            " ": (" ", "", "")}

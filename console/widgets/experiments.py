@@ -7,9 +7,9 @@ from rich.text import Text
 from textual.color import Color
 from textual.widgets import DataTable
 
-from console import format as fmt
-from console.state import ExperimentView, SessionView
-from themes import STATUS_LOOK
+from loopdeck.console import format as fmt
+from loopdeck.console.state import ExperimentView, SessionView
+from loopdeck.themes import STATUS_LOOK
 
 COLUMNS = (("id", "#"), ("status", "status"), ("metric", "metric"), ("delta", "Δ"), ("time", "time"),
            ("description", "description"))

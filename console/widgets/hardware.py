@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from textual.content import Content
 from textual.widget import Widget
 
-from console import format as fmt
-from console.plot import bar, sparkline
-from console.state import SessionView
+from loopdeck.console import format as fmt
+from loopdeck.console.plot import bar, sparkline
+from loopdeck.console.state import SessionView
 
 LABEL = 5
 VALUE = 10

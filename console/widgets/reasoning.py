@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Markdown
 
-from console.state import ReasoningBlock, SessionView
+from loopdeck.console.state import ReasoningBlock, SessionView
 
 PLACEHOLDER = "*Waiting for the agent…*"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widget import Widget
 
-from console import format as fmt
-from console.state import SessionView
+from loopdeck.console import format as fmt
+from loopdeck.console.state import SessionView
 
 _MODE_STYLE = {
     "supervised": "bold $text on $primary 35%",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.events import Event
+from loopdeck.engine.events import Event
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.ledger import ExperimentRow
+from loopdeck.engine.store.ledger import ExperimentRow
 
 CRASH_STATUSES = frozenset({"crash", "timeout", "nan", "interrupted"})
 NOT_RUN_STATUSES = frozenset({"rejected", "vetoed", "running"})

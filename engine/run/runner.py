@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from engine.errors import LoopdeckError
+from loopdeck.engine.errors import LoopdeckError
 
 if TYPE_CHECKING:
-    from engine.config import Config
+    from loopdeck.engine.config import Config
 
 RUN_MARK_VAR = "LOOPDECK_RUN_MARK"
 TAIL_LINES = 40

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from gpt import TRAIN_TEMPLATE
-from gpt.corpus import data_files
+from loopdeck.gpt import TRAIN_TEMPLATE
+from loopdeck.gpt.corpus import data_files
 
 
 def train_command(args: argparse.Namespace) -> int:

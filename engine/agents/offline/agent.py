@@ -1,7 +1,7 @@
 """The built-in offline agent: a hyperparameter search over a training file's constants, no API key, no network.
 
-Each turn it scans the editable Python files for knobs (`engine.agents.knobs`), reads the history and people's
-notes back (`engine.agents.offline_memory`), picks the best-scoring next move (`engine.agents.offline_search`) and
+Each turn it scans the editable Python files for knobs (`loopdeck.engine.agents.offline.knobs`), reads the history and people's
+notes back (`loopdeck.engine.agents.offline.memory`), picks the best-scoring next move (`loopdeck.engine.agents.offline.search`) and
 rewrites just those literals. Its reasoning (the reasons that decided the score) streams as thinking deltas
 before the proposal is returned. Given the same seed, history and notes it proposes the same thing. When nothing
 is left to try it stops the session with `AgentError(fatal=True, stop_reason="exhausted")`.
@@ -18,11 +18,25 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from engine.agents.base import AgentCancelled, AgentError, AgentTurn, Proposal
-from engine.agents.knobs import SEQUENCE_NAMES, Knob, Value, apply_edits, discover, module_constants, render
-from engine.agents.offline_memory import Directive, Memory, merge_directives, normalise, parse_note
-from engine.agents.offline_search import MAX_FAILURES, Candidate, Search
-from engine.events import AgentTextDelta, AgentThinkingDelta, AgentToolCall, AgentToolResult, NoteDelivered
+from loopdeck.engine.agents.base import AgentCancelled, AgentError, AgentTurn, Proposal
+from loopdeck.engine.agents.offline.knobs import (
+    SEQUENCE_NAMES,
+    Knob,
+    Value,
+    apply_edits,
+    discover,
+    module_constants,
+    render,
+)
+from loopdeck.engine.agents.offline.memory import Directive, Memory, merge_directives, normalise, parse_note
+from loopdeck.engine.agents.offline.search import MAX_FAILURES, Candidate, Search
+from loopdeck.engine.events import (
+    AgentTextDelta,
+    AgentThinkingDelta,
+    AgentToolCall,
+    AgentToolResult,
+    NoteDelivered,
+)
 
 _WORDS_PER_DELTA = 4
 
@@ -168,7 +182,7 @@ def _module_source(module: tuple[str, int], workspace: Path, importer: str) -> s
 
 
 def _installed_origin(name: str) -> str | None:
-    """The file of an installed module such as `gpt.harness`, found without importing it or its parents (a
+    """The file of an installed module such as `loopdeck.gpt.harness`, found without importing it or its parents (a
     dotted find_spec would run the parent package's __init__)."""
     top, *rest = name.split(".")
     try:

@@ -20,8 +20,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.errors import LoopdeckError
-from engine.events import Event, event_from_dict, event_kinds
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.events import Event, event_from_dict, event_kinds
 
 
 class JournalWriter:

@@ -1,7 +1,7 @@
-"""Trusted evaluation of the built-in GPT target: when it applies, how `python -m gpt.evaluate` is run, its answer.
+"""Trusted evaluation of the built-in GPT target: when it applies, how `python -m loopdeck.gpt.evaluate` is run, its answer.
 
 `[evaluation] mode = "auto"` scores runs out of process when the training file is a GPT-target file: it imports
-`gpt.harness` and saves its weights with `save_model`. Other repositories (autoresearch's own train.py, anything
+`loopdeck.gpt.harness` and saves its weights with `save_model`. Other repositories (autoresearch's own train.py, anything
 that does not save loadable weights) are scored by the number they print, and every experiment says so
 (`self_reported`). The decision is made once, at session start, from the workspace as it is then: an agent cannot
 switch a session to self-reported scoring by editing the import away (its runs then fail to produce weights).
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.config import Config
-from engine.runner import RunResult
+from loopdeck.engine.config import Config
+from loopdeck.engine.run.runner import RunResult
 
 # What must stay the same from one evaluation to the next within a session: the text scored and how.
 REFERENCE_KEYS = ("corpus_fingerprint", "tokenizer", "eval_tokens", "batch_size", "seq_len")
@@ -62,8 +62,8 @@ def _not_gpt_target(path: Path) -> str:
     except (OSError, SyntaxError, UnicodeDecodeError, ValueError) as exc:
         return f"cannot read {path.name} ({exc})"
     imports_harness = any(
-        (isinstance(node, ast.ImportFrom) and node.module == "gpt.harness")
-        or (isinstance(node, ast.Import) and any(alias.name == "gpt.harness" for alias in node.names))
+        (isinstance(node, ast.ImportFrom) and node.module == "loopdeck.gpt.harness")
+        or (isinstance(node, ast.Import) and any(alias.name == "loopdeck.gpt.harness" for alias in node.names))
         for node in ast.walk(tree))
     saves = any((isinstance(node, ast.Name) and node.id == "save_model")
                 or (isinstance(node, ast.Attribute) and node.attr == "save_model") for node in ast.walk(tree))
@@ -74,8 +74,8 @@ def _not_gpt_target(path: Path) -> str:
 
 def package_files() -> list[Path]:
     """The installed gpt modules that define the measurement (harness, evaluator, corpus, tokenizer)."""
-    import gpt
-    from gpt.evaluate import PROTECTED_MODULES
+    import loopdeck.gpt as gpt
+    from loopdeck.gpt.evaluate import PROTECTED_MODULES
 
     root = Path(gpt.__file__).resolve().parent
     return [root / f"{name}.py" for name in PROTECTED_MODULES]
@@ -87,15 +87,10 @@ def package_hashes() -> dict[str, str]:
 
 
 def evaluator_argv(workspace: Path, train_file: str, weights: Path, split: str = "val") -> list[str]:
-    """`python -m gpt.evaluate …`, pinned to the gpt package this engine hashed: -P keeps the working directory off
-    sys.path (a workspace's own gpt/ cannot stand in), and the package's root goes first (a source checkout that
-    is not installed works too)."""
-    import gpt
-
-    root = str(Path(gpt.__file__).resolve().parent.parent)
-    bootstrap = f"import sys; sys.path.insert(0, {root!r}); from gpt.evaluate import main; main()"
-    return [sys.executable, "-P", "-c", bootstrap, "--workspace", str(workspace), "--train-file", train_file,
-            "--weights", str(weights), "--split", split]
+    """`python -P -m loopdeck.gpt.evaluate …`: -P keeps the working directory off sys.path, so nothing in the
+    workspace can stand in for the installed scorer."""
+    return [sys.executable, "-P", "-m", "loopdeck.gpt.evaluate", "--workspace", str(workspace),
+            "--train-file", train_file, "--weights", str(weights), "--split", split]
 
 
 @dataclass(frozen=True)
@@ -111,7 +106,7 @@ class Evaluation:
 def read_evaluation(result: RunResult) -> Evaluation:
     """The evaluator's answer from its run; a crash with the reason when it gave none."""
     # Here, not at the top: only trusted sessions load the gpt package (gpt.evaluate itself loads no torch).
-    from gpt.evaluate import EXIT_REJECTED, RESULT_PREFIX
+    from loopdeck.gpt.evaluate import EXIT_REJECTED, RESULT_PREFIX
 
     if result.timed_out:
         return Evaluation("crash", f"the trusted evaluation was killed after {result.timeout_seconds:g} s "

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import psutil
 
-from engine.agents.base import (
+from loopdeck.engine.agents.base import (
     Agent,
     AgentCancelled,
     AgentError,
@@ -50,11 +50,10 @@ from engine.agents.base import (
     ExperimentSummary,
     Proposal,
 )
-from engine.config import Config
-from engine.control import Controller, Decision
-from engine.early_abort import EarlyAbort, RunStop
-from engine.errors import LoopdeckError
-from engine.events import (
+from loopdeck.engine.config import Config
+from loopdeck.engine.control import Controller, Decision
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.events import (
     AgentUsage,
     ApprovalRequested,
     ChangeProposed,
@@ -74,14 +73,16 @@ from engine.events import (
     StateChanged,
     TrainStep,
 )
-from engine.gitops import ResearchRepo, unified_diff
-from engine.guard import GuardRejection, check_proposal, check_substance
-from engine.integrity import Integrity, evaluation_label
-from engine.ledger import ExperimentRow, Ledger
-from engine.pipeline import Pipeline, Review
-from engine.runner import RunResult, metric_from_log, run_experiment, training_env
-from engine.sandbox import sandboxed_argv
-from engine.workspace import file_hashes
+from loopdeck.engine.research.early_abort import EarlyAbort, RunStop
+from loopdeck.engine.research.guard import GuardRejection, check_proposal, check_substance
+from loopdeck.engine.research.history import agent_history
+from loopdeck.engine.research.integrity import Integrity, evaluation_label
+from loopdeck.engine.research.pipeline import Pipeline, Review
+from loopdeck.engine.run.runner import RunResult, metric_from_log, run_experiment, training_env
+from loopdeck.engine.run.sandbox import sandboxed_argv
+from loopdeck.engine.store.gitops import ResearchRepo, unified_diff
+from loopdeck.engine.store.ledger import ExperimentRow, Ledger
+from loopdeck.engine.store.workspace import file_hashes
 
 CURVE_POINTS = 200  # the incumbent curve sent with ExperimentStarted
 LOG_LINES_PER_SECOND = 200  # beyond this, log lines are counted, not sent as events (log.txt keeps them all)
@@ -328,7 +329,7 @@ class ResearchLoop:
             experiment=number, workspace=ctx.workspace, files=self._incumbent_files(incumbent),
             editable=tuple(self.config.experiment.editable), protected=tuple(self.config.experiment.protected),
             program=_program(ctx.workspace), metric_name=self.config.metric.name,
-            direction=self.config.metric.direction, history=ctx.ledger.summaries(),
+            direction=self.config.metric.direction, history=agent_history(ctx.ledger.rows()),
             incumbent=_summary(incumbent), notes=tuple(notes), feedback=feedback, emit=turn_emit,
             cancelled=lambda: ctx.controller.halted)
         return turn, record

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.config import SandboxSettings
+    from loopdeck.engine.config import SandboxSettings
 
 LAUNCHER = Path(__file__).resolve()
 CLONE_NEWUSER = 0x10000000
@@ -84,7 +84,7 @@ def check_sandbox(settings: SandboxSettings) -> list[str]:
     """Refuse (LoopdeckError) a sandbox this machine cannot provide; return notes on what it will not enforce.
 
     The network namespace is probed once per engine process, in a throwaway launcher."""
-    from engine.errors import LoopdeckError
+    from loopdeck.engine.errors import LoopdeckError
 
     if not is_active(settings):
         return []

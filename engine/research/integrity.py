@@ -31,17 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.early_abort import AbortRule, EarlyAbort
-from engine.errors import LoopdeckError
-from engine.evaluator import (
-    Evaluation,
-    evaluation_plan,
-    evaluator_argv,
-    package_files,
-    package_hashes,
-    read_evaluation,
-)
-from engine.events import (
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.events import (
     ExperimentFinished,
     HoldoutScored,
     NoiseEstimated,
@@ -49,9 +40,9 @@ from engine.events import (
     RunRepeated,
     StateChanged,
 )
-from engine.guard import GuardRejection, check_protected
-from engine.ledger import ExperimentRow, RunRow
-from engine.noise import (
+from loopdeck.engine.research.early_abort import AbortRule, EarlyAbort
+from loopdeck.engine.research.guard import GuardRejection, check_protected
+from loopdeck.engine.research.noise import (
     baseline_seeds,
     confirm,
     confirmation_seeds,
@@ -60,10 +51,19 @@ from engine.noise import (
     needs_confirmation,
     run_std,
 )
-from engine.runner import RunResult, classify, metric_from_log
+from loopdeck.engine.run.evaluator import (
+    Evaluation,
+    evaluation_plan,
+    evaluator_argv,
+    package_files,
+    package_hashes,
+    read_evaluation,
+)
+from loopdeck.engine.run.runner import RunResult, classify, metric_from_log
+from loopdeck.engine.store.ledger import ExperimentRow, RunRow
 
 if TYPE_CHECKING:
-    from engine.loop import LoopContext
+    from loopdeck.engine.research.loop import LoopContext
 
 # A run stops at the first step past its budget: only its last step may cross it (the template's loop), and a
 # target with its own stopping rule gets 10% of the budget plus a second of slack.

@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.agents.base import ExperimentSummary
-from engine.errors import LoopdeckError
-from engine.events import ExperimentStatus
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.events import ExperimentStatus
 
 LEDGER_FILE = "ledger.sqlite"
 RESULTS_FILE = "results.tsv"
@@ -41,10 +40,6 @@ _TSV_STATUS = {
     "crash": "crash", "timeout": "crash", "nan": "crash", "interrupted": "crash", "rejected": "crash",
 }
 _FINAL_STATUSES = frozenset(typing.get_args(ExperimentStatus)) - {"running"}
-# What an agent sees of one past experiment: enough to recognise it, bounded so hundreds fit in a context.
-SUMMARY_DIFF_CHARS = 4000
-SUMMARY_LOG_LINES = 40
-SUMMARY_LOG_CHARS = 2500
 
 
 @dataclass
@@ -272,18 +267,6 @@ class Ledger:
         with self._lock:
             return self._select("WHERE status = 'running' ORDER BY id")
 
-    def summaries(self) -> tuple[ExperimentSummary, ...]:
-        """Every finished experiment as an agent sees it, oldest first (the one in flight is not history yet)."""
-        return tuple(
-            ExperimentSummary(
-                id=row.id, status=row.status, metric=row.metric, delta=row.delta, description=row.description,
-                diff=_head(row.diff, SUMMARY_DIFF_CHARS), reason=row.reason,
-                log_tail=_tail(row.log_tail, SUMMARY_LOG_LINES, SUMMARY_LOG_CHARS), meta=dict(row.meta),
-            )
-            for row in self.rows()
-            if row.status != "running"
-        )
-
     def record_run(self, run: RunRow) -> int:
         """Record one finished extra run (its id is assigned here and returned)."""
         values = {name: value for name, value in dataclasses.asdict(run).items() if name != "id"}
@@ -470,17 +453,6 @@ def _results_line(row: ExperimentRow) -> str:
     memory_gb = 0.0 if crashed or row.peak_memory_mb is None else row.peak_memory_mb / 1024
     description = " ".join(row.description.split())  # tabs or newlines would break the TSV
     return f"{row.commit[:7]}\t{metric:.6f}\t{memory_gb:.1f}\t{status}\t{description}\n"
-
-
-def _head(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}\n… ({len(text) - limit} more characters)"
-
-
-def _tail(text: str, max_lines: int, max_chars: int) -> str:
-    kept = "\n".join(text.rstrip("\n").splitlines()[-max_lines:])
-    return kept[-max_chars:]
 
 
 # --- `loopdeck status` --------------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     train.add_argument("--out", metavar="DIR", help="where to write the log, metrics and weights "
                        "(default: runs/<timestamp> under the current directory)")
-    train.set_defaults(handler=_target("gpt.cli:train_command"))
+    train.set_defaults(handler=_target("loopdeck.cli.train:train_command"))
 
     init = sub.add_parser("init", help="create a research workspace",
                           description="Create a git repository with the editable train.py, program.md and a "
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--data", metavar="PATH", help="training corpus (default: the embedded corpus)")
     init.add_argument("--agent", choices=AGENTS)
     init.add_argument("--approve", choices=APPROVALS, help="ask: a person approves each change; auto: no gate")
-    init.set_defaults(handler=_target("engine.commands:init_command"))
+    init.set_defaults(handler=_target("loopdeck.cli.commands:init_command"))
 
     run = sub.add_parser("run", help="run the research loop (console, or --headless)",
                          description="Run the research loop on DIR. DIR may be a loopdeck workspace, an existing "
@@ -114,11 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "replay its history from the events journal and follow it live. Nothing here changes "
                            "the run, and closing it never stops the run.")
     watch.add_argument("dir", metavar="DIR", nargs="?", default=".")
-    watch.set_defaults(handler=_target("console.launch:watch_command"))
+    watch.set_defaults(handler=_target("loopdeck.cli.launch:watch_command"))
 
     status = sub.add_parser("status", help="print the experiment ledger as a table")
     status.add_argument("dir", metavar="DIR", nargs="?", default=".")
-    status.set_defaults(handler=_target("engine.commands:status_command"))
+    status.set_defaults(handler=_target("loopdeck.cli.commands:status_command"))
 
     try_ = sub.add_parser("try", help="run one experiment from your own patch",
                           description="Run a unified diff through the same guard → commit → run → evaluate → "
@@ -127,12 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     try_.add_argument("patch", metavar="PATCH", help="a unified diff file (e.g. from `git diff`)")
     try_.add_argument("--description", "-m", help="one line for the ledger (default: the patch file name)")
     try_.add_argument("--budget", type=_positive_float, metavar="SECONDS")
-    try_.set_defaults(handler=_target("engine.commands:try_command"))
+    try_.set_defaults(handler=_target("loopdeck.cli.commands:try_command"))
 
     report = sub.add_parser("report", help="write a progress chart (PNG) and a Markdown summary")
     report.add_argument("dir", metavar="DIR", nargs="?", default=".")
     report.add_argument("--out", metavar="DIR", help="output folder (default: DIR/.loopdeck/report)")
-    report.set_defaults(handler=_target("engine.commands:report_command"))
+    report.set_defaults(handler=_target("loopdeck.cli.commands:report_command"))
 
     ctl = sub.add_parser("ctl", help="send a control command to a running headless session",
                          description="Control a session started with `loopdeck run --headless`.")
@@ -142,14 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop = stop after the current experiment; abort = stop now")
     ctl.add_argument("text", nargs="?", default="", help="the note (for `note`, or a veto's note)")
     ctl.add_argument("--experiment", type=int, metavar="N", help="which pending experiment (default: the pending one)")
-    ctl.set_defaults(handler=_target("engine.commands:control_command"))
+    ctl.set_defaults(handler=_target("loopdeck.cli.commands:control_command"))
     return parser
 
 
 def _run_handler(args: argparse.Namespace) -> int:
     if args.autonomous:
         args.approve = "auto"
-    target = "engine.commands:run_headless_command" if args.headless else "console.launch:run_console_command"
+    target = "loopdeck.cli.commands:run_headless_command" if args.headless else "loopdeck.cli.launch:run_console_command"
     return _target(target)(args)
 
 
@@ -159,8 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from engine.errors import LoopdeckError
-    from gpt.errors import DataError
+    from loopdeck.engine.errors import LoopdeckError
+    from loopdeck.gpt.errors import DataError
 
     try:
         return int(args.handler(args) or 0)

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from console.bridge import EventBridge
-from engine.commands import handling_signals, user_path
-from engine.errors import LoopdeckError
+from loopdeck.cli.commands import handling_signals, user_path
+from loopdeck.console.bridge import EventBridge
+from loopdeck.engine.errors import LoopdeckError
 
 STOP_TIMEOUT = 60.0  # seconds to wait for the engine to record an aborted experiment on the way out
 
@@ -23,14 +23,14 @@ def _ensure_workspace(path: Path, args: argparse.Namespace) -> list[str]:
     """A path that does not exist yet (or an empty directory) becomes a workspace with the embedded default."""
     if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         return []
-    from engine.workspace import init_workspace
+    from loopdeck.engine.store.workspace import init_workspace
 
     created = init_workspace(path, budget=args.budget, agent=args.agent)
     return [f"Created a new workspace in {created} (train.py, program.md, loopdeck.toml) with the embedded default."]
 
 
 def run_console_command(args: argparse.Namespace) -> int:
-    from engine.session import RunOptions, Session
+    from loopdeck.engine.session import RunOptions, Session
 
     path = user_path(args.dir)
     notes = _ensure_workspace(path, args)
@@ -40,7 +40,7 @@ def run_console_command(args: argparse.Namespace) -> int:
     session = Session(path, options, on_event=bridge)
     notes += list(session.config_notes)
 
-    from console.app import LoopdeckApp
+    from loopdeck.console.app import LoopdeckApp
 
     app = LoopdeckApp(bridge=bridge, session=session, workspace=str(path), notes=notes)
     try:
@@ -68,8 +68,8 @@ def _stop_on_hangup(session, app) -> Iterator[None]:
 
 
 def watch_command(args: argparse.Namespace) -> int:
-    from engine.config import STATE_DIR
-    from engine.session import JOURNAL_FILE
+    from loopdeck.engine.config import STATE_DIR
+    from loopdeck.engine.session import JOURNAL_FILE
 
     path = user_path(args.dir)
     if not path.is_dir():
@@ -80,7 +80,7 @@ def watch_command(args: argparse.Namespace) -> int:
             f"{path} has no events journal ({journal}): start a session there first, e.g. "
             f"`loopdeck run {path} --headless`, then `loopdeck watch {path}` in another terminal"
         )
-    from console.app import LoopdeckApp
+    from loopdeck.console.app import LoopdeckApp
 
     LoopdeckApp(journal=journal, workspace=str(path)).run()
     return 0

@@ -14,7 +14,7 @@ When n finishes the loop takes the draft:
   incumbent, ours = the new one, theirs = the draft); changes to different lines, adjacent ones included, combine;
   overlapping changes conflict, and then the draft is dropped and the agent proposes afresh.
 Either way the agent is told the outcome of n (`turn.feedback`, the history) before anything is committed, through
-the agent's optional `revise(draft, turn)` (see `engine.agents.base.Agent`), and may change the draft. A decision a
+the agent's optional `revise(draft, turn)` (see `loopdeck.engine.agents.base.Agent`), and may change the draft. A decision a
 person made during n stands if the diff that finally runs changes the same lines in the same way as the one they
 saw; a rebase or revision that changes the diff opens the gate again. A veto made during n is final.
 
@@ -33,14 +33,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from engine.agents.base import Agent, AgentCancelled, AgentError, AgentTurn, Proposal
-from engine.control import Decision, make_command
-from engine.events import Notice
-from engine.guard import GuardRejection
+from loopdeck.engine.agents.base import Agent, AgentCancelled, AgentError, AgentTurn, Proposal
+from loopdeck.engine.control import Decision, make_command
+from loopdeck.engine.events import Notice
+from loopdeck.engine.research.guard import GuardRejection
 
 if TYPE_CHECKING:
-    from engine.ledger import ExperimentRow
-    from engine.loop import ResearchLoop, _TurnRecord
+    from loopdeck.engine.research.loop import ResearchLoop, _TurnRecord
+    from loopdeck.engine.store.ledger import ExperimentRow
 
 PIPELINE_MODES = ("auto", "on", "off")
 AUTO_FRACTION = 0.10  # auto: draft ahead once proposals take more than this fraction of the training budget

@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.agents.base import ExperimentSummary
-from engine.agents.knobs import Knob, Value, classify, constant_changes
+from loopdeck.engine.agents.base import ExperimentSummary
+from loopdeck.engine.agents.offline.knobs import Knob, Value, classify, constant_changes
 
 FAILED = frozenset({"crash", "timeout", "nan"})
 # Statuses whose configuration counts as evaluated; an interrupted run never finished and may be tried again.

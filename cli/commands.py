@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from engine.config import STATE_DIR, load_config
-from engine.control import send_command
-from engine.errors import LoopdeckError
-from engine.events import (
+from loopdeck.engine.config import STATE_DIR, load_config
+from loopdeck.engine.control import send_command
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.events import (
     ApprovalRequested,
     DecisionMade,
     Event,
@@ -23,9 +23,9 @@ from engine.events import (
     SessionStarted,
     StateChanged,
 )
-from engine.lock import is_locked
-from engine.session import RunOptions, Session
-from engine.workspace import init_workspace, is_workspace
+from loopdeck.engine.session import RunOptions, Session
+from loopdeck.engine.store.lock import is_locked
+from loopdeck.engine.store.workspace import init_workspace, is_workspace
 
 # How a session ended -> exit status of `loopdeck run --headless` (anything else is an error: 2).
 EXIT_CODES = {"max_experiments": 0, "time_limit": 0, "stopped": 0, "aborted": 0, "exhausted": 0, "budget": 0,
@@ -188,7 +188,7 @@ def experiment_line(event: ExperimentFinished) -> str:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from engine.ledger import Ledger, format_status_table
+    from loopdeck.engine.store.ledger import Ledger, format_status_table
 
     with Ledger(_existing_state_dir(args.dir), create=False) as ledger:
         rows = ledger.rows()
@@ -197,8 +197,8 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from engine.ledger import Ledger
-    from engine.report import write_report
+    from loopdeck.engine.research.report import write_report
+    from loopdeck.engine.store.ledger import Ledger
 
     workspace = user_path(args.dir)
     with Ledger(_existing_state_dir(args.dir), create=False) as ledger:

@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from engine.events import GpuSample, TelemetrySample
+from loopdeck.engine.events import GpuSample, TelemetrySample
 
 NO_GPU = "no NVIDIA GPU — CPU only"
 _MIB = 1024 * 1024

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.agents.base import AgentTurn
-from engine.agents.claude_context import cut, experiment_detail, history_overview
+from loopdeck.engine.agents.base import AgentTurn
+from loopdeck.engine.agents.claude.context import cut, experiment_detail, history_overview
 
 OFF_LIMITS = frozenset({".git", ".loopdeck"})
 _SKIPPED_DIRS = frozenset({"__pycache__", "node_modules"})

@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from string import Template
 
-from engine.config import CONFIG_FILE, STATE_DIR, default_toml, parse_config
-from engine.errors import LoopdeckError
-from engine.gitops import ResearchRepo
+from loopdeck.engine.config import CONFIG_FILE, STATE_DIR, default_toml, parse_config
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.store.gitops import ResearchRepo
 
 __all__ = ["STATE_DIR", "file_hashes", "init_workspace", "is_workspace", "program_text", "state_dir"]
 TEMPLATES = Path(__file__).parent / "templates"
@@ -20,7 +20,7 @@ GITIGNORE = f"{STATE_DIR}/\n__pycache__/\nruns/\n"  # runs/: a hand-run `python 
 
 def _train_template() -> Path:
     # Imported here so that `engine` does not load the gpt package (and torch) until a workspace is created.
-    from gpt import TRAIN_TEMPLATE
+    from loopdeck.gpt import TRAIN_TEMPLATE
 
     return Path(TRAIN_TEMPLATE)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from engine.agents.base import AgentTurn, ExperimentSummary
+from loopdeck.engine.agents.base import AgentTurn, ExperimentSummary
 
 RECENT_IN_DETAIL = 5  # newest experiments shown with diff, reason and log tail
 LINES_PER_GROUP = 25  # newest one-liners kept per group of older experiments

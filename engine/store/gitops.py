@@ -16,8 +16,8 @@ from pathlib import Path, PurePosixPath
 
 import git
 
-from engine.config import STATE_DIR
-from engine.errors import LoopdeckError
+from loopdeck.engine.config import STATE_DIR
+from loopdeck.engine.errors import LoopdeckError
 
 AUTHOR_NAME = "loopdeck"
 AUTHOR_EMAIL = "loopdeck@localhost"

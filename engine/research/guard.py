@@ -12,8 +12,8 @@ import ast
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
-from engine.config import STATE_DIR
-from engine.workspace import file_hashes
+from loopdeck.engine.config import STATE_DIR
+from loopdeck.engine.store.workspace import file_hashes
 
 MAX_FILE_BYTES = 1_000_000
 

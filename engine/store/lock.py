@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from engine.errors import LoopdeckError
+from loopdeck.engine.errors import LoopdeckError
 
 LOCK_FILE = "lock"
 

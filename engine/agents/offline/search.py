@@ -15,8 +15,8 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from engine.agents.knobs import KIND_LABELS, LEVELS, Knob, Value, batch_partner, neighbour
-from engine.agents.offline_memory import Memory, Move, Trial, direction_of, normalise
+from loopdeck.engine.agents.offline.knobs import KIND_LABELS, LEVELS, Knob, Value, batch_partner, neighbour
+from loopdeck.engine.agents.offline.memory import Memory, Move, Trial, direction_of, normalise
 
 # How much each knob family tends to matter for a short fixed-budget run: the order of first exploration.
 PRIORS = {

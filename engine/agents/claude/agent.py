@@ -17,11 +17,11 @@ from typing import Any
 import anthropic
 import httpx2
 
-from engine.agents.base import AgentCancelled, AgentError, AgentTurn, Proposal
-from engine.agents.claude_context import first_message, system_prompt
-from engine.agents.claude_tools import TOOL_SCHEMAS, ToolOutcome, Workbench, call_summary
-from engine.agents.pricing import COST_NOTE, TokenUsage, price_for, usage_from_api
-from engine.events import (
+from loopdeck.engine.agents.base import AgentCancelled, AgentError, AgentTurn, Proposal
+from loopdeck.engine.agents.claude.context import first_message, system_prompt
+from loopdeck.engine.agents.claude.pricing import COST_NOTE, TokenUsage, price_for, usage_from_api
+from loopdeck.engine.agents.claude.tools import TOOL_SCHEMAS, ToolOutcome, Workbench, call_summary
+from loopdeck.engine.events import (
     AgentTextDelta,
     AgentThinkingDelta,
     AgentToolCall,

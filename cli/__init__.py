@@ -1,0 +1,1 @@
+"""The `loopdeck` command line: argparse tree, headless printer, workspace commands, console launchers."""

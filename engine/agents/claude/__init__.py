@@ -1,0 +1,1 @@
+"""The Claude agent: a tool-using research agent on the anthropic SDK."""

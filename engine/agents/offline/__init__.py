@@ -1,0 +1,1 @@
+"""The built-in offline agent: a hyperparameter search over a training file's constants."""
