@@ -318,9 +318,9 @@ class Integrity:
             return
         row = self.ctx.ledger.get(outcome.experiment)
         assert row is not None
-        kept = sum(r.status == "keep" and not r.meta.get("baseline") for r in self.ctx.ledger.rows())
+        kept = sum(r.status == "keep" and not r.is_baseline for r in self.ctx.ledger.rows())
         every = self.settings.holdout_every
-        if row.meta.get("baseline") or (every and kept % every == 0):
+        if row.is_baseline or (every and kept % every == 0):
             self._score_holdout(row)
 
     def session_ending(self, reason: str) -> None:
@@ -367,7 +367,7 @@ class Integrity:
     # --- helpers -----------------------------------------------------------------------------------------------
 
     def _baseline(self) -> ExperimentRow | None:
-        return next((row for row in self.ctx.ledger.rows() if row.meta.get("baseline") and row.status == "keep"),
+        return next((row for row in self.ctx.ledger.rows() if row.is_baseline and row.status == "keep"),
                     None)
 
     def _run_dir(self, number: int) -> Path:

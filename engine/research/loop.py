@@ -225,12 +225,12 @@ class ResearchLoop:
         self.integrity.session_ending(reason)
         self._state("stopped", detail=reason)
         rows = self.ctx.ledger.rows()
-        baselines = [row for row in rows if row.meta.get("baseline")]
+        baselines = [row for row in rows if row.is_baseline]
         incumbent = self.ctx.ledger.incumbent()
         self.finished = SessionFinished(
             reason=reason,
-            experiments=len([row for row in rows if not row.meta.get("baseline")]),
-            kept=len([row for row in rows if row.status == "keep" and not row.meta.get("baseline")]),
+            experiments=len([row for row in rows if not row.is_baseline]),
+            kept=len([row for row in rows if row.status == "keep" and not row.is_baseline]),
             baseline_metric=next((row.metric for row in baselines if row.status == "keep"), None),
             best_metric=incumbent.metric if incumbent else None)
         self.ctx.emit(self.finished)

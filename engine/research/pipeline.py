@@ -335,7 +335,7 @@ def _revised_or_kept(revise: Callable[[Proposal, AgentTurn], Proposal], draft: P
 
 
 def _drafting_feedback(running: ExperimentRow) -> str:
-    what = "the baseline" if running.meta.get("baseline") else f"experiment #{running.id} ({running.description})"
+    what = "the baseline" if running.is_baseline else f"experiment #{running.id} ({running.description})"
     return (f"While you draft this proposal, {what} is training. Your proposal will run after it, on whatever is "
             "the incumbent then; you will hear its outcome before your proposal is committed and may revise it. "
             "Propose something other than what is training now.")

@@ -80,6 +80,12 @@ class ExperimentRow:
     holdout_metric: float | None = None  # this experiment's weights on the holdout split (never decides anything)
     holdout_val_metric: float | None = None  # the same weights on the validation split, for the transfer gap
 
+    @property
+    def is_baseline(self) -> bool:
+        """The one definition of a baseline: a run of the unchanged incumbent commit that starts a research line
+        (`meta["baseline"]`), whatever its number — a failed first baseline makes the next one #1."""
+        return bool(self.meta.get("baseline"))
+
 
 @dataclass
 class RunRow:
