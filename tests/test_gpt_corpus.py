@@ -16,7 +16,7 @@ from loopdeck.gpt.errors import DataError
 
 
 def test_import_gpt_does_not_import_torch():
-    code = "import sys, gpt; print(gpt.TRAIN_TEMPLATE.name, 'torch' in sys.modules)"
+    code = "import sys, loopdeck.gpt as gpt; print(gpt.TRAIN_TEMPLATE.name, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["train.py", "False"]
 

@@ -184,13 +184,16 @@ def _module_source(module: tuple[str, int], workspace: Path, importer: str) -> s
 def _installed_origin(name: str) -> str | None:
     """The file of an installed module such as `loopdeck.gpt.harness`, found without importing it or its parents (a
     dotted find_spec would run the parent package's __init__)."""
-    top, *rest = name.split(".")
+    parts = name.split(".")
     try:
-        spec = importlib.util.find_spec(top)
-        for part in rest:
+        spec = importlib.util.find_spec(parts[0])
+        for depth, part in enumerate(parts[1:], start=2):
             if spec is None or not spec.submodule_search_locations:
                 return None
-            spec = importlib.machinery.PathFinder.find_spec(part, list(spec.submodule_search_locations))
+            if spec.origin is None:  # a namespace package (`loopdeck`): no code runs, so its own finders may look
+                spec = importlib.util.find_spec(".".join(parts[:depth]))
+            else:
+                spec = importlib.machinery.PathFinder.find_spec(part, list(spec.submodule_search_locations))
     except (ImportError, ValueError):
         return None
     return spec.origin if spec is not None else None
