@@ -1,7 +1,8 @@
 """`loopdeck run` (the console, supervising an in-process engine) and `loopdeck watch` (read-only, from the journal).
 
 Everything a person can get wrong (a bad path, a dirty tree, a bad config) raises `LoopdeckError` here, before the
-app takes over the terminal, so the CLI prints one clean line.
+app takes over the terminal, so the CLI prints one clean line. Textual and the app are imported only once that is
+done, so nothing else on the command line loads them.
 """
 
 from __future__ import annotations
@@ -10,32 +11,26 @@ import argparse
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from loopdeck.cli.commands import handling_signals, user_path
+from loopdeck.cli.options import run_options
+from loopdeck.cli.paths import user_path
+from loopdeck.cli.signals import handling_signals
+from loopdeck.cli.workspace import workspace_for_run
 from loopdeck.console.bridge import EventBridge
+from loopdeck.engine.config import STATE_DIR
 from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.session import JOURNAL_FILE, Session
+
+if TYPE_CHECKING:
+    from loopdeck.console.app import LoopdeckApp
 
 STOP_TIMEOUT = 60.0  # seconds to wait for the engine to record an aborted experiment on the way out
 
 
-def _ensure_workspace(path: Path, args: argparse.Namespace) -> list[str]:
-    """A path that does not exist yet (or an empty directory) becomes a workspace with the embedded default."""
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
-        return []
-    from loopdeck.engine.store.workspace import init_workspace
-
-    created = init_workspace(path, budget=args.budget, agent=args.agent)
-    return [f"Created a new workspace in {created} (train.py, program.md, loopdeck.toml) with the embedded default."]
-
-
 def run_console_command(args: argparse.Namespace) -> int:
-    from loopdeck.engine.session import RunOptions, Session
-
-    path = user_path(args.dir)
-    notes = _ensure_workspace(path, args)
-    options = RunOptions(agent=args.agent, approval=args.approve, max_experiments=args.max_experiments,
-                         max_hours=args.max_hours, budget_seconds=args.budget, tag=args.tag)
+    options = run_options(args)
+    path, notes = workspace_for_run(args.dir, options)
     bridge = EventBridge()
     session = Session(path, options, on_event=bridge)
     notes += list(session.config_notes)
@@ -55,7 +50,7 @@ def run_console_command(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _stop_on_hangup(session, app) -> Iterator[None]:
+def _stop_on_hangup(session: Session, app: LoopdeckApp) -> Iterator[None]:
     """The terminal closing (SIGHUP) or a SIGTERM stops the in-process loop the way headless does: the running
     training is killed and recorded as interrupted, then the console closes."""
 
@@ -68,9 +63,6 @@ def _stop_on_hangup(session, app) -> Iterator[None]:
 
 
 def watch_command(args: argparse.Namespace) -> int:
-    from loopdeck.engine.config import STATE_DIR
-    from loopdeck.engine.session import JOURNAL_FILE
-
     path = user_path(args.dir)
     if not path.is_dir():
         raise LoopdeckError(f"{path} is not a directory: give `loopdeck watch` a workspace a session runs in")

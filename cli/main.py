@@ -12,8 +12,11 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
-APPROVALS = ("ask", "auto")
-AGENTS = ("offline", "claude")
+from loopdeck.cli.options import CTL_ACTIONS, add_agent_option, add_run_options, positive_float
+from loopdeck.engine.config import APPROVALS, Config
+
+DIR_HELP = "the workspace (default: the current directory)"
+AddParser = Callable[..., argparse.ArgumentParser]  # `add_parser` of the subcommands
 
 
 def _version() -> str:
@@ -21,26 +24,6 @@ def _version() -> str:
         return version("loopdeck")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
 
 
 def _target(dotted: str) -> Callable[[argparse.Namespace], int]:
@@ -53,17 +36,6 @@ def _target(dotted: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
-def _add_loop_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--agent", choices=AGENTS, help="who proposes changes (default: from loopdeck.toml; "
-                        "claude when ANTHROPIC_API_KEY is set, else the built-in offline agent)")
-    parser.add_argument("--max-experiments", type=_positive_int, metavar="N",
-                        help="stop after N experiments (the baseline not counted)")
-    parser.add_argument("--max-hours", type=_positive_float, metavar="H", help="stop after H hours of wall time")
-    parser.add_argument("--budget", type=_positive_float, metavar="SECONDS",
-                        help="training time budget per experiment (default: from loopdeck.toml)")
-    parser.add_argument("--tag", help="research branch suffix: experiments commit on loopdeck/<tag>")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loopdeck",
@@ -74,82 +46,111 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"loopdeck {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    for add in (_add_train, _add_init, _add_run, _add_watch, _add_status, _add_try, _add_report, _add_ctl):
+        add(sub.add_parser)
+    return parser
 
-    train = sub.add_parser("train", help="train the default GPT target once, outside any loop",
+
+# One function per subcommand, in the order `loopdeck --help` lists them.
+
+def _add_train(add_parser: AddParser) -> None:
+    train = add_parser("train", help="train the default GPT target once, outside any loop",
                            description="Train the built-in GPT target once and print its progress and the "
                            "autoresearch-style summary (val_bpb, …).")
-    train.add_argument("--budget", type=_positive_float, metavar="SECONDS",
+    train.add_argument("--budget", type=positive_float, metavar="SECONDS",
                        help="training time budget in seconds (default: the harness's TIME_BUDGET)")
     train.add_argument("--data", metavar="PATH", help="a directory or glob of .txt/.jsonl/.parquet files "
                        "(default: the embedded corpus built from CPython's own documentation)")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                       help="where to train; auto = CUDA, else MPS, else CPU (default: auto)")
     train.add_argument("--out", metavar="DIR", help="where to write the log, metrics and weights "
                        "(default: runs/<timestamp> under the current directory)")
     train.set_defaults(handler=_target("loopdeck.cli.train:train_command"))
 
-    init = sub.add_parser("init", help="create a research workspace",
-                          description="Create a git repository with the editable train.py, program.md and a "
-                          "commented loopdeck.toml.")
-    init.add_argument("dir", metavar="DIR")
-    init.add_argument("--budget", type=_positive_float, metavar="SECONDS", help="training time budget per experiment")
-    init.add_argument("--data", metavar="PATH", help="training corpus (default: the embedded corpus)")
-    init.add_argument("--agent", choices=AGENTS)
-    init.add_argument("--approve", choices=APPROVALS, help="ask: a person approves each change; auto: no gate")
-    init.set_defaults(handler=_target("loopdeck.cli.commands:init_command"))
 
-    run = sub.add_parser("run", help="run the research loop (console, or --headless)",
+def _add_init(add_parser: AddParser) -> None:
+    init = add_parser("init", help="create a research workspace",
+                          description="Create a git repository with the editable train.py, program.md and a "
+                          "commented loopdeck.toml. The options are written into loopdeck.toml.")
+    init.add_argument("dir", metavar="DIR", help="the workspace to create: a new or empty directory")
+    init.add_argument("--budget", type=positive_float, metavar="SECONDS", help="training time budget per "
+                      f"experiment (default: {Config().experiment.budget_seconds:g})")
+    init.add_argument("--data", metavar="PATH", help="training corpus: a directory or glob of .txt/.jsonl/.parquet "
+                      "files (default: the embedded corpus)")
+    add_agent_option(init, default="auto")
+    init.add_argument("--approve", choices=APPROVALS, help="ask: a person approves each change; auto: no gate "
+                      "(default: unset, so ask in the console and auto headless)")
+    init.set_defaults(handler=_target("loopdeck.cli.workspace:init_command"))
+
+
+def _add_run(add_parser: AddParser) -> None:
+    run = add_parser("run", help="run the research loop (console, or --headless)",
                          description="Run the research loop on DIR. DIR may be a loopdeck workspace, an existing "
                          "autoresearch-style repository (train.py, prepare.py, program.md), or a path that does "
-                         "not exist yet, which becomes a new workspace with the embedded default.")
-    run.add_argument("dir", metavar="DIR", nargs="?", default=".")
-    run.add_argument("--headless", action="store_true", help="no UI: one line per experiment, then a summary")
-    run.add_argument("--autonomous", action="store_true", help="no approval gate (same as --approve auto)")
-    run.add_argument("--approve", choices=APPROVALS, help="approval policy (default: ask in the console, "
-                     "auto headless, unless loopdeck.toml says otherwise)")
-    _add_loop_options(run)
+                         "not exist yet, which becomes a new workspace with the embedded default (--budget, "
+                         "--agent and --approve are then written into its loopdeck.toml). Each option overrides "
+                         "loopdeck.toml for this session only.")
+    run.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
+    run.add_argument("--headless", action="store_true", help="no UI: one line per experiment, then a summary; "
+                     "exit status 0 when the session ends normally, 1 after too many crashes in a row, 2 on "
+                     "an error")
+    add_run_options(run)
     run.set_defaults(handler=_run_handler)
 
-    watch = sub.add_parser("watch", help="watch a running session, read-only",
+
+def _add_watch(add_parser: AddParser) -> None:
+    watch = add_parser("watch", help="watch a running session, read-only",
                            description="Attach to a session (e.g. `loopdeck run --headless` in another terminal): "
                            "replay its history from the events journal and follow it live. Nothing here changes "
                            "the run, and closing it never stops the run.")
-    watch.add_argument("dir", metavar="DIR", nargs="?", default=".")
+    watch.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
     watch.set_defaults(handler=_target("loopdeck.cli.launch:watch_command"))
 
-    status = sub.add_parser("status", help="print the experiment ledger as a table")
-    status.add_argument("dir", metavar="DIR", nargs="?", default=".")
-    status.set_defaults(handler=_target("loopdeck.cli.commands:status_command"))
 
-    try_ = sub.add_parser("try", help="run one experiment from your own patch",
+def _add_status(add_parser: AddParser) -> None:
+    status = add_parser("status", help="print the experiment ledger as a table",
+                            description="Print every experiment recorded in DIR's ledger as a table.")
+    status.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
+    status.set_defaults(handler=_target("loopdeck.cli.workspace:status_command"))
+
+
+def _add_try(add_parser: AddParser) -> None:
+    try_ = add_parser("try", help="run one experiment from your own patch",
                           description="Run a unified diff through the same guard → commit → run → evaluate → "
                           "keep/revert → record path as an agent's change.")
-    try_.add_argument("dir", metavar="DIR")
+    try_.add_argument("dir", metavar="DIR", help="the workspace")
     try_.add_argument("patch", metavar="PATCH", help="a unified diff file (e.g. from `git diff`)")
-    try_.add_argument("--description", "-m", help="one line for the ledger (default: the patch file name)")
-    try_.add_argument("--budget", type=_positive_float, metavar="SECONDS")
-    try_.set_defaults(handler=_target("loopdeck.cli.commands:try_command"))
+    try_.add_argument("--description", "-m", metavar="TEXT", help="one line for the ledger (default: the patch file name)")
+    try_.add_argument("--budget", type=positive_float, metavar="SECONDS",
+                      help="training time budget for this experiment (default: loopdeck.toml's budget_seconds)")
+    try_.set_defaults(handler=_target("loopdeck.cli.workspace:try_command"))
 
-    report = sub.add_parser("report", help="write a progress chart (PNG) and a Markdown summary")
-    report.add_argument("dir", metavar="DIR", nargs="?", default=".")
+
+def _add_report(add_parser: AddParser) -> None:
+    report = add_parser("report", help="write a progress chart (PNG) and a Markdown summary",
+                            description="Write a chart of the metric over the experiments (PNG) and a Markdown "
+                            "summary of DIR's ledger.")
+    report.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
     report.add_argument("--out", metavar="DIR", help="output folder (default: DIR/.loopdeck/report)")
-    report.set_defaults(handler=_target("loopdeck.cli.commands:report_command"))
+    report.set_defaults(handler=_target("loopdeck.cli.workspace:report_command"))
 
-    ctl = sub.add_parser("ctl", help="send a control command to a running headless session",
+
+def _add_ctl(add_parser: AddParser) -> None:
+    ctl = add_parser("ctl", help="send a control command to a running headless session",
                          description="Control a session started with `loopdeck run --headless`.")
-    ctl.add_argument("dir", metavar="DIR")
-    ctl.add_argument("action", choices=("approve", "veto", "note", "pause", "resume", "stop", "abort",
-                                        "autonomous", "supervised"),
-                     help="stop = stop after the current experiment; abort = stop now")
-    ctl.add_argument("text", nargs="?", default="", help="the note (for `note`, or a veto's note)")
+    ctl.add_argument("dir", metavar="DIR", help="the workspace the session runs in")
+    ctl.add_argument("action", choices=CTL_ACTIONS, metavar="ACTION",
+                     help="approve / veto: decide on the pending change; note: add TEXT as a note; pause / resume; "
+                     "stop: stop after the current experiment; abort: stop now; autonomous / supervised: set the "
+                     "approval policy to auto / ask")
+    ctl.add_argument("text", nargs="?", default="", metavar="TEXT",
+                     help="the note (for `note`, or a veto's reason; default: none)")
     ctl.add_argument("--experiment", type=int, metavar="N", help="which pending experiment (default: the pending one)")
-    ctl.set_defaults(handler=_target("loopdeck.cli.commands:control_command"))
-    return parser
+    ctl.set_defaults(handler=_target("loopdeck.cli.workspace:control_command"))
 
 
 def _run_handler(args: argparse.Namespace) -> int:
-    if args.autonomous:
-        args.approve = "auto"
-    target = "loopdeck.cli.commands:run_headless_command" if args.headless else "loopdeck.cli.launch:run_console_command"
+    target = "loopdeck.cli.headless:run_headless_command" if args.headless else "loopdeck.cli.launch:run_console_command"
     return _target(target)(args)
 
 

@@ -10,7 +10,7 @@ import shutil
 import sys
 import tomllib
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -21,6 +21,14 @@ STATE_DIR = ".loopdeck"  # run state inside a workspace, never in git
 DEFAULT_PATTERN = r"^val_bpb:\s*([-+0-9.eE]+|nan|inf)"
 # autoresearch's prepare.py fixes a 5-minute budget; used when a foreign repo does not say otherwise.
 AUTORESEARCH_BUDGET = 300.0
+
+# The one definition of each choice; the command line offers exactly these (`get_args` turns them into tuples).
+AgentKind = Literal["auto", "offline", "claude"]
+ApprovalPolicy = Literal["ask", "auto"]
+PipelineMode = Literal["auto", "on", "off"]
+AGENT_KINDS: tuple[str, ...] = get_args(AgentKind)
+APPROVALS: tuple[str, ...] = get_args(ApprovalPolicy)
+PIPELINE_MODES: tuple[str, ...] = get_args(PipelineMode)
 
 
 def _relative_path(value: str) -> str:
@@ -95,12 +103,12 @@ class MetricSettings(_Section):
 class LoopSettings(_Section):
     """When the loop asks, and when it stops."""
 
-    approval: Literal["ask", "auto"] = Field(default="ask", description="ask (a person approves each change) | "
-                                             "auto; unset: ask in the console, auto headless")
+    approval: ApprovalPolicy = Field(default="ask", description="ask (a person approves each change) | "
+                                     "auto; unset: ask in the console, auto headless")
     max_experiments: int = Field(default=0, ge=0, description="0 = no limit (the baseline is not counted)")
     max_hours: float = Field(default=0.0, ge=0, description="0 = no limit")
     max_consecutive_crashes: int = Field(default=5, ge=1, description="stop after this many failed runs in a row")
-    pipeline: Literal["auto", "on", "off"] = Field(
+    pipeline: PipelineMode = Field(
         default="auto", description="draft the next proposal while an experiment trains: on | off | auto (on once "
         "the agent's proposals take more than 10% of budget_seconds)")
     tag: str = Field(default="", description='research branch loopdeck/<tag>; "" = today\'s date (YYYYMMDD)')
@@ -144,8 +152,8 @@ class ClaudeSettings(_Section):
 class AgentSettings(_Section):
     """Who proposes the changes."""
 
-    kind: Literal["auto", "offline", "claude"] = Field(default="auto", description="auto (claude if "
-                                                       "ANTHROPIC_API_KEY is set, else offline) | offline | claude")
+    kind: AgentKind = Field(default="auto", description="auto (claude if ANTHROPIC_API_KEY is set, else "
+                            "offline) | offline | claude")
     seed: int = Field(default=0, ge=0, description="seed of the offline agent's search")
     claude: ClaudeSettings = Field(default_factory=ClaudeSettings)
 

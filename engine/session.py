@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loopdeck.engine.agents.base import Agent
-from loopdeck.engine.config import Config, load_config
+from loopdeck.engine.config import AGENT_KINDS, APPROVALS, Config, load_config
 from loopdeck.engine.control import Controller, ControlReader, control_path, make_command
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.events import (
@@ -38,8 +38,6 @@ from loopdeck.engine.store.ledger import Ledger
 from loopdeck.engine.store.lock import WorkspaceLock
 from loopdeck.engine.store.workspace import file_hashes, state_dir
 
-AGENT_KINDS = ("auto", "offline", "claude")
-APPROVALS = ("ask", "auto")
 JOURNAL_FILE = "events.jsonl"
 CONTROL_POLL_SECONDS = 0.2
 

@@ -53,7 +53,7 @@ def test_no_engine_module_loads_textual_or_rich():
 
 
 def test_a_headless_session_does_not_load_torch_in_the_engine():
-    loaded = loaded_after("import loopdeck.cli.commands, loopdeck.engine.session")
+    loaded = loaded_after("import loopdeck.cli.headless, loopdeck.cli.workspace, loopdeck.engine.session")
     assert not tops(loaded) & {"textual", "rich", "torch"}
 
 

@@ -1,7 +1,10 @@
-"""The engine's subcommands through `loopdeck`'s own entry point: headless runs, try, status, report, ctl, errors."""
+"""The command line through `loopdeck`'s own entry point: headless runs, try, status, report, ctl, errors, and
+the parser itself (every RunOptions field has a flag, every option has help)."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import threading
 import time
 from pathlib import Path
@@ -10,8 +13,12 @@ import pytest
 from conftest import git, init_repo, ledger_rows
 from fake_targets import expected_metric, fake_train_source, write_autoresearch_repo
 
-from loopdeck.cli.main import main
+from loopdeck.cli.main import build_parser, main
+from loopdeck.cli.options import RUN_FLAGS, run_options
+from loopdeck.cli.workspace import workspace_for_run
+from loopdeck.engine.config import AGENT_KINDS, APPROVALS, PIPELINE_MODES
 from loopdeck.engine.control import send_command
+from loopdeck.engine.session import RunOptions, Session
 from loopdeck.engine.store.gitops import unified_diff
 
 pytestmark = pytest.mark.timeout(120)
@@ -173,3 +180,75 @@ def test_an_unknown_users_home_is_one_clear_line_for_the_console_commands(capsys
         assert main([command, "~no-such-user-here/ws"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("loopdeck: error: ~no-such-user-here/ws") and "Traceback" not in err
+
+
+def help_of(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return capsys.readouterr().out
+
+
+def test_every_run_option_has_a_flag_on_loopdeck_run(capsys):
+    help_text = help_of(capsys, "run")
+    for field in dataclasses.fields(RunOptions):
+        flag = RUN_FLAGS.get(field.name)
+        assert flag and re.search(rf"^  {flag}\b", help_text, re.M), f"RunOptions.{field.name}: no flag on `run`"
+        choices = re.search(rf"^  {flag} \{{([^}}]*)\}}", help_text, re.M)
+        value = choices.group(1).split(",")[-1] if choices else "2"
+        options = run_options(build_parser().parse_args(["run", "DIR", flag, value]))
+        assert str(getattr(options, field.name)) in (value, "2.0"), (field.name, options)
+        assert all(getattr(options, other.name) is None for other in dataclasses.fields(RunOptions)
+                   if other.name != field.name), (field.name, options)
+    assert run_options(build_parser().parse_args(["run", "--autonomous"])).approval == "auto"
+
+
+def test_the_choices_are_the_engines(capsys):
+    run_help = help_of(capsys, "run")
+    for flag, choices in (("--agent", AGENT_KINDS), ("--approve", APPROVALS), ("--pipeline", PIPELINE_MODES)):
+        assert f"{flag} {{{','.join(choices)}}}" in run_help
+    assert "--agent {" + ",".join(AGENT_KINDS) + "}" in help_of(capsys, "init")
+
+
+def test_pipeline_from_the_command_line_reaches_the_session(workspace):
+    session = Session(workspace, run_options(build_parser().parse_args(["run", str(workspace), "--pipeline", "off"])))
+    try:
+        assert session.config.loop.pipeline == "off"
+    finally:
+        session.close()
+
+
+def _options_in(help_text: str) -> dict[str, str]:
+    """Each argument of a `--help` page (its invocation, e.g. `--budget SECONDS`) and its help text."""
+    found: dict[str, str] = {}
+    current = ""
+    for line in help_text.splitlines():
+        if re.match(r"  \S", line):
+            current, _, text = re.split(r"(\s{2,}|$)", line.strip(), maxsplit=1)
+            found[current] = text.strip()
+        elif current and re.match(r" {4,}\S", line):
+            found[current] = f"{found[current]} {line.strip()}".strip()
+        else:
+            current = ""
+    return found
+
+
+def test_every_option_of_every_subcommand_helps_and_states_its_default(capsys):
+    subcommands = re.findall(r"^    (\w+) ", help_of(capsys), re.M)
+    assert {"train", "init", "run", "watch", "status", "try", "report", "ctl"} <= set(subcommands)
+    for name in subcommands:
+        for invocation, text in _options_in(help_of(capsys, name)).items():
+            assert text, f"loopdeck {name} {invocation}: no help text"
+            takes_a_value = invocation.startswith("-") and re.search(r"[A-Z{]", invocation)
+            optional_positional = invocation == "DIR" and "DIR]" in help_of(capsys, name)
+            if takes_a_value or optional_positional:
+                assert "default" in text, f"loopdeck {name} {invocation}: no default stated: {text}"
+
+
+def test_run_on_a_missing_or_empty_dir_makes_one_workspace_with_the_options(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for directory in (tmp_path / "new", tmp_path / "empty"):
+        path, notes = workspace_for_run(str(directory), RunOptions(budget_seconds=7, approval="auto"))
+        assert path == directory.absolute() and "did not exist or was empty" in notes[0]
+        toml = (path / "loopdeck.toml").read_text()
+        assert "budget_seconds = 7" in toml and 'approval = "auto"' in toml
+        assert workspace_for_run(str(directory), RunOptions()) == (directory, [])

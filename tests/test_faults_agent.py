@@ -26,8 +26,8 @@ from fake_anthropic import (
 from fake_targets import expected_metric, fake_train_source
 from fault_support import assert_consistent
 
-from loopdeck.cli.commands import HeadlessPrinter
 from loopdeck.cli.main import main
+from loopdeck.cli.printer import HeadlessPrinter
 from loopdeck.console.state import SessionView
 from loopdeck.engine.agents.claude.agent import ClaudeAgent, ClaudeSettings
 from loopdeck.engine.events import ExperimentKept, Notice, SessionFinished

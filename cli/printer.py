@@ -1,0 +1,83 @@
+"""The headless printer: a session's events as terse lines of text (one per experiment, then a summary)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from loopdeck.engine.config import STATE_DIR
+from loopdeck.engine.events import (
+    ApprovalRequested,
+    DecisionMade,
+    Event,
+    ExperimentFinished,
+    Notice,
+    SessionFinished,
+    SessionStarted,
+    StateChanged,
+)
+
+
+class HeadlessPrinter:
+    """Terse text for a session: one line per experiment, a few state lines, then a summary."""
+
+    def __init__(self, workspace: Path, out: TextIO | None = None) -> None:
+        self.workspace = workspace
+        self.out = out or sys.stdout
+        self.metric_name = "metric"
+
+    def __call__(self, event: Event) -> None:
+        text = self.format(event)
+        if text:
+            print(text, file=self.out, flush=True)
+
+    def note(self, text: str) -> None:
+        """A line from loopdeck itself rather than from the session (a created workspace, a config note)."""
+        print(f"loopdeck: {text}", file=self.out, flush=True)
+
+    def format(self, event: Event) -> str:
+        if isinstance(event, SessionStarted):
+            self.metric_name = event.metric_name
+            text = (f"loopdeck: {'resumed' if event.resumed else 'started'} on {event.branch}: agent {event.agent}, "
+                    f"approval {event.approval}, budget {event.budget_seconds:g} s per experiment")
+            if event.approval == "ask":
+                text += (f"\nloopdeck: each change waits for a decision: `loopdeck ctl {self.workspace} approve` or "
+                         f"`loopdeck ctl {self.workspace} veto \"why\"` (--approve auto runs unattended)")
+            return text
+        if isinstance(event, ExperimentFinished):
+            return experiment_line(event)
+        if isinstance(event, ApprovalRequested):
+            return f"#{event.experiment} awaiting approval: {event.description}"
+        if isinstance(event, DecisionMade) and event.by == "human" and event.approved:  # a veto is a result line
+            return f"#{event.experiment} approved" + (f": {event.note}" if event.note else "")
+        if isinstance(event, StateChanged) and event.state == "paused":
+            return f"loopdeck: paused (`loopdeck ctl {self.workspace} resume` continues)"
+        if isinstance(event, Notice) and event.level != "info":
+            return f"loopdeck: {event.level}: {event.message}"
+        if isinstance(event, SessionFinished):
+            return self.summary(event)
+        return ""
+
+    def summary(self, event: SessionFinished) -> str:
+        text = f"loopdeck: finished ({event.reason}): {event.experiments} experiments, {event.kept} kept"
+        if event.baseline_metric is not None and event.best_metric is not None:
+            change = event.best_metric - event.baseline_metric
+            text += (f"; {self.metric_name} {event.baseline_metric:.6f} (baseline) -> {event.best_metric:.6f} "
+                     f"({change:+.4g})")
+        return text + f"\nloopdeck: results in {self.workspace / STATE_DIR / 'results.tsv'}"
+
+
+def experiment_line(event: ExperimentFinished) -> str:
+    """`#3 keep 2.914321 (-0.0123) MATRIX_LR 0.04 -> 0.06`, with the reason for anything that did not run well."""
+    status = "baseline" if event.status == "keep" and event.incumbent_metric is None else event.status
+    parts = [f"#{event.experiment}", status]
+    if event.metric is not None:
+        parts.append(f"{event.metric:.6f}")
+        if event.delta is not None:
+            parts.append(f"({event.delta:+.4g})")
+    if event.description != status:
+        parts.append(event.description)
+    if event.status not in ("keep", "discard") and event.reason:
+        parts.append(f"— {event.reason}")
+    return " ".join(parts)
