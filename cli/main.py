@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("text", nargs="?", default="", help="the note (for `note`, or a veto's note)")
     ctl.add_argument("--experiment", type=int, metavar="N", help="which pending experiment (default: the pending one)")
     ctl.set_defaults(handler=_target("loopdeck.cli.commands:control_command"))
+
+    migrate = sub.add_parser("migrate", help="give a workspace made by an earlier loopdeck its own harness",
+                             description="Copy harness.py into DIR, point train.py's import at it, and protect and "
+                             "pin it in loopdeck.toml, in one commit on the current branch.")
+    migrate.add_argument("dir", metavar="DIR")
+    migrate.set_defaults(handler=_target("loopdeck.cli.migrate:migrate_command"))
     return parser
 
 
@@ -160,11 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     from loopdeck.engine.errors import LoopdeckError
-    from loopdeck.gpt.errors import DataError
 
     try:
         return int(args.handler(args) or 0)
-    except (LoopdeckError, DataError) as exc:
+    except LoopdeckError as exc:
         print(f"loopdeck: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
