@@ -43,8 +43,6 @@ class ExperimentSettings(_Section):
     editable: list[str] = Field(default=["train.py"], min_length=1,
                                 description="files the agent may change (relative to this directory)")
     protected: list[str] = Field(default=[], description="files hashed at session start and checked before every run")
-    protected_sha256: dict[str, str] = Field(default={}, description="pinned sha256 of protected files: a session "
-                                             "refuses to start when one differs (written by loopdeck init)")
     command: list[str] = Field(default=["{python}", "train.py"], min_length=1,
                                description="the run command; {python} = the interpreter loopdeck runs under")
     budget_seconds: float = Field(default=60.0, gt=0, description="training time budget per experiment, in seconds")
@@ -54,6 +52,8 @@ class ExperimentSettings(_Section):
     env: dict[str, str] = Field(default={}, description="extra environment variables for the training process")
     env_allow: list[str] = Field(default=[], description="variables passed through the credential scrub "
                                  "(names containing KEY, TOKEN, SECRET, PASSWORD, … are removed otherwise)")
+    protected_sha256: dict[str, str] = Field(default={}, description="pinned sha256 of protected files: a session "
+                                             "refuses to start when one differs (written by loopdeck init)")
 
     @field_validator("editable", "protected")
     @classmethod
