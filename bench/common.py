@@ -1,5 +1,5 @@
-"""What the benchmarks share: figures with the load they were taken under, the machine, scratch workspaces, and
-a training target that sleeps for exactly its budget."""
+"""What the benchmarks share: figures with the load they were taken under, the machine, scratch workspaces, a
+training target that sleeps for exactly its budget, and setting the GPT template's hyperparameters."""
 
 from __future__ import annotations
 
@@ -122,3 +122,11 @@ def scratch_workspace(files: dict[str, str]) -> Iterator[Path]:
                      ("-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-q", "-m", "bench")):
             subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
         yield root
+
+
+def set_constants(source: str, values: dict[str, object]) -> str:
+    """A training file with the named hyperparameter constants set, as the offline agent edits them."""
+    from loopdeck.engine.agents.offline.knobs import apply_edits, discover, render
+
+    knobs = {knob.key: knob for knob in discover({"train.py": source})}
+    return apply_edits(source, [(knobs[name], render(knobs[name], value)) for name, value in values.items()])

@@ -19,6 +19,7 @@ import importlib.util
 import math
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -27,10 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.common import Figure, load, standalone
+import loopdeck.gpt.harness as harness
+from bench.common import Figure, load, set_constants, standalone
 from loopdeck.gpt import TRAIN_TEMPLATE
 from loopdeck.gpt.harness import MAX_SEQ_LEN, evaluate_bpb, load_data, make_train_loader
-from loopdeck.gpt.template import set_hyperparameters
 
 VOCAB = 257  # the byte tokenizer's vocabulary, BOS included
 AUTORESEARCH_H100_MFU = 39.8
@@ -75,7 +76,8 @@ class ReferenceGPT(nn.Module):
 
 
 def default_train_module() -> ModuleType:
-    """The gpt template as a module (importing it does not train)."""
+    """The gpt template as a module (importing it does not train); its `from harness import` gets this harness."""
+    sys.modules.setdefault("harness", harness)
     spec = importlib.util.spec_from_file_location("loopdeck_default_train", TRAIN_TEMPLATE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -94,7 +96,7 @@ class Contender:
 
 def contenders(train: ModuleType) -> dict[str, Contender]:
     torch.manual_seed(0)
-    config = train.build_config(VOCAB)
+    config = train.GPTConfig(vocab_size=VOCAB)
     default = train.GPT(config)
     reference = ReferenceGPT(config.n_layer, config.n_embd, config.n_head, config.mlp_ratio, VOCAB, MAX_SEQ_LEN)
     adamw = torch.optim.AdamW(reference.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
@@ -153,7 +155,7 @@ def gpu_mfu(budget: float) -> Figure:
         return Figure("throughput", "MFU depth 8 (H100 reference 39.8 %)", "no GPU here", load=load())
     from bench.train_throughput import measure
 
-    source = set_hyperparameters(TRAIN_TEMPLATE.read_text(encoding="utf-8"), **GPU_SIZE)
+    source = set_constants(TRAIN_TEMPLATE.read_text(encoding="utf-8"), GPU_SIZE)
     start, steps, summary = measure(source, budget, "cuda")
     mfu = summary.get("mfu_percent", "n/a")
     return Figure("throughput", "MFU depth 8", f"{mfu} %", f"autoresearch H100: {AUTORESEARCH_H100_MFU} %", load(),

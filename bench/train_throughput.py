@@ -14,16 +14,16 @@ import ast
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from loopdeck.gpt import TRAIN_TEMPLATE
-from loopdeck.gpt.harness import UNTIMED_STEPS
-from loopdeck.gpt.metrics import parse_summary
-from loopdeck.gpt.template import hyperparameters, set_hyperparameters
+from bench.common import set_constants
+from loopdeck.gpt import HARNESS_FILE, HARNESS_TEMPLATE, TRAIN_TEMPLATE
+from loopdeck.gpt.harness import UNTIMED_STEPS, parse_summary
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -51,6 +51,7 @@ def measure(source: str, budget: float, device: str = "auto") -> tuple[dict, lis
     RuntimeError with the output's tail when the run fails."""
     with tempfile.TemporaryDirectory(prefix="loopdeck-bench-") as folder:
         (Path(folder) / "train.py").write_text(source, encoding="utf-8")
+        shutil.copyfile(HARNESS_TEMPLATE, Path(folder) / HARNESS_FILE)
         metrics = Path(folder) / "metrics.jsonl"
         env = {**os.environ, "LOOPDECK_TIME_BUDGET": str(budget), "LOOPDECK_METRICS": str(metrics),
                "LOOPDECK_RUN_DIR": folder, "LOOPDECK_EVAL_TOKENS": "256",  # throughput only: skip most of eval
@@ -72,16 +73,15 @@ def main() -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     args = parser.parse_args()
 
-    source = set_hyperparameters(args.template.read_text(encoding="utf-8"), **dict(args.set))
+    source = set_constants(args.template.read_text(encoding="utf-8"), dict(args.set))
     try:
         start, steps, summary = measure(source, args.budget, args.device)
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1
-    knobs = hyperparameters(source)
     print(f"machine:        {cpu_name()} · {os.cpu_count()} CPUs · {platform.system()}")
     print(f"device:         {start['device']} · torch {start['torch']}")
-    print(f"model:          depth {knobs['DEPTH']} · {start['config']['n_embd']} wide · "
+    print(f"model:          depth {start['config']['n_layer']} · {start['config']['n_embd']} wide · "
           f"{start['num_params'] / 1e6:.2f} M parameters")
     print(f"timed steps:    {len(steps)} in {summary['training_seconds']:.1f} s")
     print(f"ms/step:        median {statistics.median(r['ms_per_step'] for r in steps):.1f}")

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"loopdeck {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
-    for add in (_add_train, _add_init, _add_run, _add_watch, _add_status, _add_try, _add_report, _add_ctl):
+    for add in (_add_train, _add_init, _add_run, _add_watch, _add_status, _add_try, _add_report, _add_ctl,
+                _add_migrate):
         add(sub.add_parser)
     return parser
 
@@ -149,6 +150,14 @@ def _add_ctl(add_parser: AddParser) -> None:
     ctl.set_defaults(handler=_target("loopdeck.cli.workspace:control_command"))
 
 
+def _add_migrate(add_parser: AddParser) -> None:
+    migrate = add_parser("migrate", help="give a workspace made by an earlier loopdeck its own harness",
+                         description="Copy harness.py into DIR, point train.py's import at it, and protect and pin "
+                         "it in loopdeck.toml, in one commit on the current branch.")
+    migrate.add_argument("dir", metavar="DIR", help="the workspace to migrate")
+    migrate.set_defaults(handler=_target("loopdeck.cli.migrate:migrate_command"))
+
+
 def _run_handler(args: argparse.Namespace) -> int:
     target = "loopdeck.cli.headless:run_headless_command" if args.headless else "loopdeck.cli.launch:run_console_command"
     return _target(target)(args)
@@ -161,11 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     from loopdeck.engine.errors import LoopdeckError
-    from loopdeck.gpt.errors import DataError
 
     try:
         return int(args.handler(args) or 0)
-    except (LoopdeckError, DataError) as exc:
+    except LoopdeckError as exc:
         print(f"loopdeck: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:

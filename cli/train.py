@@ -1,6 +1,7 @@
 """`loopdeck train`: run the GPT training template once, outside any loop, with its files kept in one folder.
 
-The folder gets the exact train.py that ran, log.txt (everything it printed), metrics.jsonl and model.pt.
+The folder gets the exact train.py and harness.py that ran, log.txt (everything it printed), metrics.jsonl and
+model.pt.
 """
 
 from __future__ import annotations
@@ -13,19 +14,26 @@ import sys
 import time
 from pathlib import Path
 
-from loopdeck.gpt import TRAIN_TEMPLATE
-from loopdeck.gpt.corpus import data_files
+from loopdeck.engine.errors import LoopdeckError
+from loopdeck.gpt import HARNESS_FILE, HARNESS_TEMPLATE, TRAIN_TEMPLATE
 
 
 def train_command(args: argparse.Namespace) -> int:
-    """Train once; returns the training process's exit status. A bad --data path raises DataError up front."""
+    """Train once; returns the training process's exit status. A bad --data path raises LoopdeckError up front."""
     data = (getattr(args, "data", None) or "").strip()
     if data:
-        data_files(data)  # fail in a second, before torch starts, with the reason
+        # Here: the harness loads torch, worth it only when there is a path to check.
+        from loopdeck.gpt.harness import DataError, data_files
+
+        try:
+            data_files(data)  # fail in seconds, before the training process starts, with the reason
+        except DataError as exc:
+            raise LoopdeckError(str(exc)) from None
         data = os.path.abspath(os.path.expanduser(data))  # the run's working directory is the output folder
     out = Path(getattr(args, "out", None) or Path("runs", time.strftime("%Y%m%d-%H%M%S"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(TRAIN_TEMPLATE, out / "train.py")
+    shutil.copyfile(HARNESS_TEMPLATE, out / HARNESS_FILE)  # train.py imports it from its own folder
     metrics = out / "metrics.jsonl"
     metrics.unlink(missing_ok=True)  # the run appends: start a fresh stream
     env = {**os.environ, "LOOPDECK_RUN_DIR": str(out), "LOOPDECK_METRICS": str(metrics), "LOOPDECK_DATA": data,

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loopdeck.engine.errors import LoopdeckError
 
@@ -60,6 +60,8 @@ class ExperimentSettings(_Section):
     env: dict[str, str] = Field(default={}, description="extra environment variables for the training process")
     env_allow: list[str] = Field(default=[], description="variables passed through the credential scrub "
                                  "(names containing KEY, TOKEN, SECRET, PASSWORD, … are removed otherwise)")
+    protected_sha256: dict[str, str] = Field(default={}, description="pinned sha256 of protected files: a session "
+                                             "refuses to start when one differs (written by loopdeck init)")
 
     @field_validator("editable", "protected")
     @classmethod
@@ -69,6 +71,23 @@ class ExperimentSettings(_Section):
         if len(set(paths)) != len(paths):
             raise ValueError(f"lists a file twice: {paths}")
         return paths
+
+    @field_validator("protected_sha256")
+    @classmethod
+    def _pins(cls, pins: dict[str, str]) -> dict[str, str]:
+        for path, digest in pins.items():
+            _relative_path(path)
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(f"{path}: expected a sha256 as 64 lowercase hex digits, got {digest!r}")
+        return pins
+
+    @model_validator(mode="after")
+    def _pins_are_protected(self) -> ExperimentSettings:
+        unlisted = sorted(set(self.protected_sha256) - set(self.protected))
+        if unlisted:
+            raise ValueError(f"protected_sha256 pins {', '.join(unlisted)}, which [experiment] protected does not "
+                             "list")
+        return self
 
     @field_validator("command")
     @classmethod
@@ -175,7 +194,7 @@ class EvaluationSettings(_Section):
     mode: Literal["auto", "trusted", "self_reported"] = Field(
         default="auto", description="trusted: a separate process scores the saved weights with the protected "
         "harness (GPT target) | self_reported: the number the run prints | auto: trusted when train.py imports "
-        "loopdeck.gpt.harness and saves model.pt, else self_reported")
+        "the workspace's harness.py and saves model.pt, else self_reported")
     mismatch_tolerance: float = Field(default=0.001, ge=0, description="a printed metric further than this from "
                                       "the trusted score is flagged on the experiment")
     eval_timeout_seconds: float = Field(default=300.0, gt=0, description="the trusted evaluation process is "
@@ -427,6 +446,11 @@ _HEADER = """\
 _MODE_DEPENDENT = frozenset({"approval"})
 
 
+def _setting_line(name: str, value: Any, description: str, *, commented: bool = False) -> str:
+    line = f"{'# ' if commented else ''}{name} = {_toml_value(value)}"
+    return f"{line:<40} # {description}" if len(line) < 40 else f"{line}  # {description}"
+
+
 def _render(model: BaseModel, path: tuple[str, ...], out: list[str], given: frozenset[str]) -> None:
     out += ["", f"# {type(model).__doc__}", f"[{'.'.join(path)}]"]
     nested = []
@@ -435,10 +459,8 @@ def _render(model: BaseModel, path: tuple[str, ...], out: list[str], given: froz
         if isinstance(value, BaseModel):
             nested.append((name, value))
             continue
-        line = f"{name} = {_toml_value(value)}"
-        if name in _MODE_DEPENDENT and name not in given:
-            line = f"# {line}"
-        out.append(f"{line:<40} # {info.description}" if len(line) < 40 else f"{line}  # {info.description}")
+        out.append(_setting_line(name, value, info.description or "", commented=name in _MODE_DEPENDENT
+                                 and name not in given))
     for name, value in nested:
         _render(value, (*path, name), out, given)
 
@@ -452,3 +474,30 @@ def default_toml(**overrides: Any) -> str:
     text = "\n".join(out) + "\n"
     parse_config(text, "default loopdeck.toml")
     return text
+
+
+def pin_protected_file(text: str, name: str, digest: str) -> str:
+    """loopdeck.toml text with `name` added to [experiment] protected and its sha256 pinned; every other line kept."""
+    experiment = parse_config(text).experiment
+    settings = {"protected": list(dict.fromkeys([*experiment.protected, name])),
+                "protected_sha256": {**experiment.protected_sha256, name: digest}}
+    lines = text.splitlines()
+    header = next((i for i, line in enumerate(lines) if line.strip() == "[experiment]"), None)
+    if header is None:
+        lines += ["", "[experiment]"]
+        header = len(lines) - 1
+    end = next((i for i in range(header + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    previous = header
+    for key, value in settings.items():
+        line = _setting_line(key, value, ExperimentSettings.model_fields[key].description or "")
+        found = next((i for i in range(header + 1, end) if re.match(rf"{key}\s*=", lines[i])), None)
+        if found is None:
+            found = previous + 1
+            lines.insert(found, line)
+            end += 1
+        else:
+            lines[found] = line
+        previous = found
+    result = "\n".join(lines) + "\n"
+    parse_config(result)
+    return result

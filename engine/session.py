@@ -36,7 +36,7 @@ from loopdeck.engine.store.gitops import BRANCH_PREFIX, ResearchRepo
 from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal
 from loopdeck.engine.store.ledger import Ledger
 from loopdeck.engine.store.lock import WorkspaceLock
-from loopdeck.engine.store.workspace import file_hashes, state_dir
+from loopdeck.engine.store.workspace import check_not_legacy, pinned_hashes, state_dir
 
 JOURNAL_FILE = "events.jsonl"
 CONTROL_POLL_SECONDS = 0.2
@@ -98,7 +98,8 @@ class Session:
             self.ledger = Ledger(self.state_dir)
             self._check_tree()
             self.branch = self.repo.ensure_branch(self._tag())
-            self.protected_hashes = file_hashes(self.workspace, self.config.experiment.protected)
+            check_not_legacy(self.workspace, self.config.experiment)
+            self.protected_hashes = pinned_hashes(self.workspace, self.config.experiment)
             self.config_notes += _journal_damage(self.state_dir / JOURNAL_FILE)
             self._journal = JournalWriter(self.state_dir / JOURNAL_FILE)
         except BaseException:

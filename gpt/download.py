@@ -3,7 +3,7 @@
 Each shard is fetched with retries and exponential backoff into `NAME.part`, resumed with an HTTP Range request
 after a broken transfer, checked (parquet footer with a "text" column, and sha256 where known) and only then
 renamed into place, so a directory never holds a torn or corrupt shard under its final name. The validation shard
-is pinned: always fetched, and named in a manifest that gpt.corpus reads to use it as the validation split.
+is pinned: always fetched, and named in a manifest that the harness reads to use it as the validation split.
 
 Never runs by default: `python -m loopdeck.gpt.download --corpus climbmix --num-shards 4`.
 """
@@ -24,9 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loopdeck.gpt.cache import atomic_path, cache_dir
-from loopdeck.gpt.corpus import SHARD_MANIFEST
-from loopdeck.gpt.errors import DataError
+from loopdeck.gpt.harness import SHARD_MANIFEST, DataError, atomic_path, cache_dir, optional_import
 
 
 @dataclass(frozen=True)
@@ -70,9 +68,8 @@ class _ShortTransfer(OSError):
 
 def verify_shard(path: Path, sha256: str | None = None) -> None:
     """Raise _CorruptFile unless `path` is a readable parquet file with a "text" column (and the given digest)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    pa = optional_import("pyarrow", "pyarrow", "checking a parquet shard")
+    pq = optional_import("pyarrow.parquet", "pyarrow", "checking a parquet shard")
     if sha256:
         digest = hashlib.sha256()
         with path.open("rb") as file:

@@ -1,7 +1,7 @@
 """Train a small GPT for a fixed wall-clock budget and report val_bpb: the one file loopdeck experiments edit.
 
 Model, optimizer and training loop live here, to be read top to bottom and changed freely. What the run is
-measured by (time budget, data, tokenizer, evaluation) lives in the protected harness `loopdeck.gpt.harness`.
+measured by (time budget, data, tokenizer, evaluation) lives in the protected `harness.py` beside this file.
 
 Notable features:
 - GPT: token embedding, RMSNorm (no learnable weight), rotary position embeddings, QK-norm, causal attention via
@@ -15,7 +15,8 @@ Notable features:
 - A progress line per step, a JSON-lines metrics stream (LOOPDECK_METRICS), the weights saved as model.pt in
   LOOPDECK_RUN_DIR (default runs/latest), and autoresearch's summary block at the end.
 
-Run: `python train.py` (in a loopdeck workspace) or `loopdeck train`. Importing this file does not train.
+Run: `python train.py` beside harness.py (a loopdeck workspace: only torch needed) or `loopdeck train`.
+Importing this file does not train.
 """
 
 import math
@@ -29,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from loopdeck.gpt.harness import (
+from harness import (
     EVAL_TOKENS,
     MAX_SEQ_LEN,
     TIME_BUDGET,
@@ -53,25 +54,34 @@ from loopdeck.gpt.harness import (
 # Sized for a 2-core CPU and a 60 s budget. autoresearch's GPU reference is DEPTH = 8, ASPECT_RATIO = 64,
 # HEAD_DIM = 128, DEVICE_BATCH_SIZE = 128, TOTAL_BATCH_SIZE = 524288 (with a 2048-token context).
 
-DEPTH = 2  # transformer blocks: the main size dial
-ASPECT_RATIO = 64  # model width = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
-HEAD_DIM = 32  # channels per attention head
-MLP_RATIO = 4  # MLP hidden width as a multiple of the model width
-DEVICE_BATCH_SIZE = 8  # sequences per forward/backward pass
-TOTAL_BATCH_SIZE = 2048  # tokens per optimizer step: gradients of TOTAL / (DEVICE_BATCH_SIZE * MAX_SEQ_LEN) passes add up
-MATRIX_LR = 0.02  # Muon learning rate for the hidden weight matrices
-EMBEDDING_LR = 0.3  # AdamW learning rate for the token embedding (scaled by 1/sqrt(width / 768))
-UNEMBEDDING_LR = 0.004  # AdamW learning rate for the LM head (scaled by 1/sqrt(width / 768))
-SCALAR_LR = 0.5  # AdamW learning rate for the per-layer residual scalars
-WEIGHT_DECAY = 0.0  # decoupled weight decay on the Muon matrices
+# Model architecture
+DEPTH = 2                 # transformer blocks: the main size dial
+ASPECT_RATIO = 64         # model width = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
+HEAD_DIM = 32             # channels per attention head
+MLP_RATIO = 4             # MLP hidden width as a multiple of the model width
+
+# Batch
+DEVICE_BATCH_SIZE = 8     # sequences per forward/backward pass
+TOTAL_BATCH_SIZE = 2048   # tokens per optimizer step: TOTAL / (DEVICE_BATCH_SIZE * MAX_SEQ_LEN) passes add up
+
+# Optimization
+MATRIX_LR = 0.02          # Muon learning rate for the hidden weight matrices
+EMBEDDING_LR = 0.3        # AdamW learning rate for the token embedding (scaled by 1/sqrt(width / 768))
+UNEMBEDDING_LR = 0.004    # AdamW learning rate for the LM head (scaled by 1/sqrt(width / 768))
+SCALAR_LR = 0.5           # AdamW learning rate for the per-layer residual scalars
+WEIGHT_DECAY = 0.0        # decoupled weight decay on the Muon matrices
 ADAM_BETAS = (0.8, 0.95)  # AdamW beta1, beta2
-MUON_MOMENTUM = 0.95  # Muon's Nesterov momentum
-NS_STEPS = 5  # polar-express iterations per Muon update (at most 5)
-WARMUP_RATIO = 0.0  # fraction of the budget over which the LR ramps up from 0
-WARMDOWN_RATIO = 0.4  # fraction of the budget over which the LR decays at the end
-FINAL_LR_FRAC = 0.0  # LR at the end of the warmdown, as a fraction of the peak
-SOFTCAP = 15.0  # logits are squashed into (-SOFTCAP, SOFTCAP) by tanh
-ROPE_BASE = 10000.0  # rotary embedding base frequency
+MUON_MOMENTUM = 0.95      # Muon's Nesterov momentum
+NS_STEPS = 5              # polar-express iterations per Muon update (at most 5)
+
+# Schedule (fractions of the time budget)
+WARMUP_RATIO = 0.0        # fraction of the budget over which the LR ramps up from 0
+WARMDOWN_RATIO = 0.4      # fraction of the budget over which the LR decays at the end
+FINAL_LR_FRAC = 0.0       # LR at the end of the warmdown, as a fraction of the peak
+
+# Model details
+SOFTCAP = 15.0            # logits are squashed into (-SOFTCAP, SOFTCAP) by tanh
+ROPE_BASE = 10000.0       # rotary embedding base frequency
 
 
 # ---------------------------------------------------------------------------
@@ -79,16 +89,21 @@ ROPE_BASE = 10000.0  # rotary embedding base frequency
 # ---------------------------------------------------------------------------
 
 
+MODEL_DIM = math.ceil(DEPTH * ASPECT_RATIO / HEAD_DIM) * HEAD_DIM  # derived, not a knob: whole heads
+
+
 @dataclass
 class GPTConfig:
+    """The model's shape. Defaults come from the hyperparameter block, so that block is the one place to edit."""
+
     sequence_len: int = MAX_SEQ_LEN  # longest context the rotary tables cover
-    vocab_size: int = 257  # tokenizer vocabulary, BOS included
-    n_layer: int = 4  # transformer blocks
-    n_head: int = 4  # attention heads per block
-    n_embd: int = 128  # model width (residual stream channels)
-    mlp_ratio: int = 4  # MLP hidden width / n_embd
-    softcap: float = 15.0  # tanh logit cap
-    rope_base: float = 10000.0  # rotary base frequency
+    vocab_size: int = 257  # tokenizer vocabulary, BOS included (the byte tokenizer's; main passes the real one)
+    n_layer: int = DEPTH  # transformer blocks
+    n_head: int = MODEL_DIM // HEAD_DIM  # attention heads per block
+    n_embd: int = MODEL_DIM  # model width (residual stream channels)
+    mlp_ratio: int = MLP_RATIO  # MLP hidden width / n_embd
+    softcap: float = SOFTCAP  # tanh logit cap
+    rope_base: float = ROPE_BASE  # rotary base frequency
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -200,12 +215,6 @@ class GPT(nn.Module):
         return 6 * matmul_params + 12 * c.n_layer * c.n_embd * c.sequence_len
 
 
-def build_config(vocab_size: int) -> GPTConfig:
-    width = math.ceil(DEPTH * ASPECT_RATIO / HEAD_DIM) * HEAD_DIM
-    return GPTConfig(sequence_len=MAX_SEQ_LEN, vocab_size=vocab_size, n_layer=DEPTH, n_head=width // HEAD_DIM,
-                     n_embd=width, mlp_ratio=MLP_RATIO, softcap=SOFTCAP, rope_base=ROPE_BASE)
-
-
 # ---------------------------------------------------------------------------
 # Optimizer: Muon for hidden matrices, AdamW for the rest
 # ---------------------------------------------------------------------------
@@ -298,7 +307,7 @@ def main() -> None:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
     data = load_data()
-    config = build_config(data.tokenizer.vocab_size)
+    config = GPTConfig(vocab_size=data.tokenizer.vocab_size)
     model = GPT(config).to(device)
     optimizers = build_optimizers(model)
     train_model = torch.compile(model) if device.type == "cuda" else model  # compiling pays off on GPUs only

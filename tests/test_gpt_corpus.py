@@ -10,9 +10,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loopdeck.gpt import corpus
-from loopdeck.gpt.corpus import SHARD_MANIFEST, Document, embedded_corpus, fingerprint, load_corpus, split_for
-from loopdeck.gpt.errors import DataError
+from loopdeck.gpt import harness as corpus
+from loopdeck.gpt.harness import (
+    SHARD_MANIFEST,
+    DataError,
+    Document,
+    embedded_corpus,
+    fingerprint,
+    load_corpus,
+    split_for,
+)
 
 
 def test_import_gpt_does_not_import_torch():

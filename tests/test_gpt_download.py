@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loopdeck.gpt.corpus import SHARD_MANIFEST, load_corpus
 from loopdeck.gpt.download import DownloadError, RemoteCorpus, download_file, download_shards
+from loopdeck.gpt.harness import SHARD_MANIFEST, load_corpus
 
 FAST = {"backoff": 0.0, "timeout": 5.0, "log": lambda message: None}
 

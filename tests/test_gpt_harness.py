@@ -9,10 +9,18 @@ import pytest
 import torch
 
 from loopdeck.gpt import harness
-from loopdeck.gpt.errors import DataError
-from loopdeck.gpt.harness import MAX_SEQ_LEN, Data, evaluate_bpb, load_data, make_train_loader
-from loopdeck.gpt.metrics import MetricsLog, format_summary, parse_summary
-from loopdeck.gpt.tokenizer import ByteTokenizer
+from loopdeck.gpt.harness import (
+    MAX_SEQ_LEN,
+    ByteTokenizer,
+    Data,
+    DataError,
+    MetricsLog,
+    evaluate_bpb,
+    format_summary,
+    load_data,
+    make_train_loader,
+    parse_summary,
+)
 
 VOCAB = 6
 BOS = 5

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loopdeck.gpt.corpus import Corpus, Document
-from loopdeck.gpt.errors import DataError
-from loopdeck.gpt.tokenizer import ByteTokenizer, get_tokenizer
+from loopdeck.gpt.harness import ByteTokenizer, Corpus, DataError, Document, get_tokenizer
 
 SAMPLES = ["Hello, world!", "naïve café — 東京 🚀", "  indented\n\tcode = [1, 2]\n\n", ""]
 

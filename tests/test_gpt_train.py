@@ -1,4 +1,5 @@
-"""The training template end to end on CPU (tiny model, second-long budgets) and `loopdeck train`."""
+"""The training template end to end on CPU (tiny model, second-long budgets), in a workspace without loopdeck, and
+`loopdeck train`."""
 
 from __future__ import annotations
 
@@ -13,13 +14,18 @@ from types import ModuleType
 
 import pytest
 import torch
-from support_gpt import tiny_train_source
+from support_gpt import hyperparameters, tiny_train_source, write_target
 
-from loopdeck.gpt import TRAIN_TEMPLATE
-from loopdeck.gpt.corpus import embedded_corpus
-from loopdeck.gpt.harness import evaluate_bpb, load_data, load_model
-from loopdeck.gpt.metrics import SUMMARY_FORMATS, parse_summary
-from loopdeck.gpt.template import hyperparameters
+from loopdeck.engine.store.workspace import init_workspace
+from loopdeck.gpt import HARNESS_TEMPLATE, TRAIN_TEMPLATE
+from loopdeck.gpt.harness import (
+    SUMMARY_FORMATS,
+    embedded_corpus,
+    evaluate_bpb,
+    load_data,
+    load_model,
+    parse_summary,
+)
 
 BUDGET = 2.0
 EVAL_TOKENS = 2048
@@ -28,8 +34,7 @@ STEP_KEYS = {"type", "step", "elapsed_seconds", "loss", "progress", "tokens_per_
 
 
 def run_training(folder: Path, source: str, **env: str) -> subprocess.CompletedProcess:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "train.py").write_text(source, encoding="utf-8")
+    write_target(folder, source)
     environment = {**os.environ, "LOOPDECK_TIME_BUDGET": str(BUDGET), "LOOPDECK_EVAL_TOKENS": str(EVAL_TOKENS),
                    "LOOPDECK_METRICS": str(folder / "metrics.jsonl"), "LOOPDECK_RUN_DIR": str(folder / "run"),
                    "LOOPDECK_DEVICE": "cpu", "LOOPDECK_SEED": "3", "LOOPDECK_DATA": "", **env}
@@ -152,7 +157,31 @@ def test_hyperparameter_block_is_plain_literals():
         "EMBEDDING_LR", "UNEMBEDDING_LR", "SCALAR_LR", "WEIGHT_DECAY", "ADAM_BETAS", "MUON_MOMENTUM", "NS_STEPS",
         "WARMUP_RATIO", "WARMDOWN_RATIO", "FINAL_LR_FRAC", "SOFTCAP", "ROPE_BASE"]
     assert knobs["ADAM_BETAS"] == (0.8, 0.95)
-    assert tiny_train_source(DEPTH=2).count("\nDEPTH = 2  # transformer blocks") == 1
+    assert len(re.findall(r"^DEPTH = 2 +# transformer blocks", tiny_train_source(DEPTH=2), re.MULTILINE)) == 1
+
+
+def test_the_model_config_defaults_are_the_hyperparameter_block():
+    train = import_file(TRAIN_TEMPLATE, "template_defaults")
+    config = train.GPTConfig()
+    assert (config.n_layer, config.mlp_ratio, config.softcap, config.rope_base) == (
+        train.DEPTH, train.MLP_RATIO, train.SOFTCAP, train.ROPE_BASE)
+    assert config.n_embd == 128 and config.n_head == config.n_embd // train.HEAD_DIM
+
+
+def test_a_new_workspace_trains_with_python_train_py_where_loopdeck_cannot_be_imported(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-global-gitconfig"))
+    workspace = init_workspace(tmp_path / "ws")
+    assert (workspace / "harness.py").read_bytes() == HARNESS_TEMPLATE.read_bytes()
+    # -I: no current directory, PYTHONPATH or user site on sys.path; '.' is the workspace, as for `python train.py`.
+    code = ("import sys, runpy; sys.modules['loopdeck'] = None; sys.path.insert(0, '.'); sys.argv = ['train.py']; "
+            "runpy.run_path('train.py', run_name='__main__'); "
+            "assert not [name for name in sys.modules if name.startswith('loopdeck.')]")
+    environment = {**os.environ, "LOOPDECK_TIME_BUDGET": str(BUDGET), "LOOPDECK_EVAL_TOKENS": str(EVAL_TOKENS),
+                   "LOOPDECK_DEVICE": "cpu", "LOOPDECK_DATA": "", "LOOPDECK_RUN_DIR": str(tmp_path / "run")}
+    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=workspace, env=environment,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 0 < parse_summary(result.stdout)["val_bpb"] < 8 and (tmp_path / "run" / "model.pt").is_file()
 
 
 def loopdeck(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -176,8 +205,10 @@ def test_loopdeck_train_runs_the_template_once_and_keeps_its_files(tmp_path):
                       cwd=tmp_path, LOOPDECK_EVAL_TOKENS="1024")
     assert result.returncode == 0, result.stdout[-2000:]
     out = tmp_path / "out"
-    assert sorted(path.name for path in out.iterdir()) == ["log.txt", "metrics.jsonl", "model.pt", "train.py"]
+    assert sorted(path.name for path in out.iterdir()) == ["harness.py", "log.txt", "metrics.jsonl", "model.pt",
+                                                           "train.py"]
     assert (out / "train.py").read_text() == TRAIN_TEMPLATE.read_text()
+    assert (out / "harness.py").read_text() == HARNESS_TEMPLATE.read_text()
     log = (out / "log.txt").read_text()
     assert log in result.stdout and parse_summary(log)["val_bpb"] > 0
     start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])

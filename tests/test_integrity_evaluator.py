@@ -1,7 +1,9 @@
-"""The protected scorer (`python -m loopdeck.gpt.evaluate`) on saved weights: true scores, the causality probe, tampering."""
+"""The protected scorer (`python -m loopdeck.gpt.evaluate`) on saved weights: true scores with the workspace's pinned
+harness, the causality probe, tampering."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -17,6 +19,7 @@ support = pytest.importorskip("support_gpt")
 
 from loopdeck.engine.run.evaluator import read_evaluation  # noqa: E402
 from loopdeck.engine.run.runner import RunResult  # noqa: E402
+from loopdeck.gpt import HARNESS_TEMPLATE  # noqa: E402
 from loopdeck.gpt.evaluate import EXIT_REJECTED, RESULT_PREFIX  # noqa: E402
 from loopdeck.gpt.harness import evaluate_bpb, load_data, save_model  # noqa: E402
 
@@ -27,14 +30,13 @@ PEEKING = ("is_causal=True", "is_causal=False")  # the edit that lets every posi
 def build(directory: Path, source: str) -> torch.nn.Module:
     """Write train.py into `directory` and save a model of it with small random weights everywhere (the template
     starts its output projections at zero, which would hide what attention does)."""
-    directory.mkdir(parents=True)
-    (directory / "train.py").write_text(source)
+    support.write_target(directory, source)
     spec = importlib.util.spec_from_file_location(f"train_{uuid.uuid4().hex}", directory / "train.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     torch.manual_seed(0)
-    model = module.GPT(module.build_config(load_data().tokenizer.vocab_size))
+    model = module.GPT(module.GPTConfig(vocab_size=load_data().tokenizer.vocab_size))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
@@ -42,10 +44,14 @@ def build(directory: Path, source: str) -> torch.nn.Module:
     return model
 
 
-def score(directory: Path, split: str = "val") -> tuple[int, dict]:
+HARNESS_SHA256 = hashlib.sha256(HARNESS_TEMPLATE.read_bytes()).hexdigest()
+
+
+def score(directory: Path, split: str = "val", pin: tuple[str, ...] = ("--harness-sha256", HARNESS_SHA256)
+          ) -> tuple[int, dict]:
     result = subprocess.run(
         [sys.executable, "-P", "-m", "loopdeck.gpt.evaluate", "--workspace", str(directory), "--weights",
-         str(directory / "model.pt"), "--split", split],
+         str(directory / "model.pt"), "--split", split, *pin],
         cwd=directory, capture_output=True, text=True, timeout=120,
         env={"PATH": "/usr/bin:/bin", "LOOPDECK_EVAL_TOKENS": str(EVAL_TOKENS), "LOOPDECK_DEVICE": "cpu"})
     lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
@@ -59,7 +65,8 @@ def test_a_causal_model_is_scored_exactly_as_the_harness_scores_it(tmp_path):
     assert code == 0 and answer["status"] == "ok", answer
     assert answer["bpb"] == pytest.approx(evaluate_bpb(model, load_data(), eval_tokens=EVAL_TOKENS), rel=1e-6)
     assert (answer["eval_tokens"], answer["batch_size"], answer["seq_len"]) == (EVAL_TOKENS, 32, 256)
-    assert answer["probes"] == 32 and answer["corpus_fingerprint"] and answer["harness"].endswith("gpt/harness.py")
+    assert answer["probes"] == 32 and answer["corpus_fingerprint"] and answer["harness"] == str(tmp_path / "ws" / "harness.py")
+    assert answer["harness_sha256"] == HARNESS_SHA256
 
     code, holdout = score(tmp_path / "ws", split="holdout")
     assert code == 0 and holdout["split"] == "holdout" and holdout["val_bpb"] == pytest.approx(answer["bpb"])
@@ -76,10 +83,26 @@ def test_a_model_that_looks_ahead_is_rejected_by_the_causality_probe(tmp_path):
 
 
 def test_a_training_file_that_rebinds_the_harness_at_import_is_rejected(tmp_path):
-    tampered = support.tiny_train_source() + "\nimport gpt.harness\ngpt.harness.EVAL_TOKENS = 256\n"
+    tampered = support.tiny_train_source() + "\nimport harness\nharness.EVAL_TOKENS = 256\n"
     build(tmp_path / "ws", tampered)
     code, answer = score(tmp_path / "ws")
     assert code == EXIT_REJECTED and "changed the protected evaluation (EVAL_TOKENS)" in answer["reason"]
+
+
+def test_only_the_pinned_harness_scores(tmp_path):
+    build(tmp_path / "ws", support.tiny_train_source())
+    (tmp_path / "ws" / "loopdeck.toml").write_text(
+        f'[experiment]\nprotected = ["harness.py"]\nprotected_sha256 = {{ "harness.py" = "{HARNESS_SHA256}" }}\n')
+    code, answer = score(tmp_path / "ws", pin=())  # the pin read from loopdeck.toml
+    assert code == 0 and answer["status"] == "ok", answer
+
+    harness = tmp_path / "ws" / "harness.py"
+    harness.write_text(harness.read_text().replace("EVAL_BATCH_SIZE = 32", "EVAL_BATCH_SIZE = 16"))
+    code, answer = score(tmp_path / "ws")
+    assert code == EXIT_REJECTED and answer["reason"].startswith("harness.py is not the pinned harness"), answer
+    (tmp_path / "ws" / "loopdeck.toml").unlink()
+    code, answer = score(tmp_path / "ws", pin=())
+    assert code == 1 and "no sha256 pinned for harness.py" in answer["reason"]
 
 
 def test_missing_weights_and_garbled_answers_are_crashes(tmp_path):

@@ -41,7 +41,7 @@ def test_a_run_that_ignores_its_budget_is_rejected_whatever_it_prints(make_works
     assert git(workspace, "rev-parse", "HEAD") == baseline.commit  # reverted
     tsv = (session.state_dir / "results.tsv").read_text().splitlines()
     assert [line.split("\t")[3] for line in tsv[1:]] == ["keep", "crash"]  # it ran: a crash, not a gap
-    # A foreign-style target (no gpt.harness import) is scored by what it prints, and says so.
+    # A foreign-style target (no harness import) is scored by what it prints, and says so.
     assert recorded.of(SessionStarted)[0].self_reported and baseline.self_reported
     assert [e.evaluation for e in recorded.of(ExperimentFinished)] == ["self_reported", ""]
 
@@ -172,10 +172,13 @@ def test_early_abort_stops_a_run_that_is_clearly_behind_and_keeps_one_that_is_ah
 def test_the_scoring_mode_follows_the_training_file(tmp_path):
     from loopdeck.engine.config import Config
     from loopdeck.engine.run.evaluator import evaluation_plan
-    from loopdeck.gpt import TRAIN_TEMPLATE
+    from loopdeck.gpt import HARNESS_TEMPLATE, TRAIN_TEMPLATE
 
     (tmp_path / "train.py").write_text(TRAIN_TEMPLATE.read_text())
     config = Config()
+    plan = evaluation_plan(tmp_path, config)
+    assert not plan.trusted and "the workspace has no harness.py" in plan.note
+    (tmp_path / "harness.py").write_text(HARNESS_TEMPLATE.read_text())
     assert evaluation_plan(tmp_path, config).trusted
     assert not evaluation_plan(tmp_path, config.updated(mode="self_reported")).trusted
     (tmp_path / "train.py").write_text(TRAIN_TEMPLATE.read_text().replace("save_model(asdict", "print(asdict"))
@@ -183,7 +186,7 @@ def test_the_scoring_mode_follows_the_training_file(tmp_path):
     assert not plan.trusted and "does not save its weights with save_model" in plan.note
     (tmp_path / "train.py").write_text(fake_train_source())
     plan = evaluation_plan(tmp_path, config.updated(mode="trusted"))
-    assert "does not import gpt.harness" in plan.error
+    assert "does not import the workspace's harness" in plan.error
 
 
 def test_trusted_mode_on_a_foreign_target_stops_with_a_clear_message(make_workspace, run_session):

@@ -30,7 +30,8 @@ def test_the_trusted_score_decides_and_the_holdout_never_does(make_workspace, ru
     baseline = support.tiny_train_source(UNEMBEDDING_LR=0.0)
     frozen = support.tiny_train_source(UNEMBEDDING_LR=0.0, MATRIX_LR=0.0, EMBEDDING_LR=0.0, SCALAR_LR=0.0)
     workspace = make_workspace(baseline, timeout=120, env={"LOOPDECK_EVAL_TOKENS": "8192"},
-                               evaluation={"holdout_every": 1})
+                               evaluation={"holdout_every": 1}, extra_files=support.harness_files(),
+                               protected=("harness.py",))
     agent = ScriptedAgent([
         write_files({"train.py": frozen.replace(*FAKE_PRINT)}, "learn nothing, print 0.1"),
         write_files({"train.py": support.tiny_train_source().replace(*PEEKING)}, "let attention see the future"),
@@ -40,7 +41,7 @@ def test_the_trusted_score_decides_and_the_holdout_never_does(make_workspace, ru
 
     assert recorded.finished.reason == "exhausted", session.error
     assert recorded.of(SessionStarted)[0].self_reported is False
-    assert {Path(name).name for name in session.protected_hashes} >= {"harness.py", "evaluate.py", "corpus.py"}
+    assert {Path(name).name for name in session.protected_hashes} >= {"harness.py", "evaluate.py"}
     base, fake, peek, better = ledger_rows(workspace)
     assert not base.self_reported and base.reported_metric == pytest.approx(base.metric, abs=1e-6)
 

@@ -14,7 +14,8 @@ def test_the_offline_agent_drives_the_real_gpt_target(make_workspace, run_sessio
     pytest.importorskip("loopdeck.engine.agents.offline.agent", reason="the offline agent is not there yet")
     # A small evaluation keeps each run to a few seconds ([experiment] env: the credential scrub would drop a
     # LOOPDECK_EVAL_TOKENS inherited from this process, its name containing TOKEN).
-    workspace = make_workspace(support.tiny_train_source(), timeout=120, env={"LOOPDECK_EVAL_TOKENS": "8192"})
+    workspace = make_workspace(support.tiny_train_source(), timeout=120, env={"LOOPDECK_EVAL_TOKENS": "8192"},
+                               extra_files=support.harness_files(), protected=("harness.py",))
     session, recorded = run_session(workspace, None, agent="offline", budget_seconds=2.0, max_experiments=2)
 
     assert recorded.finished.reason == "max_experiments", session.error

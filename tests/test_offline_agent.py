@@ -451,7 +451,8 @@ def test_gpt_template_is_searchable():
     knobs = {k.key: k.kind for k in discover({"train.py": source})}
     assert {"DEPTH", "MATRIX_LR", "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE", "WARMDOWN_RATIO"} <= set(knobs)
     assert not {"MAX_SEQ_LEN", "TIME_BUDGET", "EVAL_TOKENS"} & set(knobs)
-    bench = Bench(OfflineAgent(), source, flat).run(40)
+    # The template's folder plays the workspace: train.py reads MAX_SEQ_LEN from the harness.py beside it.
+    bench = Bench(OfflineAgent(), source, flat, workspace=gpt.TRAIN_TEMPLATE.parent).run(40)
     defaults = values_of_constants(source)
     sequence = module_constants(gpt.TRAIN_TEMPLATE.with_name("harness.py").read_text(encoding="utf-8"))["MAX_SEQ_LEN"]
     for proposal in bench.proposals:

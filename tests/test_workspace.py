@@ -1,4 +1,4 @@
-"""`loopdeck init`, the state directory kept out of git, and file hashes."""
+"""`loopdeck init`, the pinned harness, migrating an older workspace, the state directory kept out of git, hashes."""
 
 from __future__ import annotations
 
@@ -11,9 +11,19 @@ import pytest
 from loopdeck.engine.config import load_config
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.store.gitops import ResearchRepo
-from loopdeck.engine.store.workspace import file_hashes, init_workspace, is_workspace, state_dir
+from loopdeck.engine.store.workspace import (
+    check_not_legacy,
+    file_hashes,
+    init_workspace,
+    is_workspace,
+    migrate_workspace,
+    pinned_hashes,
+    state_dir,
+)
 
 TEMPLATE = "# the editable GPT training file\nprint('val_bpb: 1.0')\n"
+HARNESS = "# the protected harness\nMAX_SEQ_LEN = 256\n"
+HARNESS_SHA256 = hashlib.sha256(HARNESS.encode()).hexdigest()
 
 
 @pytest.fixture
@@ -21,6 +31,9 @@ def template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "template_train.py"
     path.write_text(TEMPLATE)
     monkeypatch.setattr("loopdeck.gpt.TRAIN_TEMPLATE", path, raising=False)
+    harness = tmp_path / "template_harness.py"
+    harness.write_text(HARNESS)
+    monkeypatch.setattr("loopdeck.gpt.HARNESS_TEMPLATE", harness, raising=False)
     # No global identity: init must commit with its own.
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-global-gitconfig"))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
@@ -45,8 +58,12 @@ def test_init_creates_a_committed_workspace(tmp_path: Path, template: Path) -> N
     assert ".loopdeck/" in (workspace / ".gitignore").read_text().splitlines()
     assert _git(workspace, "branch", "--show-current") == "main"
     assert _git(workspace, "log", "--format=%an <%ae>") == "loopdeck <loopdeck@localhost>"
-    assert sorted(_git(workspace, "ls-files").splitlines()) == [".gitignore", "loopdeck.toml", "program.md",
-                                                                "train.py"]
+    assert sorted(_git(workspace, "ls-files").splitlines()) == [".gitignore", "harness.py", "loopdeck.toml",
+                                                                "program.md", "train.py"]
+    assert (workspace / "harness.py").read_text() == HARNESS
+    assert config.experiment.protected == ["harness.py"]
+    assert config.experiment.protected_sha256 == {"harness.py": HARNESS_SHA256}
+    assert pinned_hashes(workspace, config.experiment) == {"harness.py": HARNESS_SHA256}
     assert (workspace / ".loopdeck").is_dir()
     ResearchRepo(workspace).check_clean()
 
@@ -109,3 +126,79 @@ def test_file_hashes(tmp_path: Path) -> None:
     assert file_hashes(tmp_path, ["a.py"]) == {"a.py": hashlib.sha256(b"x = 1\n").hexdigest()}
     with pytest.raises(LoopdeckError, match="cannot read b.py"):
         file_hashes(tmp_path, ["b.py"])
+
+
+def test_a_harness_that_differs_from_its_pin_is_refused_in_one_line(tmp_path: Path, template: Path) -> None:
+    workspace = init_workspace(tmp_path / "ws")
+    (workspace / "harness.py").write_text(HARNESS + "EVAL_TOKENS = 1\n")
+    config, _ = load_config(workspace)
+    with pytest.raises(LoopdeckError, match=r"harness.py differs from the sha256 pinned in loopdeck.toml") as caught:
+        pinned_hashes(workspace, config.experiment)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_pin_must_name_a_protected_file() -> None:
+    from loopdeck.engine.config import parse_config
+
+    with pytest.raises(LoopdeckError, match="pins harness.py, which \\[experiment\\] protected does not list"):
+        parse_config(f'[experiment]\nprotected_sha256 = {{ "harness.py" = "{HARNESS_SHA256}" }}\n')
+    with pytest.raises(LoopdeckError, match="64 lowercase hex digits"):
+        parse_config('[experiment]\nprotected = ["harness.py"]\nprotected_sha256 = { "harness.py" = "abc" }\n')
+
+
+OLD_TRAIN = "import torch\nfrom loopdeck.gpt.harness import (\n    MAX_SEQ_LEN,\n    save_model,\n)\nprint(MAX_SEQ_LEN)\n"
+
+
+def old_workspace(directory: Path, train: str = OLD_TRAIN) -> Path:
+    """A workspace as the previous loopdeck made it: train.py importing the installed harness, no harness.py."""
+    from loopdeck.engine.config import default_toml
+
+    directory.mkdir()
+    _git(directory, "init", "-q", "--initial-branch=main")
+    ResearchRepo(directory).commit_files({"train.py": train, "program.md": "# program\n",
+                                          "loopdeck.toml": default_toml(), ".gitignore": ".loopdeck/\n"}, "old init")
+    return directory
+
+
+@pytest.mark.parametrize("module", ["loopdeck.gpt.harness", "gpt.harness"])
+def test_a_workspace_made_by_the_previous_version_is_explained_then_migrated(
+        tmp_path: Path, template: Path, module: str) -> None:
+    workspace = old_workspace(tmp_path / "old", OLD_TRAIN.replace("loopdeck.gpt.harness", module))
+    config, _ = load_config(workspace)
+    with pytest.raises(LoopdeckError, match=f"run `loopdeck migrate {workspace}`"):
+        check_not_legacy(workspace, config.experiment)
+    toml_before = (workspace / "loopdeck.toml").read_text()
+
+    commit = migrate_workspace(workspace)
+    assert _git(workspace, "rev-parse", "HEAD") == commit and _git(workspace, "branch", "--show-current") == "main"
+    assert _git(workspace, "log", "-1", "--format=%s").startswith("loopdeck migrate: train.py")
+    assert (workspace / "train.py").read_text() == OLD_TRAIN.replace("from loopdeck.gpt.harness", "from harness")
+    assert (workspace / "harness.py").read_text() == HARNESS
+    config, _ = load_config(workspace)
+    assert config.experiment.protected == ["harness.py"]
+    assert config.experiment.protected_sha256 == {"harness.py": HARNESS_SHA256}
+    check_not_legacy(workspace, config.experiment)
+    ResearchRepo(workspace).check_clean()
+    # Only the two settings changed: every comment and other setting of the user's file is kept.
+    changed = set((workspace / "loopdeck.toml").read_text().splitlines()) ^ set(toml_before.splitlines())
+    assert {line.split(" =")[0] for line in changed} == {"protected", "protected_sha256"}
+    with pytest.raises(LoopdeckError, match="needs no migration"):
+        migrate_workspace(workspace)
+
+
+def test_loopdeck_migrate_on_the_command_line(tmp_path: Path, template: Path, capsys) -> None:
+    from loopdeck.cli.main import main
+
+    workspace = old_workspace(tmp_path / "old")
+    assert main(["migrate", str(workspace)]) == 0
+    assert "migrated" in capsys.readouterr().out and (workspace / "harness.py").is_file()
+    assert main(["migrate", str(workspace)]) == 2
+    assert "needs no migration" in capsys.readouterr().err
+
+
+def test_a_session_on_an_old_workspace_says_how_to_migrate(tmp_path: Path, template: Path) -> None:
+    from loopdeck.engine.session import Session
+
+    workspace = old_workspace(tmp_path / "old")
+    with pytest.raises(LoopdeckError, match="loopdeck migrate"):
+        Session(workspace)

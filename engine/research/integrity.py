@@ -10,7 +10,7 @@ watcher, `after_record` and `session_ending` score the incumbent on the holdout 
    run must stop at its budget by its own account, within 10% + 1 s: its training time before its last step
    (metrics stream; the last step may cross the budget, however long it took on a busy machine), or else the
    training seconds it reports. Over: `rejected`.
-2. Score: trusted mode (engine/evaluator.py) re-checks the protected files, then a separate process scores the
+2. Score: trusted mode (engine/run/evaluator.py) re-checks the protected files, then a separate process scores the
    saved weights; a model that looks ahead is `rejected`. The printed number is kept as `reported_metric` and
    flagged when it disagrees. Self-reported mode uses the printed number.
 3. Keep: the baseline is re-run with `baseline_seeds` seeds to measure the noise σ (its metric is their mean). A
@@ -55,9 +55,8 @@ from loopdeck.engine.run.evaluator import (
     Evaluation,
     evaluation_plan,
     evaluator_argv,
-    package_files,
-    package_hashes,
     read_evaluation,
+    trusted_hashes,
 )
 from loopdeck.engine.run.runner import RunResult, classify, metric_from_log
 from loopdeck.engine.store.ledger import ExperimentRow, RunRow
@@ -102,7 +101,7 @@ class Integrity:
         self.settings = ctx.config.evaluation
         self.plan = evaluation_plan(ctx.workspace, ctx.config)
         if self.plan.trusted:  # hashed now, at session start, and checked before every run and every evaluation
-            ctx.protected_hashes.update(package_hashes())
+            ctx.protected_hashes.update(trusted_hashes(ctx.workspace))
         self._execute = execute
         self._reference: dict[str, Any] | None = None  # the first trusted evaluation's corpus and constants
         baseline = self._baseline()
@@ -194,7 +193,8 @@ class Integrity:
         if not weights.is_file():
             return _Score("crash", f"the run saved no {WEIGHTS}: trusted evaluation scores the saved weights, so "
                           f"{self.plan.train_file} must keep its save_model(...) call")
-        argv = evaluator_argv(self.ctx.workspace, self.plan.train_file, weights, split)
+        argv = evaluator_argv(self.ctx.workspace, self.plan.train_file, weights,
+                              self.ctx.protected_hashes[self.plan.harness], split)
         result, _ = self._execute(number, run_dir / f"eval-{split}", argv=argv,
                                   timeout=self.settings.eval_timeout_seconds, stream=False)
         if result.aborted:
@@ -208,9 +208,9 @@ class Integrity:
         return _Score("ok", metric=evaluation.bpb, val_metric=evaluation.val_bpb)
 
     def _changed_evaluation(self, evaluation: Evaluation) -> str:
-        if evaluation.harness not in {str(path) for path in package_files()}:
-            return (f"the evaluation used {evaluation.harness or 'an unknown harness'} instead of the installed, "
-                    "hash-checked gpt.harness")
+        if evaluation.harness_sha256 != self.ctx.protected_hashes[self.plan.harness]:
+            return (f"the evaluation used {evaluation.harness or 'an unknown harness'} instead of the workspace's "
+                    f"hash-checked {self.plan.harness}")
         if self._reference is None:
             self._reference = evaluation.reference
         changed = [f"{key} {self._reference.get(key)!r} → {value!r}" for key, value in evaluation.reference.items()

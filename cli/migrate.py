@@ -1,0 +1,15 @@
+"""`loopdeck migrate DIR`: give a workspace made by an earlier loopdeck its own pinned harness.py."""
+
+from __future__ import annotations
+
+import argparse
+
+from loopdeck.engine.store.workspace import migrate_workspace
+
+
+def migrate_command(args: argparse.Namespace) -> int:
+    """Migrate in one commit on the current branch and say so; a workspace that needs none is an error."""
+    commit = migrate_workspace(args.dir)
+    print(f"migrated {args.dir}: harness.py copied, protected and pinned in loopdeck.toml; train.py imports it "
+          f"(commit {commit[:12]})")
+    return 0
