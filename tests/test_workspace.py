@@ -169,7 +169,8 @@ def test_a_workspace_made_by_the_previous_version_is_explained_then_migrated(
         check_not_legacy(workspace, config.experiment)
     toml_before = (workspace / "loopdeck.toml").read_text()
 
-    commit = migrate_workspace(workspace)
+    commit, archive = migrate_workspace(workspace)
+    assert archive is None  # no session had run there
     assert _git(workspace, "rev-parse", "HEAD") == commit and _git(workspace, "branch", "--show-current") == "main"
     assert _git(workspace, "log", "-1", "--format=%s").startswith("loopdeck migrate: train.py")
     assert (workspace / "train.py").read_text() == OLD_TRAIN.replace("from loopdeck.gpt.harness", "from harness")
@@ -184,6 +185,43 @@ def test_a_workspace_made_by_the_previous_version_is_explained_then_migrated(
     assert {line.split(" =")[0] for line in changed} == {"protected", "protected_sha256"}
     with pytest.raises(LoopdeckError, match="needs no migration"):
         migrate_workspace(workspace)
+
+
+def test_migrating_a_workspace_with_history_archives_it_and_the_next_session_measures_a_new_baseline(
+        tmp_path: Path, template: Path) -> None:
+    from loopdeck.engine.session import Session
+    from loopdeck.engine.store.ledger import ExperimentRow, Ledger
+    from loopdeck.engine.store.lock import WorkspaceLock
+
+    workspace = old_workspace(tmp_path / "old")
+    state = workspace / ".loopdeck"
+    state.mkdir()
+    old_head = _git(workspace, "rev-parse", "HEAD")
+    ledger = Ledger(state)
+    ledger.begin(ExperimentRow(id=0, status="running", description="baseline", commit=old_head,
+                               parent_commit=old_head, meta={"baseline": True}))
+    ledger.finish(0, "keep", metric=2.5)
+    ledger.close()
+    (state / "runs" / "0").mkdir(parents=True)
+
+    lock = WorkspaceLock(state)
+    lock.acquire()
+    try:
+        with pytest.raises(LoopdeckError, match="is running on .*stop it first"):
+            migrate_workspace(workspace)
+    finally:
+        lock.release()
+    assert not (workspace / "harness.py").exists()
+
+    commit, archive = migrate_workspace(workspace)
+    assert archive is not None and archive.parent == state and archive.name.startswith("before-migrate-")
+    assert {"ledger.sqlite", "results.tsv", "runs"} <= {entry.name for entry in archive.iterdir()}
+    assert Ledger(archive, create=False).incumbent().commit == old_head  # the history is kept
+    session = Session(workspace)
+    try:  # a fresh ledger: the loop will measure a baseline at the migrated commit instead of resetting to #0's
+        assert session.ledger.incumbent() is None and _git(workspace, "rev-parse", "HEAD") == commit
+    finally:
+        session.close()
 
 
 def test_loopdeck_migrate_on_the_command_line(tmp_path: Path, template: Path, capsys) -> None:

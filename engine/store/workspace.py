@@ -11,6 +11,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from string import Template
@@ -26,12 +27,14 @@ from loopdeck.engine.config import (
 )
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.store.gitops import ResearchRepo
+from loopdeck.engine.store.lock import LOCK_FILE, is_locked
 
 __all__ = ["STATE_DIR", "check_not_legacy", "file_hashes", "init_workspace", "is_workspace", "migrate_workspace",
            "pinned_hashes", "program_text", "state_dir"]
 TEMPLATES = Path(__file__).parent / "templates"
 GITIGNORE = f"{STATE_DIR}/\n__pycache__/\nruns/\n"  # runs/: a hand-run `python train.py` writes there
 # How train.py imported the installed harness before workspaces held their own (`gpt.` before the namespace).
+ARCHIVE_PREFIX = "before-migrate-"  # .loopdeck/ folders holding the state of sessions before a migration
 LEGACY_IMPORT = re.compile(r"^from (?:loopdeck\.)?gpt\.harness import", re.MULTILINE)
 
 
@@ -133,9 +136,10 @@ def pinned_hashes(workspace: Path | str, experiment: ExperimentSettings) -> dict
     return hashes
 
 
-def migrate_workspace(directory: Path | str) -> str:
+def migrate_workspace(directory: Path | str) -> tuple[str, Path | None]:
     """Give a workspace made by an earlier loopdeck its own harness: copy harness.py, rewrite train.py's harness
-    import, protect and pin harness.py in loopdeck.toml, all in one commit on the current branch (returned)."""
+    import, protect and pin harness.py in loopdeck.toml, all in one commit on the current branch. Returns that
+    commit and where the earlier session state was archived (None when there was none)."""
     path = Path(directory).expanduser().absolute()
     if not is_workspace(path):
         raise LoopdeckError(f"{path} is not a loopdeck workspace (a git repository with a {CONFIG_FILE}): "
@@ -155,7 +159,31 @@ def migrate_workspace(directory: Path | str) -> str:
     files[harness_file] = harness
     files[CONFIG_FILE] = pin_protected_file((path / CONFIG_FILE).read_text(encoding="utf-8"), harness_file,
                                             _sha256(harness))
-    return repo.commit_files(files, f"loopdeck migrate: {', '.join(old)} imports its own pinned {harness_file}")
+    state = path / STATE_DIR
+    holder = is_locked(state) if state.is_dir() else None
+    if holder:
+        raise LoopdeckError(f"a loopdeck engine (pid {holder.get('pid', '?')}) is running on {path}: stop it "
+                            "first (`loopdeck ctl DIR stop`), then migrate")
+    commit = repo.commit_files(files, f"loopdeck migrate: {', '.join(old)} imports its own pinned {harness_file}")
+    return commit, _archive_state(state)
+
+
+def _archive_state(state: Path) -> Path | None:
+    """Move the session state (ledger, results.tsv, runs, journal) into `.loopdeck/before-migrate-<time>/`.
+
+    Its scores came from the harness of an earlier loopdeck, so they cannot be compared with what the pinned copy
+    measures, and a ledger whose incumbent predates the migration would reset the tree to it at the next start.
+    The next session therefore measures a fresh baseline at the migrated commit; the history stays on disk and in
+    git."""
+    entries = [entry for entry in state.iterdir() if entry.name != LOCK_FILE
+               and not entry.name.startswith(ARCHIVE_PREFIX)] if state.is_dir() else []
+    if not entries:
+        return None
+    archive = state / f"{ARCHIVE_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+    archive.mkdir()
+    for entry in entries:
+        entry.rename(archive / entry.name)
+    return archive
 
 
 def state_dir(workspace: Path | str) -> Path:
