@@ -188,7 +188,8 @@ def experiment_line(event: ExperimentFinished) -> str:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from loopdeck.engine.store.ledger import Ledger, format_status_table
+    from loopdeck.cli.status_table import format_status_table
+    from loopdeck.engine.store.ledger import Ledger
 
     with Ledger(_existing_state_dir(args.dir), create=False) as ledger:
         rows = ledger.rows()
