@@ -220,8 +220,8 @@ def _sequence_length(sources: Mapping[str, str], frame: Mapping[str, Value]) -> 
 def _context(turn: AgentTurn, memory: Memory, knobs: Sequence[Knob], new: Sequence[Directive]) -> list[str]:
     lines = []
     incumbent = turn.incumbent
-    baseline = next((row for row in turn.history if row.id == 0), None)
-    experiments = [row for row in turn.history if row.id > 0]
+    baseline = next((row for row in turn.history if row.baseline and row.status == "keep"), None)
+    experiments = [row for row in turn.history if not row.baseline]
     kept = sum(1 for row in experiments if row.status == "keep")
     if incumbent is not None and incumbent.metric is not None and not experiments:
         lines.append(f"Only the baseline has run so far ({turn.metric_name} {incumbent.metric:.4f}).")
