@@ -13,16 +13,10 @@ import pytest
 
 from loopdeck.engine.agents.base import AgentCancelled, AgentError, AgentTurn, ExperimentSummary, Proposal
 from loopdeck.engine.agents.offline.agent import OfflineAgent
-from loopdeck.engine.agents.offline.knobs import (
-    apply_edits,
-    classify,
-    constant_changes,
-    discover,
-    module_constants,
-    neighbour,
-    render,
-)
+from loopdeck.engine.agents.offline.constants import classify, constant_changes, discover, module_constants
+from loopdeck.engine.agents.offline.edit import apply_edits, render
 from loopdeck.engine.agents.offline.memory import parse_note
+from loopdeck.engine.agents.offline.steps import neighbour
 from loopdeck.engine.events import (
     AgentTextDelta,
     AgentThinkingDelta,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loopdeck.engine.agents.base import ExperimentSummary
-from loopdeck.engine.agents.offline.knobs import Knob, Value, classify, constant_changes
+from loopdeck.engine.agents.offline.constants import Knob, Value, classify, constant_changes
 
 FAILED = frozenset({"crash", "timeout", "nan"})
 # Statuses whose configuration counts as evaluated; an interrupted run never finished and may be tried again.
