@@ -199,7 +199,8 @@ def test_the_console_never_imports_torch_or_gpt() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, console.app, console.launch, engine.session, engine.journal; "
+    code = ("import sys, loopdeck.console.app, loopdeck.cli.launch, loopdeck.engine.session, "
+            "loopdeck.engine.store.journal; "
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('loopdeck.gpt')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

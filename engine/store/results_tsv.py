@@ -37,10 +37,10 @@ class ResultRow(Protocol):
 
 def results_text(rows: Iterable[ResultRow]) -> str:
     """The whole file for these experiments, header first."""
-    return RESULTS_HEADER + "".join(results_line(row) for row in rows)
+    return RESULTS_HEADER + "".join(_results_line(row) for row in rows)
 
 
-def results_line(row: ResultRow) -> str:
+def _results_line(row: ResultRow) -> str:
     """One results.tsv line, or "" for a row that never ran (no commit, or a status autoresearch has no word for)."""
     status = TSV_STATUS.get(row.status)
     if status is None or not row.commit:
