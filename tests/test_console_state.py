@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 
+from demo_session import demo_session
+
 from loopdeck.console import format as fmt
 from loopdeck.console.bridge import EventBridge
-from loopdeck.console.demo import demo_session
 from loopdeck.console.messages import EventsPending
 from loopdeck.console.plot import BrailleCanvas, Scale, bar, sparkline
 from loopdeck.console.state import CURVE_POINTS, REASONING_CHARS, TELEMETRY_POINTS, Curve, SessionView
