@@ -263,23 +263,30 @@ def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart:
         lines += [f"| {r.id} | {r.status} | {_cell(r.reason)} | {_cell(r.description)} |" for r in outcome.crashed]
         lines.append("")
 
-    holdout = _holdout_rows(outcome)
-    if holdout:
-        lines += ["## Holdout", "", "The incumbent's weights scored on the holdout split, which never decides what is "
-                  "kept. Transfer = holdout gain / validation gain since the baseline; well below 1, the gains fit "
-                  "the validation text rather than the task.", "", f"![transfer]({TRANSFER_CHART})", "",
-                  "| # | validation | holdout | validation gain | holdout gain | transfer |",
-                  "|---:|---:|---:|---:|---:|---:|"]
-        for row in holdout:
-            val_gain, holdout_gain = _gains(outcome, row)
-            if row is outcome.baseline:
-                lines.append(f"| {row.id} | {row.holdout_val_metric:.6f} | {row.holdout_metric:.6f} | - | - | - |")
-                continue
-            transfer = f"{holdout_gain / val_gain:.0%}" if val_gain > 0 else "-"
-            lines.append(f"| {row.id} | {row.holdout_val_metric:.6f} | {row.holdout_metric:.6f} | "
-                         f"{val_gain:+.6f} | {holdout_gain:+.6f} | {transfer} |")
-        lines.append("")
+    lines += _holdout_section(outcome)
     return "\n".join(lines)
+
+
+def _holdout_section(outcome: _Outcome) -> list[str]:
+    """The incumbent's holdout scores and how much of each validation gain carried over (none: no section)."""
+    holdout = _holdout_rows(outcome)
+    if not holdout:
+        return []
+    lines = ["## Holdout", "", "The incumbent's weights scored on the holdout split, which never decides what is "
+             "kept. Transfer = holdout gain / validation gain since the baseline; well below 1, the gains fit "
+             "the validation text rather than the task.", "", f"![transfer]({TRANSFER_CHART})", "",
+             "| # | validation | holdout | validation gain | holdout gain | transfer |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for row in holdout:
+        val_gain, holdout_gain = _gains(outcome, row)
+        if row is outcome.baseline:
+            lines.append(f"| {row.id} | {row.holdout_val_metric:.6f} | {row.holdout_metric:.6f} | - | - | - |")
+            continue
+        transfer = f"{holdout_gain / val_gain:.0%}" if val_gain > 0 else "-"
+        lines.append(f"| {row.id} | {row.holdout_val_metric:.6f} | {row.holdout_metric:.6f} | "
+                     f"{val_gain:+.6f} | {holdout_gain:+.6f} | {transfer} |")
+    lines.append("")
+    return lines
 
 
 def _closeness(row: ExperimentRow, minimize: bool) -> float:
