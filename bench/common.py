@@ -126,7 +126,8 @@ def scratch_workspace(files: dict[str, str]) -> Iterator[Path]:
 
 def set_constants(source: str, values: dict[str, object]) -> str:
     """A training file with the named hyperparameter constants set, as the offline agent edits them."""
-    from loopdeck.engine.agents.offline.knobs import apply_edits, discover, render
+    from loopdeck.engine.agents.offline.constants import discover
+    from loopdeck.engine.agents.offline.edit import apply_edits, render
 
     knobs = {knob.key: knob for knob in discover({"train.py": source})}
     return apply_edits(source, [(knobs[name], render(knobs[name], value)) for name, value in values.items()])

@@ -32,10 +32,12 @@ from textual.message import Message
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the console's scripted demo session is test data
+
+from demo_session import demo_session, telemetry  # noqa: E402
 
 from loopdeck.console.app import LoopdeckApp  # noqa: E402
 from loopdeck.console.bridge import EventBridge  # noqa: E402
-from loopdeck.console.demo import demo_session, telemetry  # noqa: E402
 from loopdeck.engine import events as ev  # noqa: E402
 from loopdeck.engine.store.journal import JournalWriter  # noqa: E402
 

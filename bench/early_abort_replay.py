@@ -67,7 +67,7 @@ def replay(state_dir: Path, rows: list[ExperimentRow], rule: AbortRule) -> list[
     replays = []
     for row in rows:
         incumbent = kept.get(row.parent_commit)
-        if row.meta.get("baseline") or row.status not in ("keep", "discard") or incumbent is None:
+        if row.is_baseline or row.status not in ("keep", "discard") or incumbent is None:
             continue
         curve, reference = steps(state_dir / "runs" / str(row.id) / "metrics.jsonl"), \
             steps(state_dir / "runs" / str(incumbent.id) / "metrics.jsonl")

@@ -43,7 +43,8 @@ def workspace_for_run(directory: str, options: RunOptions) -> tuple[Path, list[s
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from loopdeck.engine.store.ledger import Ledger, format_status_table
+    from loopdeck.cli.status_table import format_status_table
+    from loopdeck.engine.store.ledger import Ledger
 
     with Ledger(existing_state_dir(args.dir), create=False) as ledger:
         rows = ledger.rows()

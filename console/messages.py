@@ -12,6 +12,3 @@ class EventsPending(Message, bubble=False):
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, EventsPending)
 
-
-class SessionEnded(Message, bubble=False):
-    """The in-process engine thread has returned (after a stop, an abort, or an error)."""

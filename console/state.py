@@ -8,20 +8,14 @@ night of experiments costs the same memory as the first hour. `apply` records wh
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 
+from loopdeck.console.views import Curve, ExperimentView, ReasoningBlock, Telemetry
 from loopdeck.engine import events as ev
 
-CURVE_POINTS = 1200  # per curve; older points are thinned, never the whole early part dropped
 LIVE_LOG_LINES = 200
 REASONING_CHARS = 40_000
 REASONING_BLOCKS = 80  # each block is a few widgets in the Markdown pane: their count, not just text, costs
-TELEMETRY_POINTS = 120
-NOTICES = 50
 
-FINAL_STATUSES = frozenset(
-    {"keep", "discard", "crash", "timeout", "nan", "rejected", "vetoed", "interrupted", "aborted"}
-)
 # Engine states in which no decision can still be pending.
 _NOT_WAITING = frozenset({"proposing", "committing", "training", "evaluating", "stopping", "stopped"})
 
@@ -31,113 +25,12 @@ STATUS, TABLE, REASONING, DIFF, CURVE, HARDWARE, APPROVAL, LOG = (
 )
 
 
-class Curve:
-    """(x, y) points bounded by thinning: when full, every other point goes and the sampling stride doubles."""
-
-    def __init__(self, capacity: int = CURVE_POINTS, points: tuple[tuple[float, float], ...] = ()) -> None:
-        self.capacity = max(2, capacity)
-        self.points: list[tuple[float, float]] = []
-        self._stride = 1
-        self._seen = 0
-        for point in points:
-            self.add(*point)
-
-    def add(self, x: float, y: float) -> None:
-        self._seen += 1
-        if (self._seen - 1) % self._stride:
-            return
-        self.points.append((x, y))
-        if len(self.points) > self.capacity:
-            self.points = self.points[::2]
-            self._stride *= 2
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-
-@dataclass
-class ExperimentView:
-    id: int
-    status: str = "proposed"  # proposed | awaiting | approved | running | a final ExperimentStatus
-    description: str = ""
-    rationale: str = ""
-    diff: str = ""
-    files: tuple[str, ...] = ()
-    added: int = 0
-    removed: int = 0
-    commit: str = ""
-    baseline: bool = False
-    metric: float | None = None
-    delta: float | None = None
-    incumbent_metric: float | None = None
-    training_seconds: float | None = None
-    wall_seconds: float | None = None
-    peak_memory_mb: float | None = None
-    reason: str = ""
-    note: str = ""
-    log_tail: str = ""
-    budget_seconds: float = 0.0
-    started_ts: float | None = None
-    finished_ts: float | None = None
-    step: int = 0
-    elapsed_seconds: float = 0.0
-    progress: float = 0.0
-    loss: float | None = None
-    tokens_per_second: float = 0.0
-    agent_tokens: int = 0
-    agent_cost_usd: float = 0.0
-    noise: float | None = None  # ± band of delta
-    reported_metric: float | None = None  # what the training file printed
-    evaluation: str = ""  # "trusted" | "self_reported" | ""
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINAL_STATUSES
-
-
-@dataclass
-class ReasoningBlock:
-    kind: str  # thinking | text | tool | result | note | proposal | rejected
-    text: str
-    ok: bool = True
-
-
-@dataclass
-class Telemetry:
-    """Latest sample plus short histories for sparklines."""
-
-    latest: ev.TelemetrySample | None = None
-    gpu: dict[int, dict[str, deque[float]]] = field(default_factory=dict)
-    cpu: deque[float] = field(default_factory=lambda: deque(maxlen=TELEMETRY_POINTS))
-    ram: deque[float] = field(default_factory=lambda: deque(maxlen=TELEMETRY_POINTS))
-    process_cpu: deque[float] = field(default_factory=lambda: deque(maxlen=TELEMETRY_POINTS))
-
-    def add(self, sample: ev.TelemetrySample) -> None:
-        self.latest = sample
-        self.cpu.append(sample.cpu_percent)
-        if sample.memory_total_mb:
-            self.ram.append(100.0 * sample.memory_used_mb / sample.memory_total_mb)
-        self.process_cpu.append(sample.process_cpu_percent or 0.0)
-        for gpu in sample.gpus:
-            history = self.gpu.setdefault(
-                gpu.index, {k: deque(maxlen=TELEMETRY_POINTS) for k in ("util", "mem", "power", "temp")}
-            )
-            mem = (100.0 * gpu.memory_used_mb / gpu.memory_total_mb
-                   if gpu.memory_used_mb is not None and gpu.memory_total_mb else None)
-            for key, value in (("util", gpu.utilization_percent), ("mem", mem),
-                               ("power", gpu.power_watts), ("temp", gpu.temperature_c)):
-                if value is not None:
-                    history[key].append(value)
-
-
 class SessionView:
     """Everything the console shows, derived from the event stream."""
 
     def __init__(self, *, watch: bool = False, approval: str = "ask") -> None:
         self.watch = watch
         self.approval = approval
-        self.workspace = ""
-        self.branch = ""
         self.agent = ""
         self.metric_name = "val_bpb"
         self.direction = "minimize"
@@ -146,7 +39,6 @@ class SessionView:
         self.noise_std: float | None = None  # run-to-run σ of the metric, from the baseline's seeds
         self.started = False
         self.engine_state = "starting"
-        self.state_detail = ""
         self.experiments: dict[int, ExperimentView] = {}
         self.current: int | None = None  # the experiment being proposed, reviewed or run
         self.running: int | None = None
@@ -166,7 +58,6 @@ class SessionView:
         self.reasoning_generation = 0  # bumped when blocks are dropped or reset (the pane must redraw fully)
         self.log: deque[str] = deque(maxlen=LIVE_LOG_LINES)
         self.telemetry = Telemetry()
-        self.notices: deque[ev.Notice] = deque(maxlen=NOTICES)
         self.finished: ev.SessionFinished | None = None
         self.pause_intent: bool | None = None  # asked to pause (True) or resume (False), not yet in effect
         self.failure = ""  # a console-side failure (a worker died), shown until the session ends
@@ -263,7 +154,7 @@ class SessionView:
 
     def _on_session_started(self, e: ev.SessionStarted) -> None:
         self.started = True
-        self.workspace, self.branch, self.agent = e.workspace, e.branch, e.agent
+        self.agent = e.agent
         self.approval = e.approval
         self.budget_seconds = e.budget_seconds
         self.metric_name, self.direction = e.metric_name, e.metric_direction
@@ -285,7 +176,6 @@ class SessionView:
         self.engine_state = e.state
         if self.pause_intent is not None and self.pause_intent == (e.state == "paused"):
             self.pause_intent = None
-        self.state_detail = e.detail
         self._set_current(e.experiment)
         # With pipelined proposals the gate for n+1 is open while n trains: only the pending experiment's own
         # progress (or the session's end) closes it.
@@ -295,9 +185,6 @@ class SessionView:
 
     def _on_policy_changed(self, e: ev.ApprovalPolicyChanged) -> None:
         self.set_approval(e.approval)
-
-    def _on_notice(self, e: ev.Notice) -> None:
-        self.notices.append(e)
 
     # agent ---------------------------------------------------------------------------------------------------
 
@@ -435,7 +322,7 @@ class SessionView:
     def _on_train_step(self, e: ev.TrainStep) -> None:
         row = self._experiment(e.experiment)
         row.step, row.elapsed_seconds, row.progress = e.step, e.elapsed_seconds, e.progress
-        row.loss, row.tokens_per_second = e.loss, e.tokens_per_second
+        row.loss = e.loss
         if e.experiment == self.curve_experiment:
             self.curve.add(e.elapsed_seconds, e.loss)
             self.dirty |= {CURVE, STATUS}
@@ -450,7 +337,6 @@ class SessionView:
         row.reason = e.reason or row.reason
         row.log_tail = e.log_tail
         row.noise, row.reported_metric, row.evaluation = e.noise, e.reported_metric, e.evaluation
-        row.finished_ts = e.ts
         if row.baseline and e.metric is not None:
             self.baseline_metric = e.metric
         if e.status == "keep" and e.metric is not None:
@@ -492,7 +378,6 @@ _HANDLERS = {
     ev.SessionFinished: SessionView._on_session_finished,
     ev.StateChanged: SessionView._on_state_changed,
     ev.ApprovalPolicyChanged: SessionView._on_policy_changed,
-    ev.Notice: SessionView._on_notice,
     ev.AgentThinkingDelta: SessionView._on_thinking,
     ev.AgentTextDelta: SessionView._on_text,
     ev.AgentToolCall: SessionView._on_tool_call,

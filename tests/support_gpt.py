@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import loopdeck.gpt.harness as harness
-from loopdeck.engine.agents.offline.knobs import apply_edits, discover, render
+from loopdeck.engine.agents.offline.constants import discover
+from loopdeck.engine.agents.offline.edit import apply_edits, render
 from loopdeck.gpt import HARNESS_FILE, HARNESS_TEMPLATE, TRAIN_TEMPLATE
 
 # A train.py imported in this process (`from harness import …`) gets the package's harness, the file a workspace

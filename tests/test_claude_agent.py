@@ -331,7 +331,8 @@ def test_token_budget_counts_every_token(api, rec, workspace):
 def test_notes_are_delivered_in_the_first_message_and_acknowledged(api, rec, workspace):
     api.script(*read_edit_propose())
     notes = ("Do not touch DEPTH tonight.", "Try the learning rate first.")
-    history = (ExperimentSummary(id=0, status="keep", metric=0.01, delta=None, description="baseline"),)
+    history = (ExperimentSummary(id=0, status="keep", metric=0.01, delta=None, description="baseline",
+                                  baseline=True),)
     agent_for(api, rec).propose(make_turn(workspace, rec.events, notes=notes, history=history,
                                           incumbent=history[0], feedback="#3 was vetoed: too risky"))
 

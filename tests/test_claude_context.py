@@ -15,7 +15,8 @@ STATUSES = ("discard", "crash", "keep", "discard", "timeout", "rejected", "vetoe
 
 
 def history(count: int) -> tuple[ExperimentSummary, ...]:
-    rows = [ExperimentSummary(id=0, status="keep", metric=2.0, delta=None, description="baseline")]
+    rows = [ExperimentSummary(id=0, status="keep", metric=2.0, delta=None, description="baseline",
+                              baseline=True)]
     for i in range(1, count):
         status = STATUSES[i % len(STATUSES)]
         failed = status in ("crash", "timeout", "nan")

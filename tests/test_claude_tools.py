@@ -151,7 +151,7 @@ def test_long_files_are_read_in_slices(tmp_path):
 
 def test_read_history_overview_and_detail(workspace):
     history = (
-        ExperimentSummary(id=0, status="keep", metric=1.5, delta=None, description="baseline"),
+        ExperimentSummary(id=0, status="keep", metric=1.5, delta=None, description="baseline", baseline=True),
         ExperimentSummary(id=1, status="crash", metric=None, delta=None, description="fused attention",
                           diff="-a\n+b\n", reason="exit code 1", log_tail="Traceback…\nRuntimeError: shape"),
     )

@@ -6,13 +6,13 @@ import json
 import threading
 from pathlib import Path
 
+from demo_session import T0, demo_session
 from test_console_support import FakeSession, feed, footer_actions, make_app, run, screen_text, settle
 from textual.color import Color
 from textual.widgets import Input, Markdown
 
 from loopdeck.console.actions import CONTROL_ACTIONS, DECISION_ACTIONS
 from loopdeck.console.commands import ConsoleCommands
-from loopdeck.console.demo import T0, demo_session
 from loopdeck.console.dialogs.confirm import ChoiceDialog
 from loopdeck.console.dialogs.note import NoteDialog
 from loopdeck.console.messages import EventsPending

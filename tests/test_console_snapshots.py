@@ -13,9 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
+from demo_session import demo_session
 from test_console_support import feed, make_app, run, screen_text
-
-from loopdeck.console.demo import demo_session
 
 SNAPSHOTS = Path(__file__).with_name("snapshots")
 UPDATE = os.environ.get("LOOPDECK_UPDATE_SNAPSHOTS") == "1"

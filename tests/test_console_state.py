@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 
+from demo_session import demo_session
+
 from loopdeck.console import format as fmt
 from loopdeck.console.bridge import EventBridge
-from loopdeck.console.demo import demo_session
 from loopdeck.console.messages import EventsPending
 from loopdeck.console.plot import BrailleCanvas, Scale, bar, sparkline
-from loopdeck.console.state import CURVE_POINTS, REASONING_CHARS, TELEMETRY_POINTS, Curve, SessionView
+from loopdeck.console.state import REASONING_CHARS, SessionView
+from loopdeck.console.views import CURVE_POINTS, TELEMETRY_POINTS, Curve
 from loopdeck.console.widgets.diff import split_files
 from loopdeck.console.widgets.hardware import hardware_lines
 from loopdeck.console.widgets.reasoning import reasoning_markdown

@@ -10,11 +10,11 @@ from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
+from demo_session import T0
 from rich.console import Console
 
 from loopdeck.console.app import LoopdeckApp
 from loopdeck.console.bridge import EventBridge
-from loopdeck.console.demo import T0
 from loopdeck.engine.events import Event
 
 NOW = T0 + 2000.0

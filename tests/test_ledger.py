@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from loopdeck.cli.status_table import format_status_table
 from loopdeck.engine.agents.base import ExperimentSummary
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.research.history import SUMMARY_DIFF_CHARS, SUMMARY_LOG_LINES, agent_history
@@ -20,7 +21,6 @@ from loopdeck.engine.store.ledger import (
     SCHEMA_VERSION,
     ExperimentRow,
     Ledger,
-    format_status_table,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,7 +245,7 @@ def test_reader_thread_while_loop_thread_writes(ledger: Ledger) -> None:
 def test_status_table_fits_and_has_footer() -> None:
     rows = [
         ExperimentRow(id=0, status="keep", commit="a", metric=2.0, peak_memory_mb=512.0, training_seconds=3.04,
-                      description="baseline"),
+                      description="baseline", meta={"baseline": True}),
         ExperimentRow(id=1, status="discard", metric=2.01, delta=0.01, training_seconds=3.0,
                       description="raise the matrix learning rate " * 5),
         ExperimentRow(id=2, status="interrupted", description="engine killed"),

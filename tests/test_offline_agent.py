@@ -13,16 +13,10 @@ import pytest
 
 from loopdeck.engine.agents.base import AgentCancelled, AgentError, AgentTurn, ExperimentSummary, Proposal
 from loopdeck.engine.agents.offline.agent import OfflineAgent
-from loopdeck.engine.agents.offline.knobs import (
-    apply_edits,
-    classify,
-    constant_changes,
-    discover,
-    module_constants,
-    neighbour,
-    render,
-)
+from loopdeck.engine.agents.offline.constants import classify, constant_changes, discover, module_constants
+from loopdeck.engine.agents.offline.edit import apply_edits, render
 from loopdeck.engine.agents.offline.memory import parse_note
+from loopdeck.engine.agents.offline.steps import neighbour
 from loopdeck.engine.events import (
     AgentTextDelta,
     AgentThinkingDelta,
@@ -133,7 +127,7 @@ class Bench:
         self.agent, self.score, self.direction = agent, score, direction
         self.source = source
         self.workspace, self.protected = workspace, protected
-        self.history = history or [ExperimentSummary(0, "keep", score(source), None, "baseline")]
+        self.history = history or [ExperimentSummary(0, "keep", score(source), None, "baseline", baseline=True)]
         self.metric = next(r.metric for r in reversed(self.history) if r.status == "keep")
         self.events: list[Event] = []
         self.proposals: list[Proposal] = []
@@ -287,7 +281,7 @@ def test_never_evaluates_a_configuration_twice():
 def test_pushes_further_in_a_direction_that_helped(direction):
     sign = 1 if direction == "minimize" else -1
     kept = SIM_TRAIN.replace("MATRIX_LR = 0.04  ", "MATRIX_LR = 0.06  ")
-    history = [ExperimentSummary(0, "keep", 1.2, None, "baseline"),
+    history = [ExperimentSummary(0, "keep", 1.2, None, "baseline", baseline=True),
                summary(1, "keep", -0.01 * sign, "MATRIX_LR = 0.04", "MATRIX_LR = 0.06", SIM_TRAIN)]
     bench = Bench(OfflineAgent(), kept, flat, direction, history)
     proposal = bench.step()
@@ -298,7 +292,7 @@ def test_pushes_further_in_a_direction_that_helped(direction):
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])
 def test_reverses_a_direction_that_hurt(direction):
     sign = 1 if direction == "minimize" else -1
-    history = [ExperimentSummary(0, "keep", 1.2, None, "baseline"),
+    history = [ExperimentSummary(0, "keep", 1.2, None, "baseline", baseline=True),
                summary(1, "discard", 0.01 * sign, "MATRIX_LR = 0.04", "MATRIX_LR = 0.06", SIM_TRAIN)]
     proposal = Bench(OfflineAgent(), SIM_TRAIN, flat, direction, history).step()
     assert moved(proposal) == {"MATRIX_LR": 0.0267}
@@ -307,7 +301,7 @@ def test_reverses_a_direction_that_hurt(direction):
 
 def test_backs_off_a_crash_and_leaves_a_twice_failed_knob_alone():
     oom = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
-    history = [ExperimentSummary(0, "keep", 1.2, None, "baseline"),
+    history = [ExperimentSummary(0, "keep", 1.2, None, "baseline", baseline=True),
                summary(1, "crash", None, "DEPTH = 8", "DEPTH = 9", SIM_TRAIN, reason=oom)]
     bench = Bench(OfflineAgent(), SIM_TRAIN, flat, history=history)
     bench.run(40)
@@ -323,7 +317,7 @@ def test_backs_off_a_crash_and_leaves_a_twice_failed_knob_alone():
 
 def test_combines_two_moves_that_improved_without_being_kept():
     # Both improved, but by less than the loop's minimum improvement, so neither was kept.
-    history = [ExperimentSummary(0, "keep", 1.2, None, "baseline"),
+    history = [ExperimentSummary(0, "keep", 1.2, None, "baseline", baseline=True),
                summary(1, "discard", -0.0005, "MATRIX_LR = 0.04", "MATRIX_LR = 0.06", SIM_TRAIN),
                summary(2, "discard", -0.0004, "WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = 0.6", SIM_TRAIN)]
     proposal = Bench(OfflineAgent(), SIM_TRAIN, flat, history=history).step()

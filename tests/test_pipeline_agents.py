@@ -14,7 +14,7 @@ from loopdeck.engine.agents.offline.agent import OfflineAgent
 
 KEY = "sk-ant-pipeline-test-key"
 BASELINE = ExperimentSummary(id=0, status="keep", metric=1.3, delta=None, description="baseline",
-                             meta={"baseline": True})
+                             meta={"baseline": True}, baseline=True)
 
 
 def workspace_with(tmp_path: Path, source: str) -> Path:

@@ -18,7 +18,7 @@ def session_rows(seed: int = 3, count: int = 40) -> list[ExperimentRow]:
     rng = random.Random(seed)
     incumbent = 1.80
     rows = [ExperimentRow(id=0, status="keep", commit="0" * 40, metric=incumbent, description="baseline",
-                          input_tokens=1000, output_tokens=200, cost_usd=0.01)]
+                          input_tokens=1000, output_tokens=200, cost_usd=0.01, meta={"baseline": True})]
     for i in range(1, count):
         roll = rng.random()
         description = f"experiment {i}: tweak knob {rng.choice(['LR', 'DEPTH', 'WARMUP', 'BATCH'])}"
@@ -67,7 +67,7 @@ def test_report_writes_chart_and_summary(tmp_path: Path) -> None:
 
 
 def test_report_for_maximize_and_for_an_empty_or_failed_session(tmp_path: Path) -> None:
-    rows = [ExperimentRow(id=0, status="keep", commit="a", metric=0.50, description="baseline"),
+    rows = [ExperimentRow(id=0, status="keep", commit="a", metric=0.50, description="baseline", meta={"baseline": True}),
             ExperimentRow(id=1, status="keep", commit="b", metric=0.62, delta=0.12, description="bigger"),
             ExperimentRow(id=2, status="discard", commit="c", metric=0.55, delta=-0.07, description="smaller")]
     _, summary = write_report(rows, tmp_path / "max", metric_name="accuracy", direction="maximize")
@@ -79,14 +79,16 @@ def test_report_for_maximize_and_for_an_empty_or_failed_session(tmp_path: Path) 
     assert png.read_bytes().startswith(PNG_SIGNATURE)
     assert "No experiments yet." in summary.read_text()
 
-    crashed = [ExperimentRow(id=0, status="crash", commit="a", description="baseline", reason="no metric")]
+    crashed = [ExperimentRow(id=0, status="crash", commit="a", description="baseline", reason="no metric",
+                             meta={"baseline": True})]
     png, summary = write_report(crashed, tmp_path / "crashed")
     assert png.read_bytes().startswith(PNG_SIGNATURE)
     assert "| baseline | - |" in summary.read_text()
 
 
 def test_engine_import_does_not_load_matplotlib() -> None:
-    code = "import sys, loopdeck.engine.research.report, loopdeck.engine.store.ledger, loopdeck.engine.store.journal; print('matplotlib' in sys.modules)"
+    code = ("import sys, loopdeck.engine.research.report, loopdeck.engine.store.ledger, "
+            "loopdeck.engine.store.journal; print('matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -10,7 +10,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from loopdeck.console import format as fmt
-from loopdeck.console.state import ExperimentView, SessionView
+from loopdeck.console.state import SessionView
+from loopdeck.console.views import ExperimentView
 from loopdeck.console.widgets.diff import render_diff
 from loopdeck.themes import STATUS_LOOK
 

@@ -10,7 +10,8 @@ from textual.content import Content
 from textual.highlight import highlight
 from textual.widgets import Static
 
-from loopdeck.console.state import ExperimentView, SessionView
+from loopdeck.console.state import SessionView
+from loopdeck.console.views import ExperimentView
 
 _GUTTER = {"+": ("+", "bold $text-success", "on $success 12%"), "-": ("−", "bold $text-error", "on $error 12%"),
            " ": (" ", "", "")}

@@ -8,7 +8,8 @@ from textual.color import Color
 from textual.widgets import DataTable
 
 from loopdeck.console import format as fmt
-from loopdeck.console.state import ExperimentView, SessionView
+from loopdeck.console.state import SessionView
+from loopdeck.console.views import ExperimentView
 from loopdeck.themes import STATUS_LOOK
 
 COLUMNS = (("id", "#"), ("status", "status"), ("metric", "metric"), ("delta", "Δ"), ("time", "time"),

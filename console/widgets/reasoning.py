@@ -8,7 +8,8 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Markdown
 
-from loopdeck.console.state import ReasoningBlock, SessionView
+from loopdeck.console.state import SessionView
+from loopdeck.console.views import ReasoningBlock
 
 PLACEHOLDER = "*Waiting for the agent…*"
 

@@ -27,6 +27,9 @@ class ExperimentSummary:
     reason: str = ""  # crash reason, guard rejection or veto note
     log_tail: str = ""  # last lines of the log of a failed run
     meta: Mapping[str, Any] = field(default_factory=dict)  # what the proposing agent attached (Proposal.meta)
+    # A run of the unchanged incumbent that starts a research line, not an experiment. Usually #0, but a failed
+    # first baseline makes the next one #1 (the ledger's `ExperimentRow.is_baseline` decides).
+    baseline: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class AgentTurn:
     program: str  # the workspace's program.md (research instructions)
     metric_name: str
     direction: str  # "minimize" | "maximize"
-    history: tuple[ExperimentSummary, ...]  # every earlier experiment, oldest first (baseline is id 0)
+    history: tuple[ExperimentSummary, ...]  # every earlier experiment, oldest first, baselines marked
     incumbent: ExperimentSummary | None
     notes: tuple[str, ...] = ()  # human notes to deliver in this turn
     feedback: str = ""  # what happened to this agent's previous proposal, if anything new

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loopdeck.engine.store.ledger import ExperimentRow
+from loopdeck.engine.store.ledger import ExperimentRow, first_baseline
 
 CRASH_STATUSES = frozenset({"crash", "timeout", "nan", "interrupted"})
 NOT_RUN_STATUSES = frozenset({"rejected", "vetoed", "running"})
@@ -46,8 +46,8 @@ class _Outcome:
         return -change if self.minimize else change
 
     def experiments(self) -> list[ExperimentRow]:
-        """Every row but the baseline."""
-        return [row for row in self.rows if self.baseline is None or row.id != self.baseline.id]
+        """Every row but the baselines (a failed first baseline is not an experiment either)."""
+        return [row for row in self.rows if not row.is_baseline]
 
 
 def write_report(
@@ -77,7 +77,7 @@ def write_report(
 def _outcome(rows: list[ExperimentRow], *, minimize: bool) -> _Outcome:
     rows = sorted(rows, key=lambda row: row.id)
     kept = [row for row in rows if row.status == "keep" and row.metric is not None]
-    baseline = next((row for row in rows if row.id == 0), kept[0] if kept else None)
+    baseline = first_baseline(rows)
     # A rejected row with a commit ran and was then refused (over budget, a model that looks ahead): a failure.
     crashed = [row for row in rows if row.status in CRASH_STATUSES or (row.status == "rejected" and row.commit)]
     not_run = [row for row in rows if row.status in NOT_RUN_STATUSES and row not in crashed]
@@ -127,7 +127,7 @@ def _draw_progress(outcome: _Outcome, path: Path, *, metric_name: str, title: st
         ax.scatter([r.id for r in outcome.kept], [r.metric for r in outcome.kept], s=55, c="#2ecc71",
                    edgecolors="black", linewidths=0.6, zorder=4, label="kept")
         for row in outcome.kept:
-            ax.annotate(_shorten(row.description or ("baseline" if row.id == 0 else f"#{row.id}")),
+            ax.annotate(_shorten(row.description or ("baseline" if row.is_baseline else f"#{row.id}")),
                         (row.id, row.metric), textcoords="offset points", xytext=(6, 6), fontsize=8,
                         color="#1a7a3a", rotation=30, ha="left", va="bottom", zorder=5)
     if outcome.crashed:
@@ -229,7 +229,7 @@ def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart:
     facts = [
         ("metric", f"{metric_name}, {'lower' if outcome.minimize else 'higher'} is better"),
         ("baseline", _metric_with_id(baseline)),
-        ("best", _metric_with_id(best) + (f": {_cell(best.description)}" if best and best.id else "")),
+        ("best", _metric_with_id(best) + (f": {_cell(best.description)}" if best and not best.is_baseline else "")),
     ]
     improvement = outcome.improvement()
     if improvement is not None and baseline is not None and baseline.metric:
@@ -263,23 +263,30 @@ def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart:
         lines += [f"| {r.id} | {r.status} | {_cell(r.reason)} | {_cell(r.description)} |" for r in outcome.crashed]
         lines.append("")
 
-    holdout = _holdout_rows(outcome)
-    if holdout:
-        lines += ["## Holdout", "", "The incumbent's weights scored on the holdout split, which never decides what is "
-                  "kept. Transfer = holdout gain / validation gain since the baseline; well below 1, the gains fit "
-                  "the validation text rather than the task.", "", f"![transfer]({TRANSFER_CHART})", "",
-                  "| # | validation | holdout | validation gain | holdout gain | transfer |",
-                  "|---:|---:|---:|---:|---:|---:|"]
-        for row in holdout:
-            val_gain, holdout_gain = _gains(outcome, row)
-            if row is outcome.baseline:
-                lines.append(f"| {row.id} | {row.holdout_val_metric:.6f} | {row.holdout_metric:.6f} | - | - | - |")
-                continue
-            transfer = f"{holdout_gain / val_gain:.0%}" if val_gain > 0 else "-"
-            lines.append(f"| {row.id} | {row.holdout_val_metric:.6f} | {row.holdout_metric:.6f} | "
-                         f"{val_gain:+.6f} | {holdout_gain:+.6f} | {transfer} |")
-        lines.append("")
+    lines += _holdout_section(outcome)
     return "\n".join(lines)
+
+
+def _holdout_section(outcome: _Outcome) -> list[str]:
+    """The incumbent's holdout scores and how much of each validation gain carried over (none: no section)."""
+    holdout = _holdout_rows(outcome)
+    if not holdout:
+        return []
+    lines = ["## Holdout", "", "The incumbent's weights scored on the holdout split, which never decides what is "
+             "kept. Transfer = holdout gain / validation gain since the baseline; well below 1, the gains fit "
+             "the validation text rather than the task.", "", f"![transfer]({TRANSFER_CHART})", "",
+             "| # | validation | holdout | validation gain | holdout gain | transfer |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for row in holdout:
+        val_gain, holdout_gain = _gains(outcome, row)
+        if row is outcome.baseline:
+            lines.append(f"| {row.id} | {row.holdout_val_metric:.6f} | {row.holdout_metric:.6f} | - | - | - |")
+            continue
+        transfer = f"{holdout_gain / val_gain:.0%}" if val_gain > 0 else "-"
+        lines.append(f"| {row.id} | {row.holdout_val_metric:.6f} | {row.holdout_metric:.6f} | "
+                     f"{val_gain:+.6f} | {holdout_gain:+.6f} | {transfer} |")
+    lines.append("")
+    return lines
 
 
 def _closeness(row: ExperimentRow, minimize: bool) -> float:

@@ -1,4 +1,4 @@
-"""The experiment ledger: every experiment in SQLite (.loopdeck/ledger.sqlite) plus autoresearch's results.tsv.
+"""The experiment ledger: every experiment in SQLite (.loopdeck/ledger.sqlite), mirrored to results.tsv.
 
 Durability: WAL journal with `synchronous=FULL`. A committed transaction survives a killed engine in either
 NORMAL or FULL mode (the WAL frames are in the OS page cache when `commit` returns); FULL also fsyncs the WAL on
@@ -9,6 +9,9 @@ Recovery from a corrupt ledger (the open fails with a `LoopdeckError` saying so)
 `-wal`/`-shm` companions) and `results.tsv` aside and keep them: results.tsv holds the history, and a fresh ledger
 rewrites it. `loopdeck run` then starts a fresh ledger (numbering from 0, a new baseline at the current incumbent);
 `sqlite3 ledger.sqlite ".recover"` can often salvage the rows of the damaged file; events.jsonl keeps the events.
+
+The rows, their schema and the store share this module (a little over 400 lines): a new field touches all three.
+results.tsv's format is `results_tsv`'s.
 """
 
 from __future__ import annotations
@@ -16,29 +19,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import sqlite3
 import threading
 import time
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.events import ExperimentStatus
+from loopdeck.engine.store import results_tsv
+from loopdeck.engine.store.results_tsv import RESULTS_FILE
 
 LEDGER_FILE = "ledger.sqlite"
-RESULTS_FILE = "results.tsv"
-RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
-# results.tsv knows three outcomes. Rows without a commit never ran (vetoed, or rejected by the guard) and are
-# left out, like running rows; a run rejected after it ran (it broke its budget, its model looks ahead) is a crash.
-# Extra runs (baseline seeds, confirmations) live in the runs table: results.tsv keeps one line per experiment.
-_TSV_STATUS = {
-    "keep": "keep", "discard": "discard", "aborted": "discard",
-    "crash": "crash", "timeout": "crash", "nan": "crash", "interrupted": "crash", "rejected": "crash",
-}
 _FINAL_STATUSES = frozenset(typing.get_args(ExperimentStatus)) - {"running"}
 
 
@@ -85,6 +80,11 @@ class ExperimentRow:
         """The one definition of a baseline: a run of the unchanged incumbent commit that starts a research line
         (`meta["baseline"]`), whatever its number — a failed first baseline makes the next one #1."""
         return bool(self.meta.get("baseline"))
+
+
+def first_baseline(rows: Iterable[ExperimentRow]) -> ExperimentRow | None:
+    """The baseline experiments are measured against: the first kept baseline (an earlier one may have failed)."""
+    return next((row for row in rows if row.is_baseline and row.status == "keep"), None)
 
 
 @dataclass
@@ -399,36 +399,18 @@ class Ledger:
         return [_decode(found) for found in self._conn.execute(f"SELECT {_COLUMNS} FROM experiments {clause}")]
 
     def _results_text(self) -> str:
-        return RESULTS_HEADER + "".join(_results_line(row) for row in self._select())
-
-    def _results_stale(self) -> bool:
-        try:
-            return self.results_path.read_text(encoding="utf-8") != self._results_text()
-        except (OSError, UnicodeDecodeError):
-            return True
+        return results_tsv.results_text(self._select())
 
     def _sync_results(self) -> None:
         """Bring results.tsv up to date after an engine died between its commit and the TSV rewrite."""
-        if self._results_stale():
+        if not results_tsv.is_current(self.results_path, self._results_text()):
             with self._transaction(f"update {RESULTS_FILE}"):
-                if self._results_stale():
+                if not results_tsv.is_current(self.results_path, self._results_text()):
                     self._write_results()
 
     def _write_results(self) -> None:
         """Rewrite results.tsv atomically. Runs inside a write transaction, so two processes never race on it."""
-        text = self._results_text()
-        tmp = self.results_path.with_name(f".{RESULTS_FILE}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.results_path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise LoopdeckError(f"could not write {self.results_path}: {exc}. Is the disk full? Free space, then run "
-                                "again: the session resumes, and results.tsv is rewritten from the ledger") from exc
+        results_tsv.write_atomically(self.results_path, self._results_text())
 
 
 def _encode(values: dict[str, Any]) -> dict[str, Any]:
@@ -447,68 +429,3 @@ def _decode(found: tuple[Any, ...]) -> ExperimentRow:
     for name in _BOOL_FIELDS:
         values[name] = bool(values[name])
     return ExperimentRow(**values)
-
-
-def _results_line(row: ExperimentRow) -> str:
-    """One results.tsv line, or "" for a row that never ran (no commit, or a status autoresearch has no word for)."""
-    status = _TSV_STATUS.get(row.status)
-    if status is None or not row.commit:
-        return ""
-    crashed = status == "crash"
-    metric = 0.0 if crashed or row.metric is None else row.metric
-    memory_gb = 0.0 if crashed or row.peak_memory_mb is None else row.peak_memory_mb / 1024
-    description = " ".join(row.description.split())  # tabs or newlines would break the TSV
-    return f"{row.commit[:7]}\t{metric:.6f}\t{memory_gb:.1f}\t{status}\t{description}\n"
-
-
-# --- `loopdeck status` --------------------------------------------------------------------------------------------
-
-_TABLE_WIDTH = 100
-_TABLE_COLUMNS = (("id", 4, ">"), ("status", 11, "<"), ("metric", 10, ">"), ("delta", 10, ">"),
-                  ("mem GB", 6, ">"), ("train s", 7, ">"))
-
-
-def format_status_table(rows: list[ExperimentRow]) -> str:
-    """The ledger as a plain-text table no wider than 100 columns, with a baseline/best/kept footer."""
-    if not rows:
-        return "no experiments yet"
-    fixed = sum(width + 2 for _, width, _ in _TABLE_COLUMNS)
-    desc_width = _TABLE_WIDTH - fixed
-    header = "  ".join(f"{name:{align}{width}}" for name, width, align in _TABLE_COLUMNS) + "  description"
-    lines = [header, "-" * min(_TABLE_WIDTH, fixed + desc_width)]
-    for row in rows:
-        cells = (
-            str(row.id), row.status, _number(row.metric, "{:.6f}"), _number(row.delta, "{:+.6f}"),
-            _number(None if row.peak_memory_mb is None else row.peak_memory_mb / 1024, "{:.1f}"),
-            _number(row.training_seconds, "{:.1f}"),
-        )
-        line = "  ".join(f"{cell:{align}{width}}" for cell, (_, width, align) in zip(cells, _TABLE_COLUMNS, strict=True))
-        lines.append(f"{line}  {_clip(' '.join(row.description.split()), desc_width)}".rstrip())
-    lines.append("")
-    lines.append(_footer(rows))
-    return "\n".join(lines)
-
-
-def _footer(rows: list[ExperimentRow]) -> str:
-    kept = [row for row in rows if row.status == "keep" and row.metric is not None]
-    baseline = next((row for row in rows if row.id == 0), None)
-    experiments = [row for row in rows if row.id != 0]
-    parts = [f"baseline {_number(baseline.metric if baseline else None, '{:.6f}')}"]
-    if kept:
-        best = kept[-1].metric
-        parts.append(f"best {best:.6f} (#{kept[-1].id})")
-        if baseline is not None and baseline.metric:
-            change = best - baseline.metric
-            parts[-1] += f", {change:+.6f} ({100 * change / abs(baseline.metric):+.2f}%) vs baseline"
-    else:
-        parts.append("best -")
-    parts.append(f"kept {sum(row.status == 'keep' for row in experiments)}/{len(experiments)} experiments")
-    return " · ".join(parts)
-
-
-def _number(value: float | None, fmt: str) -> str:
-    return "-" if value is None else fmt.format(value)
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"

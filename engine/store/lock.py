@@ -27,6 +27,8 @@ def read_holder(path: Path) -> dict:
 
 
 class WorkspaceLock:
+    """The engine's exclusive hold on one workspace, taken by `acquire` and dropped by `release` (or its death)."""
+
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / LOCK_FILE
         self._fd: int | None = None
@@ -54,10 +56,6 @@ class WorkspaceLock:
         os.ftruncate(self._fd, 0)
         os.close(self._fd)  # closing the descriptor drops the flock
         self._fd = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
 
 
 def _try_flock(fd: int, attempts: int = 5) -> bool:

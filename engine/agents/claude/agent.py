@@ -199,7 +199,7 @@ class ClaudeAgent:
         """A short follow-up turn only when the outcome is news for the draft: the experiment before it was kept
         (the draft now sits on a new incumbent) or a person sent notes. Otherwise the draft stands, at no cost."""
         last = turn.history[-1] if turn.history else None
-        kept = last is not None and last.status == "keep" and not last.meta.get("baseline")
+        kept = last is not None and last.status == "keep" and not last.baseline
         if not kept and not turn.notes:
             return draft
         follow_up = replace(turn, feedback=(_REVISE.format(description=draft.description) + "\n\n"

@@ -102,15 +102,15 @@ def history_overview(
     """Baseline, incumbent, the kept path, grouped dead ends and the newest experiments in detail."""
     if not history:
         return "## History\nNo experiments yet."
-    baseline = history[0]
-    lines = ["## History", f"Baseline #{baseline.id}: {_metric(baseline.metric)}"]
+    baseline = next((s for s in history if s.baseline and s.status == "keep"), None)
+    lines = ["## History", f"Baseline #{baseline.id}: {_metric(baseline.metric)}" if baseline else "No baseline yet"]
     if incumbent is not None:
-        gain = _delta(incumbent.metric, baseline.metric)
+        gain = _delta(incumbent.metric, baseline.metric if baseline else None)
         lines.append(f"Incumbent #{incumbent.id}: {_metric(incumbent.metric)}{gain} — {_short(incumbent.description)}")
     lines.append(_counts(history))
 
     recent = list(history[-RECENT_IN_DETAIL:])
-    older = list(history[1 : len(history) - len(recent)])
+    older = [s for s in history[: len(history) - len(recent)] if not s.baseline]
     kept = [s for s in older if s.status == "keep"]
     if kept:
         lines.append("\n### Kept changes (the path to the incumbent)")
@@ -160,10 +160,11 @@ def _capped(summaries: Sequence[ExperimentSummary]) -> Iterable[str]:
 
 def _counts(history: Sequence[ExperimentSummary]) -> str:
     counts: dict[str, int] = {}
-    for summary in history[1:]:
+    experiments = [summary for summary in history if not summary.baseline]
+    for summary in experiments:
         counts[summary.status] = counts.get(summary.status, 0) + 1
     detail = ", ".join(f"{status} {n}" for status, n in sorted(counts.items()))
-    return f"Experiments after the baseline: {len(history) - 1}" + (f" ({detail})" if detail else "")
+    return f"Experiments after the baseline: {len(experiments)}" + (f" ({detail})" if detail else "")
 
 
 def _metric(value: float | None) -> str:

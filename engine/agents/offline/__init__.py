@@ -1,1 +1,5 @@
-"""The built-in offline agent: a hyperparameter search over a training file's constants."""
+"""The built-in offline agent: a hyperparameter search over a training file's constants.
+
+`agent` runs a turn; `constants` finds the knobs (ast), `steps` says how each kind moves, `edit` rewrites their
+literals; `memory` reads the history and notes back, `search` scores the next move.
+"""

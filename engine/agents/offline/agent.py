@@ -1,10 +1,10 @@
 """The built-in offline agent: a hyperparameter search over a training file's constants, no API key, no network.
 
-Each turn it scans the editable Python files for knobs (`loopdeck.engine.agents.offline.knobs`), reads the history and people's
-notes back (`loopdeck.engine.agents.offline.memory`), picks the best-scoring next move (`loopdeck.engine.agents.offline.search`) and
-rewrites just those literals. Its reasoning (the reasons that decided the score) streams as thinking deltas
-before the proposal is returned. Given the same seed, history and notes it proposes the same thing. When nothing
-is left to try it stops the session with `AgentError(fatal=True, stop_reason="exhausted")`.
+Each turn it scans the editable Python files for knobs (`constants`), reads the history and people's notes back
+(`memory`), picks the best-scoring next move (`search`, stepping knobs by `steps`) and rewrites just those literals
+(`edit`). Its reasoning (the reasons that decided the score) streams as thinking deltas before the proposal is
+returned. Given the same seed, history and notes it proposes the same thing. When nothing is left to try it stops
+the session with `AgentError(fatal=True, stop_reason="exhausted")`.
 """
 
 from __future__ import annotations
@@ -19,17 +19,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from loopdeck.engine.agents.base import AgentCancelled, AgentError, AgentTurn, Proposal
-from loopdeck.engine.agents.offline.knobs import (
-    SEQUENCE_NAMES,
-    Knob,
-    Value,
-    apply_edits,
-    discover,
-    module_constants,
-    render,
-)
+from loopdeck.engine.agents.offline.constants import Knob, Value, discover, module_constants
+from loopdeck.engine.agents.offline.edit import apply_edits, render
 from loopdeck.engine.agents.offline.memory import Directive, Memory, merge_directives, normalise, parse_note
 from loopdeck.engine.agents.offline.search import MAX_FAILURES, Candidate, Search
+from loopdeck.engine.agents.offline.steps import SEQUENCE_NAMES
 from loopdeck.engine.events import (
     AgentTextDelta,
     AgentThinkingDelta,
@@ -223,8 +217,8 @@ def _sequence_length(sources: Mapping[str, str], frame: Mapping[str, Value]) -> 
 def _context(turn: AgentTurn, memory: Memory, knobs: Sequence[Knob], new: Sequence[Directive]) -> list[str]:
     lines = []
     incumbent = turn.incumbent
-    baseline = next((row for row in turn.history if row.id == 0), None)
-    experiments = [row for row in turn.history if row.id > 0]
+    baseline = next((row for row in turn.history if row.baseline and row.status == "keep"), None)
+    experiments = [row for row in turn.history if not row.baseline]
     kept = sum(1 for row in experiments if row.status == "keep")
     if incumbent is not None and incumbent.metric is not None and not experiments:
         lines.append(f"Only the baseline has run so far ({turn.metric_name} {incumbent.metric:.4f}).")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loopdeck.engine.agents.base import ExperimentSummary
-from loopdeck.engine.agents.offline.knobs import Knob, Value, classify, constant_changes
+from loopdeck.engine.agents.offline.constants import Knob, Value, classify, constant_changes
 
 FAILED = frozenset({"crash", "timeout", "nan"})
 # Statuses whose configuration counts as evaluated; an interrupted run never finished and may be tried again.
@@ -144,7 +144,7 @@ class Memory:
         trials: list[Trial] = []
         keeps = 0
         for row in history:
-            if row.id > 0:
+            if not row.baseline:
                 moves = _moves_from_meta(row.meta) or _moves_from_diff(row.diff, by_key, by_name)
                 gain = None if row.delta is None else (-row.delta if minimize else row.delta)
                 trials.append(Trial(row.id, keeps, row.status, row.delta, gain, moves, row.reason, row.log_tail))

@@ -15,8 +15,9 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from loopdeck.engine.agents.offline.knobs import KIND_LABELS, LEVELS, Knob, Value, batch_partner, neighbour
+from loopdeck.engine.agents.offline.constants import Knob, Value
 from loopdeck.engine.agents.offline.memory import Memory, Move, Trial, direction_of, normalise
+from loopdeck.engine.agents.offline.steps import KIND_LABELS, LEVELS, batch_partner, neighbour
 
 # How much each knob family tends to matter for a short fixed-budget run: the order of first exploration.
 PRIORS = {

@@ -1,5 +1,5 @@
-"""A scripted, deterministic event stream of a short research session: the console's fixed data for snapshots and
-benchmarks, and a way to look at the console without running an engine (nothing here is shown as real results)."""
+"""A scripted, deterministic event stream of a short research session: the console's fixed data for its tests and
+snapshots, and for bench/console_events.py (which puts tests/ on its path). Test data, not part of the app."""
 
 from __future__ import annotations
 

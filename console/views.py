@@ -1,0 +1,113 @@
+"""Pieces of the console's session view: an experiment's row, a bounded curve, reasoning blocks, hardware history.
+
+Plain Python, no Textual; `state.SessionView` owns them and folds events into them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from loopdeck.engine import events as ev
+
+CURVE_POINTS = 1200  # per curve; older points are thinned, never the whole early part dropped
+TELEMETRY_POINTS = 120
+
+FINAL_STATUSES = frozenset(
+    {"keep", "discard", "crash", "timeout", "nan", "rejected", "vetoed", "interrupted", "aborted"}
+)
+
+
+class Curve:
+    """(x, y) points bounded by thinning: when full, every other point goes and the sampling stride doubles."""
+
+    def __init__(self, capacity: int = CURVE_POINTS, points: tuple[tuple[float, float], ...] = ()) -> None:
+        self.capacity = max(2, capacity)
+        self.points: list[tuple[float, float]] = []
+        self._stride = 1
+        self._seen = 0
+        for point in points:
+            self.add(*point)
+
+    def add(self, x: float, y: float) -> None:
+        self._seen += 1
+        if (self._seen - 1) % self._stride:
+            return
+        self.points.append((x, y))
+        if len(self.points) > self.capacity:
+            self.points = self.points[::2]
+            self._stride *= 2
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+@dataclass
+class ExperimentView:
+    id: int
+    status: str = "proposed"  # proposed | awaiting | approved | running | a final ExperimentStatus
+    description: str = ""
+    rationale: str = ""
+    diff: str = ""
+    files: tuple[str, ...] = ()
+    added: int = 0
+    removed: int = 0
+    commit: str = ""
+    baseline: bool = False
+    metric: float | None = None
+    delta: float | None = None
+    incumbent_metric: float | None = None
+    training_seconds: float | None = None
+    wall_seconds: float | None = None
+    peak_memory_mb: float | None = None
+    reason: str = ""
+    note: str = ""
+    log_tail: str = ""
+    budget_seconds: float = 0.0
+    started_ts: float | None = None
+    step: int = 0
+    elapsed_seconds: float = 0.0
+    progress: float = 0.0
+    loss: float | None = None
+    agent_tokens: int = 0
+    agent_cost_usd: float = 0.0
+    noise: float | None = None  # ± band of delta
+    reported_metric: float | None = None  # what the training file printed
+    evaluation: str = ""  # "trusted" | "self_reported" | ""
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+@dataclass
+class ReasoningBlock:
+    kind: str  # thinking | text | tool | result | note | proposal | rejected
+    text: str
+    ok: bool = True
+
+
+@dataclass
+class Telemetry:
+    """Latest sample plus short histories for sparklines."""
+
+    latest: ev.TelemetrySample | None = None
+    gpu: dict[int, dict[str, deque[float]]] = field(default_factory=dict)
+    cpu: deque[float] = field(default_factory=lambda: deque(maxlen=TELEMETRY_POINTS))
+    ram: deque[float] = field(default_factory=lambda: deque(maxlen=TELEMETRY_POINTS))
+
+    def add(self, sample: ev.TelemetrySample) -> None:
+        self.latest = sample
+        self.cpu.append(sample.cpu_percent)
+        if sample.memory_total_mb:
+            self.ram.append(100.0 * sample.memory_used_mb / sample.memory_total_mb)
+        for gpu in sample.gpus:
+            history = self.gpu.setdefault(
+                gpu.index, {k: deque(maxlen=TELEMETRY_POINTS) for k in ("util", "mem", "power", "temp")}
+            )
+            mem = (100.0 * gpu.memory_used_mb / gpu.memory_total_mb
+                   if gpu.memory_used_mb is not None and gpu.memory_total_mb else None)
+            for key, value in (("util", gpu.utilization_percent), ("mem", mem),
+                               ("power", gpu.power_watts), ("temp", gpu.temperature_c)):
+                if value is not None:
+                    history[key].append(value)
