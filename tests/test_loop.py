@@ -240,12 +240,12 @@ def test_an_autoresearch_repository_keeps_prepare_py_protected(tmp_path, run_ses
 
 
 def test_an_engine_error_ends_the_session_cleanly_with_its_traceback_saved(workspace, run_session, monkeypatch):
-    import loopdeck.engine.research.loop as loop
+    import loopdeck.engine.research.gate as gate
 
     def broken_diff(old, new):
         raise RuntimeError("a bug in the engine")
 
-    monkeypatch.setattr(loop, "unified_diff", broken_diff)
+    monkeypatch.setattr(gate, "unified_diff", broken_diff)
     session, recorded = run_session(workspace, ScriptedAgent([change("LR", 0.3)]))
     assert recorded.finished.reason == "error"
     assert session.error.startswith("engine error: RuntimeError: a bug in the engine")

@@ -13,15 +13,10 @@ import psutil
 import pytest
 
 from loopdeck.engine.config import DEFAULT_PATTERN, Config
-from loopdeck.engine.run.runner import (
-    RunResult,
-    classify,
-    metric_from_log,
-    parse_summary,
-    run_experiment,
-    scrubbed_env,
-    training_env,
-)
+from loopdeck.engine.run.environment import scrubbed_env, training_env
+from loopdeck.engine.run.executor import RunResult, classify
+from loopdeck.engine.run.metrics import metric_from_log, parse_summary
+from loopdeck.engine.run.runner import run_experiment
 
 SUMMARY = "print('---'); print('val_bpb:          1.234500'); print('training_seconds: 0.2'); print('depth: 2')"
 

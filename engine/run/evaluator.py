@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from loopdeck.engine.config import Config
-from loopdeck.engine.run.runner import RunResult
+from loopdeck.engine.run.executor import RunResult
 
 # What must stay the same from one evaluation to the next within a session: the text scored and how.
 REFERENCE_KEYS = ("corpus_fingerprint", "tokenizer", "eval_tokens", "batch_size", "seq_len")
