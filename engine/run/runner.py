@@ -202,12 +202,7 @@ def run_experiment(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], lo
     records are followed. Raises the first exception a callback raised, after the run is fully cleaned up, and
     LoopdeckError when the log cannot be written (disk full): the run's output is still drained, so it never blocks.
     """
-    try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        # Unbuffered: every chunk is on disk at once, and a failed write leaves nothing to fail again on close.
-        log = open(log_path, "wb", buffering=0)  # noqa: SIM115 - closed by the with below
-    except OSError as exc:
-        raise LoopdeckError(_log_problem(log_path, exc)) from None
+    log = _open_log(log_path)
     metrics_path.unlink(missing_ok=True)
     mark = uuid.uuid4().hex
     started_wall, started = time.time(), time.monotonic()
@@ -218,11 +213,7 @@ def run_experiment(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], lo
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         except OSError as exc:
-            message = f"loopdeck: cannot start {argv[0]!r}: {exc.strerror or exc}"
-            output.feed(message.encode("utf-8") + b"\n")
-            return RunResult(returncode=127, timed_out=False, aborted=False, wall_seconds=0.0, peak_rss_mb=None,
-                             log_tail=message, error_line=message.removeprefix("loopdeck: "), log_path=log_path,
-                             timeout_seconds=timeout)
+            return _not_started(argv, exc, output, log_path, timeout)
         tree = ProcessTree(process.pid, mark, started_wall)
         if on_start is not None:
             try:
@@ -258,13 +249,36 @@ def run_experiment(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], lo
             raise error
     if output.log_error is not None:
         raise LoopdeckError(_log_problem(log_path, output.log_error))
-    # ru_maxrss is in KiB on Linux and in bytes on macOS.
-    peak = max(tree.peak_rss, (rusage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)) if rusage else 0)
-    summary = summary_fields(output.summary_lines) if output.summary_lines is not None else {}
     return RunResult(returncode=process.returncode, timed_out=timed_out, aborted=aborted, wall_seconds=wall_seconds,
-                     peak_rss_mb=peak / 2**20 if peak else None, log_tail="\n".join(output.tail), summary=summary,
+                     peak_rss_mb=_peak_mb(tree, rusage), log_tail="\n".join(output.tail),
+                     summary=summary_fields(output.summary_lines) if output.summary_lines is not None else {},
                      saw_fail=output.saw_fail, has_traceback=output.has_traceback, error_line=output.error_line,
                      log_path=log_path, timeout_seconds=timeout, pid=process.pid)
+
+
+def _peak_mb(tree: ProcessTree, rusage: Any) -> float | None:
+    # ru_maxrss is in KiB on Linux and in bytes on macOS.
+    peak = max(tree.peak_rss, (rusage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)) if rusage else 0)
+    return peak / 2**20 if peak else None
+
+
+def _open_log(log_path: Path) -> Any:
+    """The run's log file, opened for writing from the start; LoopdeckError when it cannot be."""
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Unbuffered: every chunk is on disk at once, and a failed write leaves nothing to fail again on close.
+        return open(log_path, "wb", buffering=0)  # noqa: SIM115 - the caller closes it
+    except OSError as exc:
+        raise LoopdeckError(_log_problem(log_path, exc)) from None
+
+
+def _not_started(argv: Sequence[str], exc: OSError, output: _Output, log_path: Path, timeout: float | None
+                 ) -> RunResult:
+    message = f"loopdeck: cannot start {argv[0]!r}: {exc.strerror or exc}"
+    output.feed(message.encode("utf-8") + b"\n")
+    return RunResult(returncode=127, timed_out=False, aborted=False, wall_seconds=0.0, peak_rss_mb=None,
+                     log_tail=message, error_line=message.removeprefix("loopdeck: "), log_path=log_path,
+                     timeout_seconds=timeout)
 
 
 def _log_problem(log_path: Path, exc: OSError) -> str:
