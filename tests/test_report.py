@@ -86,7 +86,8 @@ def test_report_for_maximize_and_for_an_empty_or_failed_session(tmp_path: Path) 
 
 
 def test_engine_import_does_not_load_matplotlib() -> None:
-    code = "import sys, engine.report, engine.ledger, engine.journal; print('matplotlib' in sys.modules)"
+    code = ("import sys, loopdeck.engine.research.report, loopdeck.engine.store.ledger, loopdeck.engine.store.journal; "
+            "print('matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -10,11 +10,11 @@ watcher, `after_record` and `session_ending` score the incumbent on the holdout 
    run must stop at its budget by its own account, within 10% + 1 s: its training time before its last step
    (metrics stream; the last step may cross the budget, however long it took on a busy machine), or else the
    training seconds it reports. Over: `rejected`.
-2. Score: trusted mode (engine/evaluator.py) re-checks the protected files, then a separate process scores the
+2. Score: trusted mode (engine/run/evaluator.py) re-checks the protected files, then a separate process scores the
    saved weights; a model that looks ahead is `rejected`. The printed number is kept as `reported_metric` and
    flagged when it disagrees. Self-reported mode uses the printed number.
 3. Keep: the baseline is re-run with `baseline_seeds` seeds to measure the noise σ (its metric is their mean). A
-   candidate within `confirm_multiple`·σ of the incumbent is re-run with fresh seeds (engine/noise.py) and kept
+   candidate within `confirm_multiple`·σ of the incumbent is re-run with fresh seeds (research/noise.py) and kept
    only if the mean over its runs clears the threshold. Extra runs are rows of the ledger's runs table, never
    experiments: results.tsv stays one line per experiment. A target that ignores LOOPDECK_SEED (a foreign repo)
    repeats itself exactly unless its training is nondeterministic; σ is then 0 and nothing is ever confirmed.

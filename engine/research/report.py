@@ -77,7 +77,7 @@ def write_report(
 def _outcome(rows: list[ExperimentRow], *, minimize: bool) -> _Outcome:
     rows = sorted(rows, key=lambda row: row.id)
     kept = [row for row in rows if row.status == "keep" and row.metric is not None]
-    baseline = next((row for row in rows if row.id == 0), kept[0] if kept else None)
+    baseline = next((row for row in kept if row.is_baseline), kept[0] if kept else None)
     # A rejected row with a commit ran and was then refused (over budget, a model that looks ahead): a failure.
     crashed = [row for row in rows if row.status in CRASH_STATUSES or (row.status == "rejected" and row.commit)]
     not_run = [row for row in rows if row.status in NOT_RUN_STATUSES and row not in crashed]
@@ -127,7 +127,7 @@ def _draw_progress(outcome: _Outcome, path: Path, *, metric_name: str, title: st
         ax.scatter([r.id for r in outcome.kept], [r.metric for r in outcome.kept], s=55, c="#2ecc71",
                    edgecolors="black", linewidths=0.6, zorder=4, label="kept")
         for row in outcome.kept:
-            ax.annotate(_shorten(row.description or ("baseline" if row.id == 0 else f"#{row.id}")),
+            ax.annotate(_shorten(row.description or ("baseline" if row.is_baseline else f"#{row.id}")),
                         (row.id, row.metric), textcoords="offset points", xytext=(6, 6), fontsize=8,
                         color="#1a7a3a", rotation=30, ha="left", va="bottom", zorder=5)
     if outcome.crashed:
