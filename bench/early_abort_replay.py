@@ -16,8 +16,6 @@ Without WORKSPACE it first records one: the GPT template on the CPU with the off
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from loopdeck.engine.config import default_toml  # noqa: E402
 from loopdeck.engine.research.early_abort import AbortRule, EarlyAbort  # noqa: E402
+from loopdeck.engine.run.executor import METRICS_FILE  # noqa: E402
+from loopdeck.engine.run.metrics import incumbent_curve  # noqa: E402
 from loopdeck.engine.session import RunOptions, Session  # noqa: E402
 from loopdeck.engine.store.ledger import ExperimentRow, Ledger  # noqa: E402
 from loopdeck.engine.store.workspace import init_workspace  # noqa: E402
@@ -43,25 +43,6 @@ class Replay:
     stopped_at: float | None  # where the rule would have stopped it
 
 
-def steps(path: Path) -> list[tuple[float, float]]:
-    """(elapsed training seconds, smoothed loss) of a run's step records."""
-    points = []
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("type") == "step":
-            elapsed, loss = record.get("elapsed_seconds"), record.get("loss")
-            if isinstance(elapsed, int | float) and isinstance(loss, int | float) and math.isfinite(loss):
-                points.append((float(elapsed), float(loss)))
-    return points
-
-
 def replay(state_dir: Path, rows: list[ExperimentRow], rule: AbortRule) -> list[Replay]:
     kept = {row.commit: row for row in rows if row.status == "keep"}
     replays = []
@@ -69,8 +50,8 @@ def replay(state_dir: Path, rows: list[ExperimentRow], rule: AbortRule) -> list[
         incumbent = kept.get(row.parent_commit)
         if row.is_baseline or row.status not in ("keep", "discard") or incumbent is None:
             continue
-        curve, reference = steps(state_dir / "runs" / str(row.id) / "metrics.jsonl"), \
-            steps(state_dir / "runs" / str(incumbent.id) / "metrics.jsonl")
+        curve, reference = (incumbent_curve(state_dir / "runs" / str(number) / METRICS_FILE, points=None)
+                            for number in (row.id, incumbent.id))
         if not curve or not reference:
             continue
         budget = float(row.env.get("config", {}).get("experiment", {}).get("budget_seconds") or curve[-1][0])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 import platform
 import shutil
@@ -22,8 +21,9 @@ import tempfile
 from pathlib import Path
 
 from bench.common import set_constants
+from loopdeck.engine.run.metrics import parse_summary, read_records, summary_numbers
 from loopdeck.gpt import HARNESS_FILE, HARNESS_TEMPLATE, TRAIN_TEMPLATE
-from loopdeck.gpt.harness import UNTIMED_STEPS, parse_summary
+from loopdeck.gpt.harness import UNTIMED_STEPS
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -59,9 +59,9 @@ def measure(source: str, budget: float, device: str = "auto") -> tuple[dict, lis
         result = subprocess.run([sys.executable, "train.py"], cwd=folder, env=env, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        records = list(read_records(metrics))
     steps = [record for record in records if record["type"] == "step"][UNTIMED_STEPS:]
-    return records[0], steps, parse_summary(result.stdout)
+    return records[0], steps, summary_numbers(parse_summary(result.stdout))
 
 
 def main() -> int:

@@ -779,22 +779,6 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse_summary(text: str) -> dict[str, float]:
-    """The `key: value` lines after the last `---` line of a run's output, as numbers (non-numbers skipped)."""
-    lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.strip() == "---"]
-    result: dict[str, float] = {}
-    for line in lines[starts[-1] + 1:] if starts else []:
-        key, sep, value = line.partition(":")
-        if not sep:
-            continue
-        try:
-            result[key.strip()] = float(value)
-        except ValueError:
-            continue
-    return result
-
-
 # ---------------------------------------------------------------------------
 # `python harness.py`: build (or load) the embedded corpus and print its statistics
 # ---------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+from loopdeck.engine.run.metrics import parse_summary as parse_summary_text
+from loopdeck.engine.run.metrics import summary_numbers
 from loopdeck.gpt import harness
 from loopdeck.gpt.harness import (
     MAX_SEQ_LEN,
@@ -19,7 +21,6 @@ from loopdeck.gpt.harness import (
     format_summary,
     load_data,
     make_train_loader,
-    parse_summary,
 )
 
 VOCAB = 6
@@ -152,3 +153,8 @@ def test_summary_block_round_trips_and_metrics_are_strict_json(tmp_path):
     assert [r["type"] for r in records] == ["start", "step", "end"]
     assert records[1]["loss"] is None and records[2]["val_bpb"] == 2.3456789
     MetricsLog(None).step(step=1)  # no stream configured: writes nothing, fails nothing
+
+
+def parse_summary(text: str) -> dict[str, float]:
+    """The numbers of a run's summary block, read the way the engine reads them."""
+    return summary_numbers(parse_summary_text(text))

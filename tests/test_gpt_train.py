@@ -16,6 +16,8 @@ import pytest
 import torch
 from support_gpt import hyperparameters, tiny_train_source, write_target
 
+from loopdeck.engine.run.metrics import parse_summary as parse_summary_text
+from loopdeck.engine.run.metrics import summary_numbers
 from loopdeck.engine.store.workspace import init_workspace
 from loopdeck.gpt import HARNESS_TEMPLATE, TRAIN_TEMPLATE
 from loopdeck.gpt.harness import (
@@ -24,7 +26,6 @@ from loopdeck.gpt.harness import (
     evaluate_bpb,
     load_data,
     load_model,
-    parse_summary,
 )
 
 BUDGET = 2.0
@@ -213,3 +214,8 @@ def test_loopdeck_train_runs_the_template_once_and_keeps_its_files(tmp_path):
     assert log in result.stdout and parse_summary(log)["val_bpb"] > 0
     start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert start["corpus"] == str(tmp_path / "corpus") and start["budget_seconds"] == 1.0
+
+
+def parse_summary(text: str) -> dict[str, float]:
+    """The numbers of a run's summary block, read the way the engine reads them."""
+    return summary_numbers(parse_summary_text(text))

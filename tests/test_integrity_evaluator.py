@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 support = pytest.importorskip("support_gpt")
 
 from loopdeck.engine.run.evaluator import read_evaluation  # noqa: E402
-from loopdeck.engine.run.runner import RunResult  # noqa: E402
+from loopdeck.engine.run.executor import RunResult  # noqa: E402
 from loopdeck.gpt import HARNESS_TEMPLATE  # noqa: E402
 from loopdeck.gpt.evaluate import EXIT_REJECTED, RESULT_PREFIX  # noqa: E402
 from loopdeck.gpt.harness import evaluate_bpb, load_data, save_model  # noqa: E402

@@ -240,15 +240,36 @@ def test_an_autoresearch_repository_keeps_prepare_py_protected(tmp_path, run_ses
 
 
 def test_an_engine_error_ends_the_session_cleanly_with_its_traceback_saved(workspace, run_session, monkeypatch):
-    import loopdeck.engine.research.loop as loop
+    import loopdeck.engine.research.gate as gate
 
     def broken_diff(old, new):
         raise RuntimeError("a bug in the engine")
 
-    monkeypatch.setattr(loop, "unified_diff", broken_diff)
+    monkeypatch.setattr(gate, "unified_diff", broken_diff)
     session, recorded = run_session(workspace, ScriptedAgent([change("LR", 0.3)]))
     assert recorded.finished.reason == "error"
     assert session.error.startswith("engine error: RuntimeError: a bug in the engine")
     assert "broken_diff" in (workspace / ".loopdeck/engine-errors.log").read_text()
     assert [r.status for r in ledger_rows(workspace)] == ["keep"]
     assert git(workspace, "status", "--porcelain") == ""
+
+
+def test_every_process_of_an_experiment_runs_through_the_executor(make_workspace, run_session, monkeypatch):
+    from loopdeck.engine.run.runner import LocalExecutor
+
+    specs = []
+    start = LocalExecutor.start
+
+    def recording_start(self, spec, sink):
+        specs.append(spec)
+        return start(self, spec, sink)
+
+    monkeypatch.setattr(LocalExecutor, "start", recording_start)
+    workspace = make_workspace(evaluation={"baseline_seeds": 2})
+    _, recorded = run_session(workspace, ScriptedAgent([change("LR", 0.3)]), max_experiments=1)
+    baseline, candidate = ledger_rows(workspace)
+    assert [(s.number, s.commit, s.seed) for s in specs] == [
+        (0, baseline.commit, None), (0, baseline.commit, specs[1].seed), (1, candidate.commit, None)]
+    assert specs[1].seed is not None and specs[1].env["LOOPDECK_SEED"] == str(specs[1].seed)
+    assert all(s.checkout == workspace and s.run_dir.is_relative_to(workspace / ".loopdeck/runs") for s in specs)
+    assert recorded.finished.reason == "max_experiments"

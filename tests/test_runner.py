@@ -13,15 +13,10 @@ import psutil
 import pytest
 
 from loopdeck.engine.config import DEFAULT_PATTERN, Config
-from loopdeck.engine.run.runner import (
-    RunResult,
-    classify,
-    metric_from_log,
-    parse_summary,
-    run_experiment,
-    scrubbed_env,
-    training_env,
-)
+from loopdeck.engine.run.environment import scrubbed_env, training_env
+from loopdeck.engine.run.executor import ExperimentSpec, RunResult, classify
+from loopdeck.engine.run.metrics import metric_from_log, parse_summary
+from loopdeck.engine.run.runner import LocalExecutor, run_experiment
 
 SUMMARY = "print('---'); print('val_bpb:          1.234500'); print('training_seconds: 0.2'); print('depth: 2')"
 
@@ -290,3 +285,87 @@ def test_parse_summary_and_metric_from_log() -> None:
     assert metric_from_log(DEFAULT_PATTERN, "val_bpb: 1.0\nval_bpb: 1.2.3\n") == 1.0
     assert metric_from_log(DEFAULT_PATTERN, "the val_bpb: 1.0 is indented\n") is None
     assert metric_from_log(r"^score=(\S+)", "score=-2e-3\n") == -0.002
+
+
+# --- the executor boundary ---------------------------------------------------------------------------------------
+
+
+class _Sink:
+    """A RunSink that keeps what it is sent; `fail_on` raises on a line that contains it."""
+
+    def __init__(self, fail_on: str = "") -> None:
+        self.lines: list[str] = []
+        self.records: list[dict] = []
+        self.pids: list[int] = []
+        self.fail_on = fail_on
+        self.seen_line = threading.Event()
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+        self.seen_line.set()
+        if self.fail_on and self.fail_on in text:
+            raise RuntimeError(f"sink refused {text!r}")
+
+    def record(self, record: dict) -> None:
+        self.records.append(record)
+
+    def started(self, pid: int) -> None:
+        self.pids.append(pid)
+
+    def cancelled(self) -> bool:
+        return False
+
+
+def _spec(tmp_path: Path, body: str, number: int = 3) -> ExperimentSpec:
+    script = _script(tmp_path, body)
+    run_dir = tmp_path / "runs" / str(number)
+    env = scrubbed_env(__import__("os").environ, extra={"LOOPDECK_METRICS": str(run_dir / "metrics.jsonl")})
+    return ExperimentSpec(number=number, commit="", checkout=tmp_path, argv=(sys.executable, str(script)), env=env,
+                          run_dir=run_dir, budget_seconds=1.0, timeout=20)
+
+
+def test_the_local_executor_streams_a_run_back_and_returns_its_result(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, f"""
+        import json, os
+        with open(os.environ["LOOPDECK_METRICS"], "a") as stream:
+            stream.write(json.dumps({{"type": "step", "step": 0, "elapsed_seconds": 0.1, "loss": 2.0}}) + "\\n")
+        print("hello")
+        {SUMMARY}
+    """)
+    sink = _Sink()
+    result = LocalExecutor().start(spec, sink).wait()
+    assert result.returncode == 0 and result.summary["val_bpb"] == "1.234500"
+    assert result.log_path == spec.log_path and "hello" in result.read_log()
+    assert sink.lines[0] == "hello" and sink.records == [{"type": "step", "step": 0, "elapsed_seconds": 0.1,
+                                                          "loss": 2.0}]
+    assert sink.pids == [result.pid]
+
+
+def test_a_cancelled_run_ends_aborted_and_leaves_no_process(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, """
+        import time
+        print("started", flush=True)
+        time.sleep(60)
+    """)
+    sink = _Sink()
+    began = time.monotonic()
+    handle = LocalExecutor(grace_seconds=0.5).start(spec, sink)
+    assert sink.seen_line.wait(10)
+    handle.cancel()
+    result = handle.wait()
+    assert result.aborted and time.monotonic() - began < 10
+    assert classify(result, None) == ("aborted", "stopped on request")
+    assert _gone(sink.pids)
+
+
+def test_an_error_in_the_sink_is_raised_by_wait_once_the_run_has_ended(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, """
+        import time
+        print("boom", flush=True)
+        time.sleep(0.3)
+    """)
+    sink = _Sink(fail_on="boom")
+    handle = LocalExecutor(grace_seconds=0.5).start(spec, sink)
+    with pytest.raises(RuntimeError, match="sink refused"):
+        handle.wait()
+    assert _gone(sink.pids)

@@ -1,1 +1,13 @@
-"""The research layer: the loop's state machine, proposals, the gate, integrity of each result."""
+"""The research layer: the loop's state machine and the parts it composes.
+
+- `loop`: the state machine (run, step, run_patch, recover, checkpoint, stop conditions).
+- `context`: what every part shares (`LoopContext`, `LoopStopped`, the session's `Tally`).
+- `turns`: one agent turn (its `AgentTurn`, `TurnRecord`, notes, feedback) and the agent's lifetime.
+- `gate`: guard check, announcement, approval gate and veto.
+- `judge`: run → classify → judge → keep/revert → record, every process through the executor; `record` writes
+  the final ledger row.
+- `pipeline`: drafting the next proposal while an experiment trains (depends on turns and the gate only).
+- `integrity`, `noise`, `early_abort`, `guard`: the rules a result and a change must pass; `history`, `report`.
+
+It may import `agents`, `run`, `store` and everything below them; nothing above (`session`).
+"""

@@ -11,7 +11,6 @@ often it would have stopped a run that was in fact kept.
 from __future__ import annotations
 
 import bisect
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,14 +65,3 @@ class EarlyAbort:
                        f"was {reference:.4f} (+{100 * (loss / reference - 1):.0f}%, {self._rule.sustain} records "
                        "in a row)")
         return True
-
-
-class RunStop(threading.Event):
-    """The stop signal of one run: set by its own early-abort watcher, or by the session's abort (`parent`)."""
-
-    def __init__(self, parent: threading.Event) -> None:
-        super().__init__()
-        self._parent = parent
-
-    def is_set(self) -> bool:
-        return super().is_set() or self._parent.is_set()

@@ -14,7 +14,7 @@ watcher, `after_record` and `session_ending` score the incumbent on the holdout 
    saved weights; a model that looks ahead is `rejected`. The printed number is kept as `reported_metric` and
    flagged when it disagrees. Self-reported mode uses the printed number.
 3. Keep: the baseline is re-run with `baseline_seeds` seeds to measure the noise σ (its metric is their mean). A
-   candidate within `confirm_multiple`·σ of the incumbent is re-run with fresh seeds (engine/noise.py) and kept
+   candidate within `confirm_multiple`·σ of the incumbent is re-run with fresh seeds (research/noise.py) and kept
    only if the mean over its runs clears the threshold. Extra runs are rows of the ledger's runs table, never
    experiments: results.tsv stays one line per experiment. A target that ignores LOOPDECK_SEED (a foreign repo)
    repeats itself exactly unless its training is nondeterministic; σ is then 0 and nothing is ever confirmed.
@@ -22,14 +22,11 @@ watcher, `after_record` and `session_ending` score the incumbent on the holdout 
 
 from __future__ import annotations
 
-import json
-import math
 import statistics
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.events import (
@@ -40,6 +37,7 @@ from loopdeck.engine.events import (
     RunRepeated,
     StateChanged,
 )
+from loopdeck.engine.research.context import LoopContext
 from loopdeck.engine.research.early_abort import AbortRule, EarlyAbort
 from loopdeck.engine.research.guard import GuardRejection, check_protected
 from loopdeck.engine.research.noise import (
@@ -58,11 +56,9 @@ from loopdeck.engine.run.evaluator import (
     read_evaluation,
     trusted_hashes,
 )
-from loopdeck.engine.run.runner import RunResult, classify, metric_from_log
+from loopdeck.engine.run.executor import LOG_FILE, METRICS_FILE, RunResult, classify
+from loopdeck.engine.run.metrics import metric_from_log, read_steps, summary_numbers
 from loopdeck.engine.store.ledger import ExperimentRow, RunRow
-
-if TYPE_CHECKING:
-    from loopdeck.engine.research.loop import LoopContext
 
 # A run stops at the first step past its budget: only its last step may cross it (the template's loop), and a
 # target with its own stopping rule gets 10% of the budget plus a second of slack.
@@ -95,8 +91,9 @@ class _Interrupted(Exception):
 
 class Integrity:
     def __init__(self, ctx: LoopContext, execute: Execute) -> None:
-        """`execute(number, run_dir, *, seed, argv, timeout, stream)` runs a process for experiment `number` the
-        way the loop runs training (sandbox, scrubbed env, process group, abort)."""
+        """`execute(number, commit, run_dir, *, seed, argv, timeout, stream)` runs a process for experiment
+        `number` at `commit` through the session's executor, the way the loop runs training (sandbox, scrubbed
+        env, abort), and returns its result (engine/research/judge.py)."""
         self.ctx = ctx
         self.settings = ctx.config.evaluation
         self.plan = evaluation_plan(ctx.workspace, ctx.config)
@@ -137,7 +134,7 @@ class Integrity:
     # --- after the run -----------------------------------------------------------------------------------------
 
     def classify(self, result: RunResult, reported: float | None) -> tuple[str, str]:
-        """runner.classify, except that in trusted mode the printed metric decides nothing (not even whether the
+        """executor.classify, except that in trusted mode the printed metric decides nothing (not even whether the
         run produced a result): a run that exits cleanly is scored from its weights."""
         return classify(result, 0.0 if self.plan.trusted else reported)
 
@@ -150,7 +147,7 @@ class Integrity:
         problem = self._over_budget(result, run_dir)
         if problem:
             return Judgement("rejected", problem, fields)
-        score = self._score(row.id, run_dir, reported)
+        score = self._score(row.id, row.commit, run_dir, reported)
         if score.status != "ok":
             return Judgement(score.status, score.reason, {**fields, "log_tail": score.log_tail})
         assert score.metric is not None
@@ -170,7 +167,7 @@ class Integrity:
                     f"plus a {allowance:.0f} s start-up allowance; the training must stop at its budget "
                     "(LOOPDECK_TIME_BUDGET)")
         limit = budget * (1 + TRAINING_OVERRUN) + TRAINING_SLACK_SECONDS
-        steps = _last_step_times(run_dir / "metrics.jsonl")
+        steps = [step.elapsed_seconds for step in read_steps(run_dir / METRICS_FILE)][-2:]
         if len(steps) == 2 and steps[0] > limit:
             return (f"over budget: the run went on training after its {budget:g} s budget (it had trained "
                     f"{steps[0]:.1f} s before its last step); the training must stop at its budget "
@@ -181,7 +178,7 @@ class Integrity:
                     "training must stop at its budget (LOOPDECK_TIME_BUDGET)")
         return ""
 
-    def _score(self, number: int, run_dir: Path, reported: float | None, split: str = "val") -> _Score:
+    def _score(self, number: int, commit: str, run_dir: Path, reported: float | None, split: str = "val") -> _Score:
         """The run's metric: the trusted evaluator's score of its weights, or (self-reported) what it printed."""
         if not self.plan.trusted:
             return _Score("ok", metric=reported)
@@ -195,7 +192,7 @@ class Integrity:
                           f"{self.plan.train_file} must keep its save_model(...) call")
         argv = evaluator_argv(self.ctx.workspace, self.plan.train_file, weights,
                               self.ctx.protected_hashes[self.plan.harness], split)
-        result, _ = self._execute(number, run_dir / f"eval-{split}", argv=argv,
+        result, _ = self._execute(number, commit, run_dir / f"eval-{split}", argv=argv,
                                   timeout=self.settings.eval_timeout_seconds, stream=False)
         if result.aborted:
             return _Score("aborted")
@@ -288,16 +285,17 @@ class Integrity:
 
     def _repeat(self, row: ExperimentRow, role: str, seed: int, index: int, of: int, commit: str = "") -> float | None:
         """One extra run of the tree as it is, recorded in the runs table; its metric, or None if it failed."""
-        run_dir = self._run_dir(row.id) / f"{role}-{seed}"
+        run_dir = self.ctx.run_dir(row.id) / f"{role}-{seed}"
         what = {"noise": "noise run", "confirm": "confirmation run", "incumbent": "incumbent re-run"}[role]
         self.ctx.emit(StateChanged(state="training", experiment=row.id, detail=f"{what} {index}/{of}, seed {seed}"))
-        result, _ = self._execute(row.id, run_dir, seed=seed, stream=False)
+        result, _ = self._execute(row.id, commit or row.commit, run_dir, seed=seed, stream=False)
         reported = metric_from_log(self.ctx.config.metric.pattern, result.read_log())
         status, reason = self.classify(result, reported)
         score = _Score(status, reason)
         if status == "ok":
             problem = self._over_budget(result, run_dir)
-            score = _Score("rejected", problem) if problem else self._score(row.id, run_dir, reported)
+            score = _Score("rejected", problem) if problem else self._score(row.id, commit or row.commit, run_dir,
+                                                                            reported)
         (run_dir / WEIGHTS).unlink(missing_ok=True)  # an extra run's weights are scored once, not kept
         if score.status == "aborted":
             raise _Interrupted
@@ -305,7 +303,7 @@ class Integrity:
         self.ctx.ledger.record_run(RunRow(
             experiment=row.id, role=role, seed=seed, status=score.status, commit=commit or row.commit,
             metric=metric, reported_metric=reported, training_seconds=_reported_seconds(result),
-            wall_seconds=result.wall_seconds, reason=score.reason, log_path=str(run_dir / "log.txt")))
+            wall_seconds=result.wall_seconds, reason=score.reason, log_path=str(run_dir / LOG_FILE)))
         self.ctx.emit(RunRepeated(experiment=row.id, role=role, index=index, of=of, seed=seed, status=score.status,
                                   metric=metric, reason=score.reason))
         return metric
@@ -339,7 +337,7 @@ class Integrity:
     def _score_holdout(self, row: ExperimentRow) -> None:
         self.ctx.emit(StateChanged(state="evaluating", experiment=row.id,
                                    detail=f"scoring #{row.id} on the holdout split"))
-        score = self._score(row.id, self._run_dir(row.id), None, split="holdout")
+        score = self._score(row.id, row.commit, self.ctx.run_dir(row.id), None, split="holdout")
         if score.status != "ok" or score.metric is None or score.val_metric is None:
             if score.status != "aborted":
                 self.ctx.emit(Notice(level="warning", experiment=row.id, message=f"could not score #{row.id} on "
@@ -370,45 +368,10 @@ class Integrity:
         return next((row for row in self.ctx.ledger.rows() if row.is_baseline and row.status == "keep"),
                     None)
 
-    def _run_dir(self, number: int) -> Path:
-        return self.ctx.state_dir / "runs" / str(number)
-
-
-def evaluation_label(row: ExperimentRow) -> str:
-    """How a recorded experiment's metric was obtained: "trusted", "self_reported", or "" without a metric."""
-    if row.metric is None:
-        return ""
-    return "self_reported" if row.self_reported else "trusted"
-
-
-def _last_step_times(path: Path) -> list[float]:
-    """Elapsed training seconds of the last two step records of a run's metrics stream (fewer if it has fewer)."""
-    times: deque[float] = deque(maxlen=2)
-    try:
-        with open(path, encoding="utf-8", errors="replace") as stream:
-            for line in stream:
-                if '"step"' not in line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(record, dict) or record.get("type") != "step":
-                    continue
-                elapsed = record.get("elapsed_seconds")
-                if isinstance(elapsed, int | float) and math.isfinite(elapsed):
-                    times.append(float(elapsed))
-    except OSError:
-        return []
-    return list(times)
-
 
 def _reported_seconds(result: RunResult) -> float | None:
-    try:
-        value = float(result.summary.get("training_seconds", ""))
-    except ValueError:
-        return None
-    return value if value >= 0 else None
+    value = summary_numbers(result.summary).get("training_seconds")
+    return value if value is not None and value >= 0 else None
 
 
 def _overhead(wall: float | None, trained: float | None) -> float | None:

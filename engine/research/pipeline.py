@@ -31,18 +31,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from loopdeck.engine.agents.base import Agent, AgentCancelled, AgentError, AgentTurn, Proposal
 from loopdeck.engine.control import Decision, make_command
 from loopdeck.engine.events import Notice
+from loopdeck.engine.research.context import LoopContext, Tally, one_line
+from loopdeck.engine.research.gate import Gate
 from loopdeck.engine.research.guard import GuardRejection
+from loopdeck.engine.research.turns import TurnRecord, Turns
+from loopdeck.engine.store.ledger import ExperimentRow
 
-if TYPE_CHECKING:
-    from loopdeck.engine.research.loop import ResearchLoop, _TurnRecord
-    from loopdeck.engine.store.ledger import ExperimentRow
-
-PIPELINE_MODES = ("auto", "on", "off")
 AUTO_FRACTION = 0.10  # auto: draft ahead once proposals take more than this fraction of the training budget
 EMA_WEIGHT = 0.5  # weight of the newest proposal time in the moving average
 CANCEL_WAIT_SECONDS = 30.0  # how long closing waits for an agent to notice that its draft was cancelled
@@ -151,7 +149,7 @@ class Draft:
     number: int
     after: int  # the experiment that trains while this one is drafted
     turn: AgentTurn
-    record: _TurnRecord
+    record: TurnRecord
     notes: list[str]
     base: dict[str, str]
     proposal: Proposal | None = None
@@ -171,35 +169,41 @@ class Draft:
 
 
 class Pipeline:
-    """The loop's drafting machinery: `start` after committing experiment n, `propose` for the next number."""
+    """The loop's drafting machinery: `start` after committing experiment n, `propose` for the next number.
 
-    def __init__(self, loop: ResearchLoop) -> None:
-        self.loop = loop
+    It drafts through the session's `turns` and reviews drafts at its `gate`; `tally` says how many experiment
+    numbers the session has used (no draft beyond max_experiments)."""
+
+    def __init__(self, ctx: LoopContext, turns: Turns, gate: Gate, tally: Tally) -> None:
+        self.ctx = ctx
+        self.turns = turns
+        self.gate = gate
+        self.tally = tally
         self.clock = ProposalClock()
         self._draft: Draft | None = None
 
     @property
     def mode(self) -> str:
-        return self.loop.config.loop.pipeline
+        return self.ctx.config.loop.pipeline
 
     # --- drafting while n trains -----------------------------------------------------------------------------
 
     def start(self, row: ExperimentRow) -> None:
         """Experiment `row` is about to train: draft the next one now if pipelining pays and it may run at all."""
-        loop, settings = self.loop, self.loop.config.loop
-        if self._draft is not None or loop._agent is None or loop.ctx.controller.halted:
+        ctx, settings, agent = self.ctx, self.ctx.config.loop, self.turns.agent
+        if self._draft is not None or agent is None or ctx.controller.halted:
             return
-        if not self.clock.wanted(self.mode, loop.config.experiment.budget_seconds):
+        if not self.clock.wanted(self.mode, ctx.config.experiment.budget_seconds):
             return
-        if settings.max_experiments and loop._numbers_used >= settings.max_experiments:
+        if settings.max_experiments and self.tally.numbers_used >= settings.max_experiments:
             return
-        notes = loop.take_notes()
+        notes = self.turns.take_notes()
         number = row.id + 1
-        turn, record = loop.make_turn(number, notes, _drafting_feedback(row))
+        turn, record = self.turns.make_turn(number, notes, _drafting_feedback(row))
         draft = Draft(number=number, after=row.id, turn=turn, record=record, notes=notes, base=dict(turn.files))
         draft.turn = dataclasses.replace(turn, cancelled=lambda: draft.cancelled.is_set()
-                                         or loop.ctx.controller.halted)
-        draft.thread = threading.Thread(target=self._work, args=(draft, loop._agent), daemon=True,
+                                         or ctx.controller.halted)
+        draft.thread = threading.Thread(target=self._work, args=(draft, agent), daemon=True,
                                         name=f"loopdeck-draft-{number}")
         self._draft = draft
         draft.thread.start()
@@ -216,24 +220,24 @@ class Pipeline:
 
     def _review(self, draft: Draft) -> None:
         """Guard and announce the draft; in supervised mode, hold its approval gate open while the run goes on."""
-        loop = self.loop
+        gate = self.gate
         assert draft.proposal is not None
         try:
-            new_files, draft.diff = loop.check_change(draft.proposal, draft.base)
+            new_files, draft.diff = gate.check_change(draft.proposal, draft.base)
         except GuardRejection:
             return  # refused and recorded when the draft is taken, exactly as a sequential proposal would be
         except Exception as exc:  # the guard on a thread: report rather than lose the thread silently
-            loop.ctx.emit(Notice(level="warning", experiment=draft.number, message=f"draft check failed: {exc}"))
+            self.ctx.emit(Notice(level="warning", experiment=draft.number, message=f"draft check failed: {exc}"))
             return
-        loop.announce_change(draft.number, draft.proposal, draft.diff, new_files)
-        if loop.ctx.controller.approval == "ask":
+        gate.announce_change(draft.number, draft.proposal, draft.diff, new_files)
+        if self.ctx.controller.approval == "ask":
             draft.awaiting_decision = True
-            draft.decision = loop.ask(draft.number, _one_line(draft.proposal.description), announce_state=False)
+            draft.decision = gate.ask(draft.number, one_line(draft.proposal.description), announce_state=False)
             draft.awaiting_decision = False
 
     # --- taking the draft when n is done ---------------------------------------------------------------------
 
-    def propose(self, number: int) -> tuple[Proposal, _TurnRecord, Review | None] | None:
+    def propose(self, number: int) -> tuple[Proposal, TurnRecord, Review | None] | None:
         """The proposal for experiment `number`: the draft made while the previous one trained (rebased and
         revised), or a fresh sequential turn. None when the agent failed this turn."""
         draft, self._draft = self._draft, None
@@ -242,44 +246,44 @@ class Pipeline:
             draft = None
         if draft is None:
             return self._sequential(number)
-        loop = self.loop
-        loop._state("awaiting_approval" if draft.awaiting_decision else "proposing", number)
+        ctx = self.ctx
+        ctx.state("awaiting_approval" if draft.awaiting_decision else "proposing", number)
         assert draft.thread is not None
         draft.thread.join()
         self.clock.add(draft.seconds)
-        loop._halt_if_requested()  # a stop while n trained drops the draft: it was never committed
-        feedback = loop._feedback  # the outcome of n, for the revision turn
-        proposal = loop.settle_turn(number, draft.notes, draft.record, draft.result)
+        ctx.halt_if_requested()  # a stop while n trained drops the draft: it was never committed
+        feedback = self.turns.feedback  # the outcome of n, for the revision turn
+        proposal = self.turns.settle_turn(number, draft.notes, draft.record, draft.result)
         if proposal is None:
             return None
         review = Review(draft.diff, draft.decision)
         if review.vetoed:
             return proposal, draft.record, review
-        incumbent = loop._incumbent_files(loop.ctx.ledger.incumbent())
+        incumbent = ctx.incumbent_files(ctx.ledger.incumbent())
         if incumbent != draft.base:
             files = rebase(draft.base, incumbent, proposal.files)
             if files is None:
-                loop.ctx.emit(Notice(level="info", experiment=number, message=f"draft #{number} conflicts with "
+                ctx.emit(Notice(level="info", experiment=number, message=f"draft #{number} conflicts with "
                                      f"the change kept in #{draft.after}: asking the agent again"))
-                loop.return_notes(draft.notes)  # the new turn must see them too
+                self.turns.return_notes(draft.notes)  # the new turn must see them too
                 return self._sequential(number, carried=draft.record.usage)
             proposal = dataclasses.replace(proposal, files=files)
         return self._revise(number, proposal, draft.record, feedback), draft.record, review
 
-    def _revise(self, number: int, draft: Proposal, record: _TurnRecord, feedback: str) -> Proposal:
-        loop = self.loop
-        revise = getattr(loop._agent, "revise", None)
+    def _revise(self, number: int, draft: Proposal, record: TurnRecord, feedback: str) -> Proposal:
+        turns = self.turns
+        revise = getattr(turns.agent, "revise", None)
         if revise is None:
             return draft  # notes that arrived meanwhile wait for the next turn
-        notes = loop.take_notes()
-        turn, _ = loop.make_turn(number, notes, feedback, record=record)
-        revised = loop.settle_turn(number, notes, record, lambda: _revised_or_kept(revise, draft, turn))
+        notes = turns.take_notes()
+        turn, _ = turns.make_turn(number, notes, feedback, record=record)
+        revised = turns.settle_turn(number, notes, record, lambda: _revised_or_kept(revise, draft, turn))
         return revised if revised is not None else draft
 
     def _sequential(self, number: int, carried: Mapping[str, float] | None = None
-                    ) -> tuple[Proposal, _TurnRecord, None] | None:
+                    ) -> tuple[Proposal, TurnRecord, None] | None:
         began = time.monotonic()
-        proposed = self.loop.propose(number)
+        proposed = self.turns.propose(number)
         self.clock.add(time.monotonic() - began)
         if proposed is None:
             return None
@@ -290,12 +294,12 @@ class Pipeline:
 
     def _drop(self, draft: Draft, message: str) -> None:
         draft.cancelled.set()
-        self.loop.ctx.emit(Notice(level="info", experiment=draft.number, message=message))
+        self.ctx.emit(Notice(level="info", experiment=draft.number, message=message))
         if draft.awaiting_decision:  # its gate is open: close it, or the thread would wait for a person forever
-            self.loop.ctx.controller.put(make_command("decide", approve=False, note=message,
+            self.ctx.controller.put(make_command("decide", approve=False, note=message,
                                                       experiment=draft.number))
         self._join(draft)
-        self.loop.return_notes(draft.notes)
+        self.turns.return_notes(draft.notes)
 
     def close(self) -> None:
         """Cancel a draft still in progress (the session is ending) and wait for its thread."""
@@ -305,14 +309,14 @@ class Pipeline:
             if draft.awaiting_decision:
                 # Its gate waits for a person, and a session that ends for another reason than a stop (crash limit,
                 # time limit, an error) would leave it waiting: close it as a stop does.
-                self.loop.ctx.controller.interrupt()
+                self.ctx.controller.interrupt()
             self._join(draft)
 
     def _join(self, draft: Draft) -> None:
         assert draft.thread is not None
         draft.thread.join(CANCEL_WAIT_SECONDS)
         if draft.thread.is_alive():
-            self.loop.ctx.emit(Notice(level="warning", experiment=draft.number, message=f"the agent did not stop "
+            self.ctx.emit(Notice(level="warning", experiment=draft.number, message=f"the agent did not stop "
                                       f"drafting #{draft.number} within {CANCEL_WAIT_SECONDS:g} s; left behind"))
 
 
@@ -339,8 +343,3 @@ def _drafting_feedback(running: ExperimentRow) -> str:
     return (f"While you draft this proposal, {what} is training. Your proposal will run after it, on whatever is "
             "the incumbent then; you will hear its outcome before your proposal is committed and may revise it. "
             "Propose something other than what is training now.")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split()) or "(no description)"
-

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from loopdeck.engine.config import Config
-from loopdeck.engine.run.runner import RunResult
+from loopdeck.engine.run.executor import RunResult
 from loopdeck.gpt import HARNESS_FILE
 
 # What must stay the same from one evaluation to the next within a session: the text scored and how.

@@ -1,20 +1,16 @@
-"""Runs one training experiment: own process group, scrubbed env, live log/metrics, timeout, no orphans.
+"""The local executor: each experiment a process group on this machine, with live output, timeout and no orphans.
 
-The training command runs in a new session (its own process group). Its merged stdout/stderr goes to the log file
-and, split into lines (at `\\n` or `\\r`, so in-place progress lines count), to `on_line` from a reader thread; the
-JSON-lines metrics file is followed from the calling thread and each record goes to `on_metrics`. A timeout or a
-set `stop_event` sends SIGTERM to the whole group, then SIGKILL after a grace period. When the main process has
-exited, every process the run left behind is killed: its process group, the descendants seen while it ran, and
-any process that carries this run's marker variable in its environment (which catches a grandchild that called
-setsid and was reparented before it was seen).
+`LocalExecutor` implements the executor boundary (engine/run/executor.py) with `run_experiment`, one run per
+thread. The training command runs in a new session (its own process group). Its merged stdout/stderr goes to the
+log file and, split into lines (at `\\n` or `\\r`, so in-place progress lines count), to `on_line` from a reader
+thread; the JSON-lines metrics file is followed from the supervising thread and each record goes to `on_metrics`.
+A timeout or a set `stop_event` sends SIGTERM to the whole group, then SIGKILL after a grace period. When the main
+process has exited, every process the run left behind is killed (engine/run/processes.py).
 """
 
 from __future__ import annotations
 
 import codecs
-import contextlib
-import json
-import math
 import os
 import re
 import select
@@ -25,75 +21,81 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import psutil
+from typing import Any
 
 from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.run.executor import ExperimentSpec, RunResult, RunSink
+from loopdeck.engine.run.metrics import parse_record, summary_fields
+from loopdeck.engine.run.processes import RUN_MARK_VAR, ProcessTree, has_exited
 
-if TYPE_CHECKING:
-    from loopdeck.engine.config import Config
-
-RUN_MARK_VAR = "LOOPDECK_RUN_MARK"
 TAIL_LINES = 40
 _SAMPLE_INTERVAL = 0.25  # seconds between process-tree scans (descendants and RSS)
 _POLL_INTERVAL = 0.05  # seconds between checks for exit, timeout, abort and new metrics
-_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "AUTH", "COOKIE",
-                 "PRIVATE")
-_CLOUD_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCLOUD_", "CLOUDSDK_")
-_SUMMARY_LINE = re.compile(r"^([A-Za-z_][\w.-]*):\s*(.*?)\s*$")
 
 
-@dataclass
-class RunResult:
-    """What one run did; `classify` turns it (plus the metric read from the log) into a status."""
-
-    returncode: int | None  # negative: killed by that signal; 127: the command could not be started
-    timed_out: bool
-    aborted: bool
-    wall_seconds: float
-    peak_rss_mb: float | None  # the process tree's peak resident memory
-    log_tail: str  # last ~40 lines
-    summary: dict[str, str] = field(default_factory=dict)  # `key: value` lines after the last `---`
-    saw_fail: bool = False  # a line that is exactly FAIL
-    has_traceback: bool = False
-    error_line: str = ""  # last line of the last traceback ("ValueError: …"), or why the command did not start
-    log_path: Path | None = None
-    timeout_seconds: float | None = None
-    pid: int | None = None
-
-    def read_log(self) -> str:
-        """The whole captured output."""
-        if self.log_path is None:
-            return ""
-        return self.log_path.read_bytes().decode("utf-8", errors="replace")
+# --- the executor --------------------------------------------------------------------------------------------------
 
 
-# --- output parsing ------------------------------------------------------------------------------------------------
+class LocalExecutor:
+    """Runs each experiment as a process group on this machine, each in its own supervising thread."""
+
+    def __init__(self, grace_seconds: float = 3.0) -> None:
+        self.grace_seconds = grace_seconds
+
+    def start(self, spec: ExperimentSpec, sink: RunSink) -> LocalRun:
+        return LocalRun(spec, sink, self.grace_seconds)
 
 
-def parse_summary(text: str) -> dict[str, str]:
-    """`key: value` lines after the last `---` line."""
-    lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.strip() == "---"]
-    return _summary(lines[starts[-1] + 1:]) if starts else {}
+class _Stop(threading.Event):
+    """Set by `cancel`, or by the sink's own reason to stop (polled with the event)."""
+
+    def __init__(self, sink: RunSink) -> None:
+        super().__init__()
+        self._sink = sink
+
+    def is_set(self) -> bool:
+        return super().is_set() or self._sink.cancelled()
 
 
-def _summary(lines: Iterable[str]) -> dict[str, str]:
-    return {match[1]: match[2] for line in lines if (match := _SUMMARY_LINE.match(line.strip()))}
+class LocalRun:
+    """One experiment in flight on this machine (a RunHandle)."""
 
+    def __init__(self, spec: ExperimentSpec, sink: RunSink, grace_seconds: float) -> None:
+        self._stop = _Stop(sink)
+        self._result: RunResult | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(spec, sink, grace_seconds), daemon=True,
+                                        name=f"loopdeck-run-{spec.number}")
+        self._thread.start()
 
-def metric_from_log(pattern: str, text: str) -> float | None:
-    """The last match of pattern (multiline) as a float; nan/inf parse as such; None when never printed."""
-    for match in reversed(list(re.finditer(pattern, text, re.MULTILINE))):
+    def _run(self, spec: ExperimentSpec, sink: RunSink, grace_seconds: float) -> None:
         try:
-            return float(match.group(1) if match.re.groups else match.group(0))
-        except (TypeError, ValueError):
-            continue
-    return None
+            self._result = run_experiment(
+                spec.argv, cwd=spec.checkout, env=spec.env, log_path=spec.log_path, metrics_path=spec.metrics_path,
+                timeout=spec.timeout, on_line=sink.line, on_metrics=sink.record, stop_event=self._stop,
+                grace_seconds=grace_seconds, on_start=sink.started)
+        except BaseException as exc:  # handed to the thread that waits, after the run is cleaned up
+            self._error = exc
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+    def wait(self) -> RunResult:
+        try:
+            self._thread.join()
+        except BaseException:  # Ctrl-C while waiting: the run must not outlive its supervisor
+            self.cancel()
+            self._thread.join()
+            raise
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+# --- output ------------------------------------------------------------------------------------------------------
 
 
 class _Output:
@@ -178,103 +180,12 @@ class _MetricsFollower:
             lines.append(self._buffer)
             self._buffer = b""
         for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a torn or foreign line is not a record
-            if isinstance(record, dict):
+            record = parse_record(line)  # None: a torn or foreign line is not a record
+            if record is not None:
                 try:
                     self._on_metrics(record)
                 except Exception as exc:
                     self.callback_error = self.callback_error or exc
-
-
-# --- processes -----------------------------------------------------------------------------------------------------
-
-
-class _ProcessTree:
-    """The run's processes: descendants seen while it runs (kept even after they leave the group) and peak RSS."""
-
-    def __init__(self, pid: int, mark: str, started_at: float) -> None:
-        self.pid = pid
-        self._mark = mark
-        self._started_at = started_at
-        self.seen: dict[int, psutil.Process] = {}
-        self.peak_rss = 0
-        try:
-            self._root: psutil.Process | None = psutil.Process(pid)
-        except psutil.Error:
-            self._root = None
-
-    def sample(self) -> None:
-        if self._root is None:
-            return
-        try:
-            members = [self._root, *self._root.children(recursive=True)]
-        except psutil.Error:
-            return
-        rss = 0
-        for process in members:
-            if process.pid != self.pid:
-                self.seen.setdefault(process.pid, process)
-            try:
-                rss += process.memory_info().rss
-            except psutil.Error:
-                continue
-        self.peak_rss = max(self.peak_rss, rss)
-
-    def signal_all(self, signum: int) -> None:
-        """Signal the process group and every descendant seen, even ones that moved to another group."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signum)
-        for process in self.seen.values():
-            try:
-                process.send_signal(signum)  # psutil refuses if the pid now belongs to another process
-            except psutil.Error:
-                continue
-
-    def kill_leftovers(self) -> None:
-        """SIGKILL everything the run left behind and wait (briefly) until it is gone."""
-        self.signal_all(signal.SIGKILL)
-        marked = self._marked()
-        for process in marked:
-            try:
-                process.kill()
-            except psutil.Error:
-                continue
-        deadline = time.monotonic() + 2.0
-        remaining = [*self.seen.values(), *marked]
-        while remaining and time.monotonic() < deadline:
-            remaining = [p for p in remaining if _alive(p)]
-            if remaining:
-                time.sleep(0.01)
-
-    def _marked(self) -> list[psutil.Process]:
-        """Processes started since the run began whose environment carries this run's mark."""
-        found = []
-        for process in psutil.process_iter(["create_time"]):
-            if process.pid in (self.pid, os.getpid()) or (process.info["create_time"] or 0) < self._started_at - 1:
-                continue
-            try:
-                if process.environ().get(RUN_MARK_VAR) == self._mark:
-                    found.append(process)
-            except psutil.Error:
-                continue
-        return found
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _has_exited(pid: int) -> bool:
-    """True once the main process has exited, without reaping it: its pid (= the group id) stays reserved."""
-    if hasattr(os, "waitid"):
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
@@ -291,12 +202,7 @@ def run_experiment(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], lo
     records are followed. Raises the first exception a callback raised, after the run is fully cleaned up, and
     LoopdeckError when the log cannot be written (disk full): the run's output is still drained, so it never blocks.
     """
-    try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        # Unbuffered: every chunk is on disk at once, and a failed write leaves nothing to fail again on close.
-        log = open(log_path, "wb", buffering=0)  # noqa: SIM115 - closed by the with below
-    except OSError as exc:
-        raise LoopdeckError(_log_problem(log_path, exc)) from None
+    log = _open_log(log_path)
     metrics_path.unlink(missing_ok=True)
     mark = uuid.uuid4().hex
     started_wall, started = time.time(), time.monotonic()
@@ -307,12 +213,8 @@ def run_experiment(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], lo
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         except OSError as exc:
-            message = f"loopdeck: cannot start {argv[0]!r}: {exc.strerror or exc}"
-            output.feed(message.encode("utf-8") + b"\n")
-            return RunResult(returncode=127, timed_out=False, aborted=False, wall_seconds=0.0, peak_rss_mb=None,
-                             log_tail=message, error_line=message.removeprefix("loopdeck: "), log_path=log_path,
-                             timeout_seconds=timeout)
-        tree = _ProcessTree(process.pid, mark, started_wall)
+            return _not_started(argv, exc, output, log_path, timeout)
+        tree = ProcessTree(process.pid, mark, started_wall)
         if on_start is not None:
             try:
                 on_start(process.pid)
@@ -347,13 +249,36 @@ def run_experiment(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], lo
             raise error
     if output.log_error is not None:
         raise LoopdeckError(_log_problem(log_path, output.log_error))
-    # ru_maxrss is in KiB on Linux and in bytes on macOS.
-    peak = max(tree.peak_rss, (rusage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)) if rusage else 0)
-    summary = _summary(output.summary_lines) if output.summary_lines is not None else {}
     return RunResult(returncode=process.returncode, timed_out=timed_out, aborted=aborted, wall_seconds=wall_seconds,
-                     peak_rss_mb=peak / 2**20 if peak else None, log_tail="\n".join(output.tail), summary=summary,
+                     peak_rss_mb=_peak_mb(tree, rusage), log_tail="\n".join(output.tail),
+                     summary=summary_fields(output.summary_lines) if output.summary_lines is not None else {},
                      saw_fail=output.saw_fail, has_traceback=output.has_traceback, error_line=output.error_line,
                      log_path=log_path, timeout_seconds=timeout, pid=process.pid)
+
+
+def _peak_mb(tree: ProcessTree, rusage: Any) -> float | None:
+    # ru_maxrss is in KiB on Linux and in bytes on macOS.
+    peak = max(tree.peak_rss, (rusage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)) if rusage else 0)
+    return peak / 2**20 if peak else None
+
+
+def _open_log(log_path: Path) -> Any:
+    """The run's log file, opened for writing from the start; LoopdeckError when it cannot be."""
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Unbuffered: every chunk is on disk at once, and a failed write leaves nothing to fail again on close.
+        return open(log_path, "wb", buffering=0)  # noqa: SIM115 - the caller closes it
+    except OSError as exc:
+        raise LoopdeckError(_log_problem(log_path, exc)) from None
+
+
+def _not_started(argv: Sequence[str], exc: OSError, output: _Output, log_path: Path, timeout: float | None
+                 ) -> RunResult:
+    message = f"loopdeck: cannot start {argv[0]!r}: {exc.strerror or exc}"
+    output.feed(message.encode("utf-8") + b"\n")
+    return RunResult(returncode=127, timed_out=False, aborted=False, wall_seconds=0.0, peak_rss_mb=None,
+                     log_tail=message, error_line=message.removeprefix("loopdeck: "), log_path=log_path,
+                     timeout_seconds=timeout)
 
 
 def _log_problem(log_path: Path, exc: OSError) -> str:
@@ -361,11 +286,11 @@ def _log_problem(log_path: Path, exc: OSError) -> str:
             "writable) and run again: the session resumes where it stopped")
 
 
-def _supervise(pid: int, tree: _ProcessTree, follower: _MetricsFollower, closed: threading.Event, started: float,
+def _supervise(pid: int, tree: ProcessTree, follower: _MetricsFollower, closed: threading.Event, started: float,
                timeout: float | None, stop_event: threading.Event | None, grace_seconds: float) -> str:
     """Watch the run until its main process exits; returns "timeout", "abort" or "" (it ended by itself)."""
     reason, kill_at, killed, next_sample = "", None, False, 0.0
-    while not _has_exited(pid):
+    while not has_exited(pid):
         now = time.monotonic()
         if now >= next_sample:
             tree.sample()
@@ -389,10 +314,10 @@ def _supervise(pid: int, tree: _ProcessTree, follower: _MetricsFollower, closed:
     return reason
 
 
-def _terminate(pid: int, tree: _ProcessTree, grace_seconds: float) -> None:
+def _terminate(pid: int, tree: ProcessTree, grace_seconds: float) -> None:
     tree.signal_all(signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline and not _has_exited(pid):
+    while time.monotonic() < deadline and not has_exited(pid):
         time.sleep(0.02)
     tree.signal_all(signal.SIGKILL)
 
@@ -421,69 +346,3 @@ def _reap(process: subprocess.Popen) -> Any:
         return None
     process.returncode = os.waitstatus_to_exitcode(status)
     return rusage
-
-
-# --- verdict -------------------------------------------------------------------------------------------------------
-
-
-def classify(result: RunResult, metric: float | None) -> tuple[str, str]:
-    """(status, reason): status is ok | crash | timeout | nan | aborted; "improved or not" is the loop's call."""
-    if result.aborted:
-        return "aborted", "stopped on request"
-    if result.timed_out:
-        return "timeout", f"killed after the {result.timeout_seconds:g} s timeout"
-    if result.saw_fail:
-        return "nan", "training diverged (the run printed FAIL)"
-    if result.returncode != 0:
-        return "crash", result.error_line or _exit_text(result.returncode)
-    if metric is None:
-        return "crash", "metric never printed"
-    if not math.isfinite(metric):
-        return "nan", f"metric is {metric}"
-    return "ok", ""
-
-
-def _exit_text(returncode: int | None) -> str:
-    if returncode is None or returncode >= 0:
-        return f"exit code {returncode}"
-    try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        name = f"signal {-returncode}"
-    return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
-
-
-# --- environment ---------------------------------------------------------------------------------------------------
-
-
-def _looks_secret(name: str) -> bool:
-    upper = name.upper()
-    return any(word in upper for word in _SECRET_WORDS) or upper.startswith(_CLOUD_PREFIXES)
-
-
-def scrubbed_env(base: Mapping[str, str], allow: Iterable[str] = (), extra: Mapping[str, str] | None = None
-                 ) -> dict[str, str]:
-    """base without credential-looking variables (except `allow`), plus extra, plus PYTHONUNBUFFERED=1.
-
-    Removed: names containing KEY, TOKEN, SECRET, PASSWORD, PASSWD, PASSPHRASE, CREDENTIAL, AUTH, COOKIE or
-    PRIVATE (any case), and cloud credential families AWS_*, AZURE_*, GOOGLE_*, GCLOUD_*, CLOUDSDK_*.
-    """
-    allowed = set(allow)
-    # LOOPDECK_* is loopdeck's own training contract (e.g. LOOPDECK_EVAL_TOKENS), never a credential.
-    env = {name: value for name, value in base.items()
-           if name in allowed or name.startswith("LOOPDECK_") or not _looks_secret(name)}
-    env.update(extra or {})
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def training_env(config: Config, *, metrics_path: Path, run_dir: Path, seed: int | None = None,
-                 base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The scrubbed environment for one run of `config`: LOOPDECK_TIME_BUDGET/METRICS/RUN_DIR/DATA(/SEED)."""
-    experiment = config.experiment
-    extra = {**experiment.env, "LOOPDECK_TIME_BUDGET": repr(experiment.budget_seconds),
-             "LOOPDECK_METRICS": str(metrics_path), "LOOPDECK_RUN_DIR": str(run_dir),
-             "LOOPDECK_DATA": experiment.data}
-    if seed is not None:
-        extra["LOOPDECK_SEED"] = str(seed)
-    return scrubbed_env(os.environ if base is None else base, experiment.env_allow, extra)

@@ -1,0 +1,165 @@
+"""One agent turn: the AgentTurn it sees, what it used and which notes reached it, how a turn is settled.
+
+`Turns` owns the agent for the session (made at the start, closed at the end), the notes waiting for its next turn
+(a person's notes, veto notes, notes of a dropped turn), and the feedback it gets about its last experiment. A
+proposal is drafted without a ledger row: an engine killed while the agent drafts leaves nothing behind, and the
+number is used again. A failed turn (an agent error that is not fatal, or a bug in an agent) counts as a failure
+towards the crash limit; a fatal `AgentError` or a stop ends the session (`LoopStopped`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loopdeck.engine.agents.base import (
+    Agent,
+    AgentCancelled,
+    AgentError,
+    AgentTurn,
+    ExperimentSummary,
+    Proposal,
+)
+from loopdeck.engine.events import AgentUsage, Event, NoteDelivered, Notice
+from loopdeck.engine.research.context import LoopContext, LoopStopped, Tally
+from loopdeck.engine.research.history import agent_history
+from loopdeck.engine.store.ledger import ExperimentRow
+
+TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
+USAGE_FIELDS = (*TOKEN_FIELDS, "cost_usd")
+
+
+@dataclass
+class TurnRecord:
+    """What the agent emitted while drafting one proposal: its usage, and the notes it was shown."""
+
+    usage: dict[str, float] = field(default_factory=dict)
+    delivered: set[str] = field(default_factory=set)
+
+
+class Turns:
+    """The agent's turns in one session."""
+
+    def __init__(self, ctx: LoopContext, agent_factory: Callable[[], Agent], tally: Tally) -> None:
+        self.ctx = ctx
+        self.tally = tally
+        self._agent_factory = agent_factory
+        self.agent: Agent | None = None  # made by `open`
+        self.feedback = ""  # about the last experiment, for the next turn
+        self._notes: list[str] = []  # veto notes and notes of dropped turns, for the next turn
+
+    # --- the agent's lifetime ----------------------------------------------------------------------------------
+
+    def open(self) -> Agent:
+        """Make the agent (its constructor may raise AgentError, which ends the session)."""
+        self.agent = self._agent_factory()
+        return self.agent
+
+    def close(self) -> None:
+        if self.agent is not None:
+            try:
+                self.agent.close()
+            except Exception as exc:
+                self.ctx.emit(Notice(level="warning", message=f"the agent did not close cleanly: {exc}"))
+
+    # --- notes -------------------------------------------------------------------------------------------------
+
+    def add_note(self, note: str) -> None:
+        """A note for the agent's next turn (a person's note on a decision)."""
+        self._notes.append(note)
+
+    def take_notes(self) -> list[str]:
+        """The notes for the agent's next turn: veto notes, then notes sent since the last turn."""
+        notes = self._notes + self.ctx.controller.take_notes()
+        self._notes = []
+        return notes
+
+    def return_notes(self, notes: list[str]) -> None:
+        """Notes taken for a turn that was dropped go to the next one."""
+        self._notes = notes + self._notes
+
+    # --- one turn ----------------------------------------------------------------------------------------------
+
+    def propose(self, number: int) -> tuple[Proposal, TurnRecord] | None:
+        """One sequential agent turn for experiment `number`; None when the agent failed this turn."""
+        self.ctx.state("proposing", number)
+        notes = self.take_notes()
+        turn, record = self.make_turn(number, notes, self.feedback)
+        agent = self.agent
+        assert agent is not None
+        proposal = self.settle_turn(number, notes, record, lambda: agent.propose(turn))
+        return None if proposal is None else (proposal, record)
+
+    def make_turn(self, number: int, notes: list[str], feedback: str, record: TurnRecord | None = None
+                  ) -> tuple[AgentTurn, TurnRecord]:
+        """The agent's view of experiment `number` now, and the record its events add up in."""
+        ctx, config = self.ctx, self.ctx.config
+        incumbent = ctx.ledger.incumbent()
+        record = TurnRecord() if record is None else record
+
+        def turn_emit(event: Event) -> None:
+            if isinstance(event, AgentUsage):
+                for name in USAGE_FIELDS:
+                    record.usage[name] = record.usage.get(name, 0) + getattr(event, name)
+            elif isinstance(event, NoteDelivered):
+                record.delivered.add(event.text)
+            ctx.emit(event)
+
+        turn = AgentTurn(
+            experiment=number, workspace=ctx.workspace, files=ctx.incumbent_files(incumbent),
+            editable=tuple(config.experiment.editable), protected=tuple(config.experiment.protected),
+            program=_program(ctx.workspace), metric_name=config.metric.name,
+            direction=config.metric.direction, history=agent_history(ctx.ledger.rows()),
+            incumbent=_summary(incumbent), notes=tuple(notes), feedback=feedback, emit=turn_emit,
+            cancelled=lambda: ctx.controller.halted)
+        return turn, record
+
+    def settle_turn(self, number: int, notes: list[str], record: TurnRecord, produce: Callable[[], Proposal]
+                    ) -> Proposal | None:
+        """The proposal `produce` returns, or None after a failed turn (counted); a stop or a fatal agent error
+        raises LoopStopped."""
+        try:
+            proposal = produce()
+        except AgentCancelled:
+            self.ctx.halt_if_requested()
+            raise LoopStopped("stopped") from None
+        except AgentError as exc:
+            if exc.fatal:
+                raise LoopStopped(exc.stop_reason, str(exc)) from None
+            return self._agent_failed(number, notes, record, str(exc))
+        except Exception as exc:  # a bug in an agent must not take the engine down with it
+            return self._agent_failed(number, notes, record, f"{type(exc).__name__}: {exc}")
+        for note in notes:
+            if note not in record.delivered:
+                self.ctx.emit(NoteDelivered(experiment=number, text=note))
+        if not record.usage and isinstance(proposal.meta.get("usage"), dict):
+            record.usage = {name: proposal.meta["usage"].get(name, 0) for name in USAGE_FIELDS}
+        self.feedback = ""
+        return proposal
+
+    def _agent_failed(self, number: int, notes: list[str], record: TurnRecord, message: str) -> None:
+        self._notes = [note for note in notes if note not in record.delivered]
+        self.tally.failures += 1
+        self.ctx.emit(Notice(level="warning", experiment=number, message=f"the agent failed to propose: {message}"))
+
+
+def usage_fields(usage: dict) -> dict[str, float | int]:
+    """A turn's usage as the ledger's token and cost fields."""
+    fields: dict[str, float | int] = {name: int(usage.get(name) or 0) for name in TOKEN_FIELDS}
+    fields["cost_usd"] = float(usage.get("cost_usd") or 0.0)
+    return fields
+
+
+def _program(workspace: Path) -> str:
+    try:
+        return (workspace / "program.md").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _summary(row: ExperimentRow | None) -> ExperimentSummary | None:
+    if row is None:
+        return None
+    return ExperimentSummary(id=row.id, status=row.status, metric=row.metric, delta=row.delta,
+                             description=row.description, meta=dict(row.meta))
