@@ -21,6 +21,9 @@ from loopdeck.engine.agents.claude.pricing import PRICES  # noqa: E402
 from loopdeck.engine.events import AgentToolCall, AgentUsage, ExperimentKept, NoteDelivered  # noqa: E402
 from loopdeck.engine.store.ledger import Ledger  # noqa: E402
 
+# The fake service answers a script in order: a draft made ahead (`[loop] pipeline`) would take replies meant
+# for the next turn, and whether "auto" drafts ahead depends on how loaded the machine is.
+SCRIPTED = "off"
 KEY = "sk-ant-engine-test-5f3c9e1d-never-to-be-written-anywhere"
 USAGE = Usage(input_tokens=2000, output_tokens=300, cache_creation_input_tokens=1500, cache_read_input_tokens=4000)
 
@@ -104,8 +107,8 @@ def test_a_note_reaches_claude_in_the_next_turn(make_workspace, run_session):
         api.script(*lr_turn(0.5, 0.25))
         agent = ClaudeAgent(ClaudeSettings(base_url=api.url), api_key=KEY)
         events: list = []
-        session = Session(workspace, RunOptions(max_experiments=1, approval="auto"), on_event=events.append,
-                          agent=agent)
+        session = Session(workspace, RunOptions(max_experiments=1, approval="auto", pipeline=SCRIPTED),
+                          on_event=events.append, agent=agent)
         session.send_note("keep DEPTH fixed tonight")
         session.run()
 

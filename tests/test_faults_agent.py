@@ -33,6 +33,9 @@ from loopdeck.engine.agents.claude.agent import ClaudeAgent, ClaudeSettings
 from loopdeck.engine.events import ExperimentKept, Notice, SessionFinished
 from loopdeck.engine.session import RunOptions, Session
 
+# The fake service answers a script in order: a draft made ahead (`[loop] pipeline`) would take replies meant
+# for the next turn, and whether "auto" drafts ahead depends on how loaded the machine is.
+SCRIPTED = "off"
 pytestmark = pytest.mark.timeout(120)
 KEY = "sk-ant-api03-FAULTSUITE-9c1d2e3f4a5b6c7d-NEVER-WRITE-ME"
 
@@ -99,7 +102,8 @@ def test_an_outage_of_minutes_is_waited_out_with_backoff_and_the_loop_resumes(ma
                         sleep=virtual_sleep)
     recorded = Recorded()
     try:
-        Session(workspace, RunOptions(approval="auto", max_experiments=1), on_event=recorded, agent=agent).run()
+        Session(workspace, RunOptions(approval="auto", max_experiments=1, pipeline=SCRIPTED), on_event=recorded,
+                agent=agent).run()
     finally:
         api.stop()
 
@@ -125,7 +129,7 @@ def test_stop_and_abort_work_while_the_loop_waits_out_an_outage(make_workspace, 
         api.script(*[overloaded()] * 100)
         agent = ClaudeAgent(ClaudeSettings(base_url=api.url), api_key=KEY, max_retries=0, retry_delay=30.0)
         recorded = Recorded()
-        session = Session(workspace, RunOptions(approval="auto"), on_event=recorded, agent=agent)
+        session = Session(workspace, RunOptions(approval="auto", pipeline=SCRIPTED), on_event=recorded, agent=agent)
         session.start()
         deadline = time.monotonic() + 20
         while not any("before retrying" in n.message for n in recorded.of(Notice)):
@@ -145,7 +149,7 @@ def test_stop_works_while_a_request_hangs_without_an_answer(make_workspace):
     threading.Thread(target=lambda: accepted.extend(silent.accept() for _ in range(5)), daemon=True).start()
     agent = ClaudeAgent(ClaudeSettings(base_url=f"http://127.0.0.1:{silent.getsockname()[1]}"), api_key=KEY,
                         max_retries=0)
-    session = Session(make_workspace(), RunOptions(approval="auto"), agent=agent)
+    session = Session(make_workspace(), RunOptions(approval="auto", pipeline=SCRIPTED), agent=agent)
     session.start()
     while not accepted:
         time.sleep(0.02)
@@ -175,7 +179,8 @@ def test_the_api_key_appears_in_no_file_event_report_or_screen(make_workspace, m
         api.script(echoed, echoed, echoed, *lr_turn(0.5, 0.25), echoed, echoed, echoed,
                    reply(text("no idea"), fail_after=3, fail_type="overloaded_error"), *lr_turn(0.25, 0.22))
         agent = ClaudeAgent(ClaudeSettings(base_url=api.url), sleep=lambda seconds: None)  # key from the env
-        Session(workspace, RunOptions(approval="auto", max_experiments=2), on_event=on_event, agent=agent).run()
+        Session(workspace, RunOptions(approval="auto", max_experiments=2, pipeline=SCRIPTED), on_event=on_event,
+                agent=agent).run()
         assert all(KEY in r.headers.get("x-api-key", "") + r.headers.get("authorization", "") for r in api.requests)
     assert recorded.finished.reason == "max_experiments"
     assert any("[api key redacted]" in n.message for n in recorded.of(Notice))  # the echo reached a message
