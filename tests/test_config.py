@@ -193,12 +193,12 @@ def _config_tables(draw: st.DrawFn) -> dict:
 
 
 def _toml_of(table: dict) -> str:
-    from loopdeck.engine.config import _toml_value
+    from loopdeck.engine.config import toml_value
 
     lines = []
     for section, values in table.items():
         lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,193 @@
+"""loopdeck.toml as a file: reading it (or inferring settings for an autoresearch repo), writing the default one,
+and pinning a protected file's hash in it with every other line kept."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from loopdeck.engine.config.schema import (
+    AUTORESEARCH_BUDGET,
+    CONFIG_FILE,
+    Config,
+    ExperimentSettings,
+    validate,
+)
+from loopdeck.engine.errors import LoopdeckError
+
+# --- loading -------------------------------------------------------------------------------------------------------
+
+
+def parse_config(text: str, source: str = CONFIG_FILE) -> Config:
+    """Validate TOML text; any problem raises LoopdeckError naming the field and the allowed values."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LoopdeckError(f"{source}: invalid TOML: {exc}") from None
+    return validate(data, source)
+
+
+def load_config(workspace: Path | str) -> tuple[Config, list[str]]:
+    """loopdeck.toml if present, else settings inferred for an autoresearch-style repo (+ notes saying what)."""
+    workspace = Path(workspace)
+    if not workspace.is_dir():
+        raise LoopdeckError(f"{workspace} is not a directory: create a workspace with `loopdeck init {workspace}`")
+    path = workspace / CONFIG_FILE
+    if path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LoopdeckError(f"cannot read {path}: {exc}") from None
+        config, notes = parse_config(text, str(path)), []
+    else:
+        config, notes = _infer(workspace)
+    for name in (*config.experiment.editable, *config.experiment.protected):
+        if not (workspace / name).is_file():
+            raise LoopdeckError(f"{name} not found in {workspace}: it is listed in [experiment] of {CONFIG_FILE}; "
+                                "restore the file or fix the setting")
+    return config, notes
+
+
+def _infer(workspace: Path) -> tuple[Config, list[str]]:
+    """Settings for an autoresearch-layout repo (train.py, prepare.py, program.md) without a loopdeck.toml."""
+    if not (workspace / "train.py").is_file():
+        raise LoopdeckError(f"{workspace} has no {CONFIG_FILE} and no train.py: run `loopdeck init {workspace}` to "
+                            f"create a workspace, or add a {CONFIG_FILE} naming the files to edit and the command")
+    protected = ["prepare.py"] if (workspace / "prepare.py").is_file() else []
+    uv_project = (workspace / "pyproject.toml").is_file() and (workspace / "uv.lock").is_file()
+    command = ["uv", "run", "train.py"] if uv_project and shutil.which("uv") else ["{python}", "train.py"]
+    budget, budget_source = _time_budget(workspace, ["train.py", *protected])
+    config = Config.model_validate({"experiment": {"editable": ["train.py"], "protected": protected,
+                                                   "command": command, "budget_seconds": budget}})
+    shown_command = " ".join(config.command_argv())
+    notes = [
+        f"no {CONFIG_FILE} in {workspace}: settings inferred for an autoresearch-style repository",
+        "editable: train.py" + (f"; protected: {', '.join(protected)}" if protected else ""),
+        f"command: {shown_command}" + (" (uv project)" if command[0] == "uv" else ""),
+        f"metric: {config.metric.name} from lines matching {config.metric.pattern}, lower is better",
+        f"budget: {budget:g} s ({budget_source}); runs are killed after {config.timeout():g} s",
+    ]
+    if uv_project and command[0] != "uv":
+        notes.append("this is a uv project but `uv` is not on PATH: running with loopdeck's own Python")
+    return config, notes
+
+
+def _time_budget(workspace: Path, files: list[str]) -> tuple[float, str]:
+    """The repo's own TIME_BUDGET constant, when a module-level `TIME_BUDGET = <number>` states it."""
+    for name in files:
+        try:
+            tree = ast.parse((workspace / name).read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "TIME_BUDGET"
+                                                     for t in node.targets)
+                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, int | float)
+                    and not isinstance(node.value.value, bool) and node.value.value > 0):
+                return float(node.value.value), f"TIME_BUDGET in {name}"
+    return AUTORESEARCH_BUDGET, "autoresearch's default"
+
+
+# --- the default file ----------------------------------------------------------------------------------------------
+
+
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def toml_value(value: Any) -> str:
+    """A Python value as a TOML literal (strings escaped, lists and tables inline)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        plain = not any(ord(c) < 32 or ord(c) == 127 for c in value)
+        # A literal string keeps regex backslashes readable; anything else gets a basic string with escapes.
+        if plain and "\\" in value and "'" not in value:
+            return f"'{value}'"
+        return '"' + "".join(_ESCAPES.get(c, f"\\u{ord(c):04x}" if ord(c) < 32 or ord(c) == 127 else c)
+                             for c in value) + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = [f"{_toml_key(key)} = {toml_value(item)}" for key, item in value.items()]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_value(key)
+
+
+_HEADER = """\
+# loopdeck.toml: the settings of this research workspace. Every setting is shown, with its default or the value
+# chosen at `loopdeck init`. loopdeck reads this file when a session starts.
+"""
+
+
+# Settings whose default depends on how loopdeck runs (console or headless): default_toml writes them commented
+# out unless given, so that the mode decides.
+_MODE_DEPENDENT = frozenset({"approval"})
+
+
+def _setting_line(name: str, value: Any, description: str, *, commented: bool = False) -> str:
+    line = f"{'# ' if commented else ''}{name} = {toml_value(value)}"
+    return f"{line:<40} # {description}" if len(line) < 40 else f"{line}  # {description}"
+
+
+def _render(model: BaseModel, path: tuple[str, ...], out: list[str], given: frozenset[str]) -> None:
+    out += ["", f"# {type(model).__doc__}", f"[{'.'.join(path)}]"]
+    nested = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            nested.append((name, value))
+            continue
+        out.append(_setting_line(name, value, info.description or "", commented=name in _MODE_DEPENDENT
+                                 and name not in given))
+    for name, value in nested:
+        _render(value, (*path, name), out, given)
+
+
+def default_toml(**overrides: Any) -> str:
+    """The fully commented loopdeck.toml; overrides by field name (budget_seconds=…, data=…, kind=…, approval=…)."""
+    config = Config().updated(**overrides)
+    out = [_HEADER.rstrip("\n")]
+    for name in Config.model_fields:
+        _render(getattr(config, name), (name,), out, frozenset(overrides))
+    text = "\n".join(out) + "\n"
+    parse_config(text, "default loopdeck.toml")
+    return text
+
+
+def pin_protected_file(text: str, name: str, digest: str) -> str:
+    """loopdeck.toml text with `name` added to [experiment] protected and its sha256 pinned; every other line kept."""
+    experiment = parse_config(text).experiment
+    settings = {"protected": list(dict.fromkeys([*experiment.protected, name])),
+                "protected_sha256": {**experiment.protected_sha256, name: digest}}
+    lines = text.splitlines()
+    header = next((i for i, line in enumerate(lines) if line.strip() == "[experiment]"), None)
+    if header is None:
+        lines += ["", "[experiment]"]
+        header = len(lines) - 1
+    end = next((i for i in range(header + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    previous = header
+    for key, value in settings.items():
+        line = _setting_line(key, value, ExperimentSettings.model_fields[key].description or "")
+        found = next((i for i in range(header + 1, end) if re.match(rf"{key}\s*=", lines[i])), None)
+        if found is None:
+            found = previous + 1
+            lines.insert(found, line)
+            end += 1
+        else:
+            lines[found] = line
+        previous = found
+    result = "\n".join(lines) + "\n"
+    parse_config(result)
+    return result
