@@ -294,7 +294,7 @@ class Session:
 
 
 def _journal_damage(path: Path) -> list[str]:
-    """A note for the start of a session when the end of the events journal is damaged (see engine/journal.py)."""
+    """A note for the start of a session when the end of the events journal is damaged (see engine/store/journal.py)."""
     damage = check_journal(path).describe()
     if not damage:
         return []

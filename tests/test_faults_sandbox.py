@@ -1,5 +1,5 @@
 """LLM-written code contained: the credential scrub seen from inside a real session's training run, and the
-`[sandbox]` settings (engine/sandbox.py): no network, memory and CPU limits, the process limit, and the clear
+`[sandbox]` settings (engine/run/sandbox.py): no network, memory and CPU limits, the process limit, and the clear
 refusal where the kernel allows no namespaces."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""How the built-in agents revise a draft written while the previous experiment trained (engine/pipeline.py)."""
+"""How the built-in agents revise a draft written while the previous experiment trained (engine/research/pipeline.py)."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ class AgentCancelled(Exception):
 
 class Agent(Protocol):
     """An agent. Optionally it also has `revise(draft: Proposal, turn: AgentTurn) -> Proposal`: with pipelining
-    (engine/pipeline.py) a proposal is drafted while the previous experiment trains, and before it is committed
+    (engine/research/pipeline.py) a proposal is drafted while the previous experiment trains, and before it is committed
     the loop hands it back with a fresh turn (the previous outcome in `feedback` and `history`, notes sent since,
     the current incumbent's files; `draft.files` already rebased onto them). It returns the draft, or a better
     proposal; raising behaves as in `propose`, except that a non-fatal error keeps the draft. Without `revise`

@@ -175,7 +175,7 @@ class AgentSettings(_Section):
 
 
 class SandboxSettings(_Section):
-    """Containment of the training process (Linux; what it guarantees and what not: engine/sandbox.py)."""
+    """Containment of the training process (Linux; what it guarantees and what not: engine/run/sandbox.py)."""
 
     network: bool = Field(default=True, description="false = training runs in its own network namespace: no "
                           "internet, no LAN, not even the host's 127.0.0.1")

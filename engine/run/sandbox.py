@@ -1,7 +1,7 @@
 """Optional sandbox for training runs (`[sandbox]` of loopdeck.toml): no network, and per-process resource limits.
 
 How: when `[sandbox]` asks for anything, the training command is prefixed with this file run as a launcher
-(`python -I -S engine/sandbox.py FLAGS -- COMMAND…`). The launcher, single-threaded and stdlib-only, moves itself
+(`python -I -S engine/run/sandbox.py FLAGS -- COMMAND…`). The launcher, single-threaded and stdlib-only, moves itself
 into a new user namespace (and network namespace), sets its rlimits, then `exec`s the command: same pid, same
 process group, so the runner supervises, times out and cleans up exactly as without it. (A `preexec_fn` would do
 this work between fork and exec of the engine, which has threads: unsafe.) It costs 40-90 ms per run (a bare

@@ -66,7 +66,7 @@ class ExperimentRow:
     finished_at: float | None = None
     env: dict = field(default_factory=dict)  # environment capsule: versions, device, corpus fingerprint, hashes
     meta: dict = field(default_factory=dict)  # what the proposing agent attached (Proposal.meta)
-    # Research integrity (engine/integrity.py): `metric` is the trusted score when self_reported is False.
+    # Research integrity (engine/research/integrity.py): `metric` is the trusted score when self_reported is False.
     reported_metric: float | None = None  # what the training file printed
     metric_mismatch: bool = False  # the printed metric disagreed with the trusted score beyond the tolerance
     metric_runs: int = 1  # runs `metric` is the mean of (baseline seeds, confirmations)
