@@ -3,8 +3,8 @@
 The metrics stream (LOOPDECK_METRICS) is JSON lines, one object each: a "start" record (environment, model), then
 "step" records (elapsed training seconds, smoothed loss, progress, throughput), then an "end" record. The summary
 block is autoresearch's: a `---` line, then `key: value` lines. Both come from code we do not trust (the agent
-edits it): a torn, foreign or malformed line or record is skipped, never an error. the workspace's `harness.py` (gpt/harness.py) writes them;
-every reader in the engine and the benchmarks uses this module.
+edits it): a torn, foreign or malformed line or record is skipped, never an error. The workspace's `harness.py`
+(gpt/harness.py) writes them; every reader in the engine and the benchmarks uses this module.
 """
 
 from __future__ import annotations
