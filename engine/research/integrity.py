@@ -58,7 +58,7 @@ from loopdeck.engine.run.evaluator import (
 )
 from loopdeck.engine.run.executor import LOG_FILE, METRICS_FILE, RunResult, classify
 from loopdeck.engine.run.metrics import metric_from_log, read_steps, summary_numbers
-from loopdeck.engine.store.ledger import ExperimentRow, RunRow
+from loopdeck.engine.store.ledger import ExperimentRow, RunRow, first_baseline
 
 # A run stops at the first step past its budget: only its last step may cross it (the template's loop), and a
 # target with its own stopping rule gets 10% of the budget plus a second of slack.
@@ -365,8 +365,7 @@ class Integrity:
     # --- helpers -----------------------------------------------------------------------------------------------
 
     def _baseline(self) -> ExperimentRow | None:
-        return next((row for row in self.ctx.ledger.rows() if row.is_baseline and row.status == "keep"),
-                    None)
+        return first_baseline(self.ctx.ledger.rows())
 
 
 def _reported_seconds(result: RunResult) -> float | None:

@@ -41,7 +41,7 @@ from loopdeck.engine.research.record import Recorder
 from loopdeck.engine.research.turns import Turns, usage_fields
 from loopdeck.engine.run.executor import LOG_FILE
 from loopdeck.engine.run.processes import kill_orphan
-from loopdeck.engine.store.ledger import ExperimentRow
+from loopdeck.engine.store.ledger import ExperimentRow, first_baseline
 
 __all__ = ["LoopContext", "ResearchLoop"]  # what a session needs
 
@@ -145,13 +145,13 @@ class ResearchLoop:
         self.integrity.session_ending(reason)
         self.ctx.state("stopped", detail=reason)
         rows = self.ctx.ledger.rows()
-        baselines = [row for row in rows if row.is_baseline]
+        baseline = first_baseline(rows)
         incumbent = self.ctx.ledger.incumbent()
         self.finished = SessionFinished(
             reason=reason,
             experiments=len([row for row in rows if not row.is_baseline]),
             kept=len([row for row in rows if row.status == "keep" and not row.is_baseline]),
-            baseline_metric=next((row.metric for row in baselines if row.status == "keep"), None),
+            baseline_metric=baseline.metric if baseline else None,
             best_metric=incumbent.metric if incumbent else None)
         self.ctx.emit(self.finished)
 
