@@ -25,7 +25,7 @@ def init_command(args: argparse.Namespace) -> int:
             return 0
         data = None if args.data is None else typed_text(args.data)
         path = init_workspace(path, budget=args.budget, data=data, agent=args.agent, approval=args.approve)
-    print(f"created a loopdeck workspace in {path}: train.py, program.md, loopdeck.toml (committed on main)")
+    print(f"created a loopdeck workspace in {path}: train.py, harness.py (protected, pinned), program.md, loopdeck.toml (committed on main)")
     print(f"next: `loopdeck run {path}` (console) or `loopdeck run {path} --headless`")
     return 0
 
@@ -39,7 +39,7 @@ def workspace_for_run(directory: str, options: RunOptions) -> tuple[Path, list[s
             return path, []
         path = init_workspace(path, budget=options.budget_seconds, agent=options.agent, approval=options.approval)
     return path, [f"{path} did not exist or was empty: created a workspace there with the embedded default "
-                  "(train.py, program.md, loopdeck.toml)"]
+                  "(train.py, harness.py, program.md, loopdeck.toml)"]
 
 
 def status_command(args: argparse.Namespace) -> int:
