@@ -87,6 +87,8 @@ class Session:
         if self.agent_kind == "claude" and agent is None and not os.environ.get("ANTHROPIC_API_KEY", "").strip():
             raise LoopdeckError("the claude agent needs ANTHROPIC_API_KEY in the environment: export it, or use "
                                 "the built-in offline agent (--agent offline)")
+        # A workspace of an earlier loopdeck first: preflight would call its old harness import a missing module.
+        check_not_legacy(self.workspace, self.config.experiment)
         self.config_notes += _preflight_notes(self.workspace, self.config)
         self._agent = agent
         self._on_event = on_event
@@ -100,7 +102,6 @@ class Session:
             self.ledger = Ledger(self.state_dir)
             self._check_tree()
             self.branch = self.repo.ensure_branch(self._tag())
-            check_not_legacy(self.workspace, self.config.experiment)
             self.protected_hashes = pinned_hashes(self.workspace, self.config.experiment)
             self.config_notes += _journal_damage(self.state_dir / JOURNAL_FILE)
             self._journal = JournalWriter(self.state_dir / JOURNAL_FILE)

@@ -251,3 +251,15 @@ def test_doctor_exits_1_with_each_problem_and_its_fix(tmp_path, capsys, monkeypa
     assert f"problem  imports: not installed for loopdeck's own Python ({sys.executable}): {MISSING}" in out
     assert "problem  cuda: CUDA is required (train.py:" in out and "2 problems: apply the fixes above" in out
     assert main(["doctor", str(tmp_path / "empty-dir-that-is-no-repo")]) == 1
+
+
+def test_a_workspace_of_an_earlier_loopdeck_is_told_to_migrate_not_to_install_gpt(tmp_path):
+    from loopdeck.engine.config import default_toml
+
+    workspace = make_repo(tmp_path / "old")
+    (workspace / "train.py").write_text("import torch\nfrom gpt.harness import MAX_SEQ_LEN\nprint(MAX_SEQ_LEN)\n")
+    (workspace / "loopdeck.toml").write_text(default_toml())
+    git(workspace, "add", "-A")
+    git(workspace, "commit", "-qm", "a workspace as an earlier loopdeck made it")
+    with pytest.raises(LoopdeckError, match=f"run `loopdeck migrate {workspace}`"):
+        Session(workspace)

@@ -154,7 +154,7 @@ def _imports_check(workspace: Path, sources: dict[str, ast.Module],
     if interpreter.runner == "other" or not importers:
         return None, set()
     try:
-        missing = _missing_modules(interpreter, sorted(importers))
+        missing = _missing_modules(workspace, interpreter, sorted(importers))
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         return Check("imports", "warning", f"could not ask {interpreter.shown} about the imports: {exc}"), set()
     if not missing:
@@ -182,15 +182,34 @@ def _is_local(workspace: Path, module: str) -> bool:
     return (workspace / f"{module}.py").is_file() or (workspace / module).is_dir()
 
 
-def _missing_modules(interpreter: _Interpreter, modules: list[str]) -> list[str]:
-    if interpreter.runner == "own":
-        return [module for module in modules if not _importable_here(module)]
-    probe = subprocess.run([interpreter.executable, "-c", _IMPORT_PROBE, *modules], capture_output=True,
+def _missing_modules(workspace: Path, interpreter: _Interpreter, modules: list[str]) -> list[str]:
+    if interpreter.runner != "own":
+        return _ask_for_modules(workspace, interpreter.executable, modules)
+    shadowed = [module for module in modules if _shadowed_by_cwd(workspace, module)]
+    missing = [module for module in modules if module not in shadowed and not _importable_here(module)]
+    if shadowed:  # only a process started in the workspace sees what the run will
+        missing += _ask_for_modules(workspace, interpreter.executable, shadowed)
+    return sorted(missing)
+
+
+def _ask_for_modules(workspace: Path, python: str, modules: list[str]) -> list[str]:
+    probe = subprocess.run([python, "-c", _IMPORT_PROBE, *modules], cwd=workspace, capture_output=True,
                            text=True, timeout=PROBE_TIMEOUT_SECONDS, check=True)
     missing = json.loads(probe.stdout)
     if not isinstance(missing, list):
         raise ValueError(f"unexpected answer {probe.stdout.strip()!r}")
     return [str(module) for module in missing]
+
+
+def _shadowed_by_cwd(workspace: Path, module: str) -> bool:
+    """A module in loopdeck's current directory while that directory is on loopdeck's sys.path (`python -m`,
+    pytest): the run, started in the workspace, may not see it."""
+    try:
+        here = Path.cwd()
+    except OSError:
+        return False
+    on_path = "" in sys.path or str(here) in sys.path
+    return on_path and here != workspace.resolve() and _is_local(here, module)
 
 
 def _importable_here(module: str) -> bool:
