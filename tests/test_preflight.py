@@ -263,3 +263,15 @@ def test_a_workspace_of_an_earlier_loopdeck_is_told_to_migrate_not_to_install_gp
     git(workspace, "commit", "-qm", "a workspace as an earlier loopdeck made it")
     with pytest.raises(LoopdeckError, match=f"run `loopdeck migrate {workspace}`"):
         Session(workspace)
+
+
+def test_a_relative_run_command_is_looked_up_in_the_workspace(tmp_path, monkeypatch):
+    repo = make_repo(tmp_path / "repo")
+    (repo / "env/bin").mkdir(parents=True)
+    (repo / "env/bin/python").symlink_to(sys.executable)
+    (repo / "loopdeck.toml").write_text('[experiment]\nprotected = ["prepare.py"]\ncommand = ["env/bin/python", '
+                                        '"train.py"]\n')
+    monkeypatch.chdir(tmp_path)
+    report = check(repo)
+    assert found(report, "command") == ("ok", f"command: `env/bin/python train.py` runs {repo / 'env/bin/python'}")
+    assert found(report, "imports")[0] == "ok"

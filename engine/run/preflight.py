@@ -117,7 +117,9 @@ def _interpreter(workspace: Path, argv: list[str]) -> tuple[_Interpreter, Check]
         return interpreter, Check("command", "ok", f"`{' '.join(argv)}` runs with {interpreter.shown}")
     name = Path(program).name
     runner: Runner = "uv" if name == "uv" else "python" if _PYTHON_NAME.fullmatch(name) else "other"
-    found = shutil.which(program, path=os.environ.get("PATH")) or ""
+    # The run starts in the workspace: a relative program path is the workspace's, not loopdeck's.
+    relative = os.sep in program and not os.path.isabs(program)
+    found = shutil.which(str(workspace / program) if relative else program) or ""
     interpreter = _Interpreter(runner, found, uv_project)
     if not found:
         fix = (f"{INSTALL_UV}, then `uv sync`" if runner == "uv"
@@ -158,8 +160,8 @@ def _imports_check(workspace: Path, sources: dict[str, ast.Module],
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         return Check("imports", "warning", f"could not ask {interpreter.shown} about the imports: {exc}"), set()
     if not missing:
-        return Check("imports", "ok", f"{len(importers)} modules imported by "
-                     f"{', '.join(sources)} are installed for {interpreter.shown}"), set()
+        return Check("imports", "ok", f"every top-level import of {', '.join(sources)} is installed for "
+                     f"{interpreter.shown}"), set()
     where = ", ".join(f"{module} ({', '.join(importers[module])})" for module in missing)
     # Without uv the project's environment is not used; once uv is installed, `uv sync` builds it from uv.lock.
     uv_missing = interpreter.uv_project and shutil.which("uv") is None
