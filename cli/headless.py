@@ -41,8 +41,8 @@ def run_headless_command(args: argparse.Namespace) -> int:
 
 
 class ErrorsOnStderr:
-    """The printer's lines on stdout, errors on stderr, each error once: the session's closing error is also
-    the message of its last error notice."""
+    """A session's events for a terminal: error notices on stderr, each message once (the session's closing
+    error repeats its last error notice), everything else through the printer on stdout."""
 
     def __init__(self, printer: HeadlessPrinter) -> None:
         self.printer = printer
