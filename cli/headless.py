@@ -12,6 +12,7 @@ from loopdeck.cli.printer import HeadlessPrinter
 from loopdeck.cli.signals import graceful_stop
 from loopdeck.cli.workspace import workspace_for_run
 from loopdeck.engine.config import load_config
+from loopdeck.engine.events import Event, Notice
 from loopdeck.engine.session import Session
 
 # How a session ended -> exit status of `loopdeck run --headless` (anything else is an error: 2).
@@ -27,15 +28,36 @@ def run_headless_command(args: argparse.Namespace) -> int:
         printer.note(note)
     if options.approval is None:
         options = dataclasses.replace(options, approval=headless_approval(path))
-    session = Session(path, options, on_event=printer)
+    output = ErrorsOnStderr(printer)
+    session = Session(path, options, on_event=output)
     for note in session.config_notes:
         printer.note(note)
     with graceful_stop(session):
         finished = session.run()
     if finished.reason in EXIT_CODES:
         return EXIT_CODES[finished.reason]
-    print(f"loopdeck: error: {session.error or finished.reason}", file=sys.stderr)
+    output.error(session.error or finished.reason)
     return 2
+
+
+class ErrorsOnStderr:
+    """A session's events for a terminal: error notices on stderr, each message once (the session's closing
+    error repeats its last error notice), everything else through the printer on stdout."""
+
+    def __init__(self, printer: HeadlessPrinter) -> None:
+        self.printer = printer
+        self.shown: set[str] = set()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Notice) and event.level == "error":
+            self.error(event.message)
+        else:
+            self.printer(event)
+
+    def error(self, message: str) -> None:
+        if message not in self.shown:
+            self.shown.add(message)
+            print(f"loopdeck: error: {message}", file=sys.stderr, flush=True)
 
 
 def headless_approval(path: Path) -> str:

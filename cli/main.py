@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"loopdeck {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     for add in (_add_train, _add_init, _add_run, _add_watch, _add_status, _add_try, _add_report, _add_ctl,
-                _add_migrate):
+                _add_migrate, _add_doctor):
         add(sub.add_parser)
     return parser
 
@@ -156,6 +156,16 @@ def _add_migrate(add_parser: AddParser) -> None:
                          "it in loopdeck.toml, in one commit on the current branch.")
     migrate.add_argument("dir", metavar="DIR", help="the workspace to migrate")
     migrate.set_defaults(handler=_target("loopdeck.cli.migrate:migrate_command"))
+
+
+def _add_doctor(add_parser: AddParser) -> None:
+    doctor = add_parser("doctor", help="check that a workspace can run on this machine",
+                        description="Run the checks a session makes before its baseline, and only those: the run "
+                        "command and its Python (uv for a uv project), the imports of the training and protected "
+                        "files, CUDA where the code requires it, the data cache the protected file names. Each "
+                        "problem comes with the command that fixes it. Exit status 0 when DIR can run, 1 otherwise.")
+    doctor.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
+    doctor.set_defaults(handler=_target("loopdeck.cli.doctor:doctor_command"))
 
 
 def _run_handler(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from loopdeck.engine.events import (
     StateChanged,
 )
 from loopdeck.engine.research.loop import LoopContext, ResearchLoop
+from loopdeck.engine.run.preflight import preflight
 from loopdeck.engine.run.sandbox import check_sandbox
 from loopdeck.engine.run.telemetry import TelemetrySampler
 from loopdeck.engine.store.gitops import BRANCH_PREFIX, ResearchRepo
@@ -86,6 +87,9 @@ class Session:
         if self.agent_kind == "claude" and agent is None and not os.environ.get("ANTHROPIC_API_KEY", "").strip():
             raise LoopdeckError("the claude agent needs ANTHROPIC_API_KEY in the environment: export it, or use "
                                 "the built-in offline agent (--agent offline)")
+        # A workspace of an earlier loopdeck first: preflight would call its old harness import a missing module.
+        check_not_legacy(self.workspace, self.config.experiment)
+        self.config_notes += _preflight_notes(self.workspace, self.config)
         self._agent = agent
         self._on_event = on_event
         self.state = "starting"
@@ -98,7 +102,6 @@ class Session:
             self.ledger = Ledger(self.state_dir)
             self._check_tree()
             self.branch = self.repo.ensure_branch(self._tag())
-            check_not_legacy(self.workspace, self.config.experiment)
             self.protected_hashes = pinned_hashes(self.workspace, self.config.experiment)
             self.config_notes += _journal_damage(self.state_dir / JOURNAL_FILE)
             self._journal = JournalWriter(self.state_dir / JOURNAL_FILE)
@@ -300,6 +303,15 @@ def _journal_damage(path: Path) -> list[str]:
         return []
     return [f"{path}: {damage}. The ledger and results.tsv are not affected and `loopdeck watch` replays around "
             f"the damage; to start a clean journal, move {path.name} aside before the next run"]
+
+
+def _preflight_notes(workspace: Path, config: Config) -> list[str]:
+    """Preflight's warnings as notes; its problems stop the session before anything runs, as one error."""
+    report = preflight(workspace, config)
+    if not report.runnable:
+        raise LoopdeckError(f"{workspace} cannot run here: {report.error_message()} (`loopdeck doctor "
+                            f"{workspace}` lists every check)")
+    return [check.line() for check in report.warnings]
 
 
 def _apply_options(config: Config, options: RunOptions) -> Config:
