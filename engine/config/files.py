@@ -73,8 +73,6 @@ def _infer(workspace: Path) -> tuple[Config, list[str]]:
         f"metric: {config.metric.name} from lines matching {config.metric.pattern}, lower is better",
         f"budget: {budget:g} s ({budget_source}); runs are killed after {config.timeout():g} s",
     ]
-    if uv_project and command[0] != "uv":
-        notes.append("this is a uv project but `uv` is not on PATH: running with loopdeck's own Python")
     return config, notes
 
 
