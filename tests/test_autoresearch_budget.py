@@ -99,6 +99,12 @@ def test_budget_option_commits_the_constant_on_the_research_branch(tmp_path: Pat
         assert any(note.startswith("budget: 2 s (--budget") for note in session.config_notes)
     finally:
         session.close()
+    # Back on the user's branch, a later session on the same research branch follows the budget set there.
+    _git(repo, "checkout", "-q", "master")
+    session = Session(repo, RunOptions(tag="short", agent="offline"))
+    session.close()
+    assert session.config.experiment.budget_seconds == 2.0
+    assert any("set by an earlier --budget" in note for note in session.config_notes)
 
 
 def test_budget_option_is_refused_when_the_budget_is_not_a_constant(tmp_path: Path) -> None:
@@ -160,6 +166,9 @@ def test_an_autoresearch_repo_runs_with_budget_one_step_overshoot_and_one_baseli
     baseline, candidate = rows
     assert baseline.status == "keep" and baseline.metric_runs == 1
     assert candidate.status in ("keep", "discard"), candidate.reason
+    # Its experiments were measured with a 0.2 s budget: resuming with another one is refused.
+    with pytest.raises(LoopdeckError, match=r"measured its experiments with TIME_BUDGET = 0.2 .*--tag"):
+        Session(repo, RunOptions(budget_seconds=0.5, agent="offline"))
 
 
 def test_the_baseline_is_never_rejected_but_an_overshooting_change_is(tmp_path: Path) -> None:
