@@ -166,7 +166,7 @@ def budget_location(workspace: Path | str, experiment: ExperimentSettings) -> st
     if reads_variable(workspace, files, BUDGET_VARIABLE):
         return BUDGET_VARIABLE
     constant = find_budget_constant(workspace, files)
-    return constant.describe() if constant else f"the training code's own budget ({', '.join(files)})"
+    return constant.describe() if constant else f"its own budget in {', '.join(files)}"
 
 
 # --- the default file ----------------------------------------------------------------------------------------------
