@@ -33,6 +33,7 @@ from loopdeck.engine.research.loop import LoopContext, ResearchLoop
 from loopdeck.engine.run.preflight import preflight
 from loopdeck.engine.run.sandbox import check_sandbox
 from loopdeck.engine.run.telemetry import TelemetrySampler
+from loopdeck.engine.store.budget import budget_constant, budget_in_force
 from loopdeck.engine.store.gitops import BRANCH_PREFIX, ResearchRepo
 from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal
 from loopdeck.engine.store.ledger import Ledger
@@ -79,8 +80,10 @@ class Session:
             raise LoopdeckError(f"{path} is not a directory: create a workspace with `loopdeck init {path}`")
         self.repo = ResearchRepo(path)
         self.workspace = self.repo.path
-        config, self.config_notes = load_config(self.workspace)
+        config, self.config_notes = load_config(self.workspace, budget_seconds=options.budget_seconds)
         self.config = _apply_options(config, options)
+        # Refused here, before anything runs, when --budget cannot take effect; set after the branch exists.
+        budget = budget_constant(self.workspace, self.config.experiment, options.budget_seconds)
         self.config_notes += check_sandbox(self.config.sandbox)
         self.agent_kind = agent.name if agent is not None else resolve_agent_kind(options.agent or
                                                                                    self.config.agent.kind)
@@ -102,6 +105,12 @@ class Session:
             self.ledger = Ledger(self.state_dir)
             self._check_tree()
             self.branch = self.repo.ensure_branch(self._tag())
+            if budget is not None:
+                seconds, notes = budget_in_force(self.repo, budget, options.budget_seconds,
+                                                 resumed=bool(self.ledger.rows()))
+                self.config_notes += notes
+                if seconds != self.config.experiment.budget_seconds:
+                    self.config = self.config.updated(budget_seconds=seconds)
             self.protected_hashes = pinned_hashes(self.workspace, self.config.experiment)
             self.config_notes += _journal_damage(self.state_dir / JOURNAL_FILE)
             self._journal = JournalWriter(self.state_dir / JOURNAL_FILE)

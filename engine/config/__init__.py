@@ -5,10 +5,18 @@ names and `errors`.
 """
 
 from loopdeck.engine.config.files import (
+    BUDGET_CONSTANT,
+    BUDGET_VARIABLE,
+    SEED_VARIABLE,
+    BudgetConstant,
+    budget_location,
     default_toml,
+    find_budget_constant,
     load_config,
     parse_config,
     pin_protected_file,
+    reads_variable,
+    seedable,
     toml_value,
 )
 from loopdeck.engine.config.schema import (
@@ -34,8 +42,9 @@ from loopdeck.engine.config.schema import (
 )
 
 __all__ = [
-    "AGENT_KINDS", "APPROVALS", "AUTORESEARCH_BUDGET", "CONFIG_FILE", "DEFAULT_PATTERN", "PIPELINE_MODES", "STATE_DIR",
+    "AGENT_KINDS", "APPROVALS", "AUTORESEARCH_BUDGET", "BUDGET_CONSTANT", "BUDGET_VARIABLE", "CONFIG_FILE", "SEED_VARIABLE", "DEFAULT_PATTERN", "PIPELINE_MODES", "STATE_DIR",
     "AgentKind", "AgentSettings", "ApprovalPolicy", "ClaudeSettings", "Config", "EvaluationSettings",
-    "ExperimentSettings", "LoopSettings", "MetricSettings", "PipelineMode", "SandboxSettings", "default_toml",
-    "load_config", "parse_config", "pin_protected_file", "toml_value", "validate",
+    "ExperimentSettings", "LoopSettings", "MetricSettings", "PipelineMode", "SandboxSettings", "BudgetConstant",
+    "budget_location", "default_toml", "find_budget_constant", "load_config", "parse_config", "pin_protected_file",
+    "reads_variable", "seedable", "toml_value", "validate",
 ]

@@ -7,6 +7,7 @@ import ast
 import re
 import shutil
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,10 @@ from loopdeck.engine.config.schema import (
 )
 from loopdeck.engine.errors import LoopdeckError
 
+BUDGET_VARIABLE = "LOOPDECK_TIME_BUDGET"
+SEED_VARIABLE = "LOOPDECK_SEED"
+BUDGET_CONSTANT = "TIME_BUDGET"
+
 # --- loading -------------------------------------------------------------------------------------------------------
 
 
@@ -33,8 +38,9 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> Config:
     return validate(data, source)
 
 
-def load_config(workspace: Path | str) -> tuple[Config, list[str]]:
-    """loopdeck.toml if present, else settings inferred for an autoresearch-style repo (+ notes saying what)."""
+def load_config(workspace: Path | str, *, budget_seconds: float | None = None) -> tuple[Config, list[str]]:
+    """loopdeck.toml if present, else settings inferred for an autoresearch-style repo (+ notes saying what).
+    `budget_seconds` is a command-line budget: the inferred notes then show the budget in force."""
     workspace = Path(workspace)
     if not workspace.is_dir():
         raise LoopdeckError(f"{workspace} is not a directory: create a workspace with `loopdeck init {workspace}`")
@@ -45,8 +51,10 @@ def load_config(workspace: Path | str) -> tuple[Config, list[str]]:
         except (OSError, UnicodeDecodeError) as exc:
             raise LoopdeckError(f"cannot read {path}: {exc}") from None
         config, notes = parse_config(text, str(path)), []
+        if "baseline_seeds" not in tomllib.loads(text).get("evaluation", {}):
+            config, notes = _default_baseline_runs(workspace, config)
     else:
-        config, notes = _infer(workspace)
+        config, notes = _infer(workspace, budget_seconds)
     for name in (*config.experiment.editable, *config.experiment.protected):
         if not (workspace / name).is_file():
             raise LoopdeckError(f"{name} not found in {workspace}: it is listed in [experiment] of {CONFIG_FILE}; "
@@ -54,7 +62,7 @@ def load_config(workspace: Path | str) -> tuple[Config, list[str]]:
     return config, notes
 
 
-def _infer(workspace: Path) -> tuple[Config, list[str]]:
+def _infer(workspace: Path, budget_seconds: float | None) -> tuple[Config, list[str]]:
     """Settings for an autoresearch-layout repo (train.py, prepare.py, program.md) without a loopdeck.toml."""
     if not (workspace / "train.py").is_file():
         raise LoopdeckError(f"{workspace} has no {CONFIG_FILE} and no train.py: run `loopdeck init {workspace}` to "
@@ -62,34 +70,101 @@ def _infer(workspace: Path) -> tuple[Config, list[str]]:
     protected = ["prepare.py"] if (workspace / "prepare.py").is_file() else []
     uv_project = (workspace / "pyproject.toml").is_file() and (workspace / "uv.lock").is_file()
     command = ["uv", "run", "train.py"] if uv_project and shutil.which("uv") else ["{python}", "train.py"]
-    budget, budget_source = _time_budget(workspace, ["train.py", *protected])
+    constant = find_budget_constant(workspace, ["train.py", *protected])
+    own_budget = constant.value if constant else AUTORESEARCH_BUDGET
+    own = constant.describe() if constant else "autoresearch's default"
+    budget = budget_seconds or own_budget
     config = Config.model_validate({"experiment": {"editable": ["train.py"], "protected": protected,
                                                    "command": command, "budget_seconds": budget}})
     shown_command = " ".join(config.command_argv())
+    source = own if budget == own_budget else f"--budget; the repo's own: {own_budget:g} s, {own}"
     notes = [
         f"no {CONFIG_FILE} in {workspace}: settings inferred for an autoresearch-style repository",
         "editable: train.py" + (f"; protected: {', '.join(protected)}" if protected else ""),
         f"command: {shown_command}" + (" (uv project)" if command[0] == "uv" else ""),
         f"metric: {config.metric.name} from lines matching {config.metric.pattern}, lower is better",
-        f"budget: {budget:g} s ({budget_source}); runs are killed after {config.timeout():g} s",
+        f"budget: {budget:g} s ({source}); runs are killed after {config.timeout():g} s",
     ]
-    return config, notes
+    config, seeding = _default_baseline_runs(workspace, config)
+    return config, notes + (seeding or [f"seeding: the repo reads {SEED_VARIABLE}: the baseline runs "
+                                        f"{config.evaluation.baseline_seeds} times with different seeds to measure "
+                                        "the run-to-run noise"])
 
 
-def _time_budget(workspace: Path, files: list[str]) -> tuple[float, str]:
-    """The repo's own TIME_BUDGET constant, when a module-level `TIME_BUDGET = <number>` states it."""
+def _default_baseline_runs(workspace: Path, config: Config) -> tuple[Config, list[str]]:
+    """One baseline run for a target that never reads LOOPDECK_SEED (its repeats cannot change the seed, so
+    they would only measure nondeterminism, at the price of whole runs), with the note that says so."""
+    if seedable(workspace, config.experiment) or config.evaluation.baseline_seeds == 1:
+        return config, []
+    return config.updated(baseline_seeds=1), [
+        f"seeding: {_files(config)} never read {SEED_VARIABLE}, so runs cannot be seeded: one baseline run, "
+        "run-to-run noise not measured (to measure its nondeterminism anyway, set [evaluation] baseline_seeds = 3 "
+        f"in a {CONFIG_FILE})"]
+
+
+def _files(config: Config) -> str:
+    names = [*config.experiment.editable, *config.experiment.protected]
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+
+
+# --- what the target's own files say -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetConstant:
+    """A module-level `TIME_BUDGET = <number>` in one of the target's files: where its budget lives."""
+
+    file: str
+    value: float
+    line: int  # 1-based line of the number
+    start: int  # byte offsets of the number within that line
+    end: int
+
+    def describe(self) -> str:
+        return f"{BUDGET_CONSTANT} in {self.file}"
+
+
+def find_budget_constant(workspace: Path | str, files: list[str]) -> BudgetConstant | None:
+    """The first module-level `TIME_BUDGET = <positive number>` among `files`, or None."""
     for name in files:
         try:
-            tree = ast.parse((workspace / name).read_text(encoding="utf-8"))
+            tree = ast.parse((Path(workspace) / name).read_text(encoding="utf-8"))
         except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
             continue
         for node in tree.body:
-            if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "TIME_BUDGET"
+            if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == BUDGET_CONSTANT
                                                      for t in node.targets)
                     and isinstance(node.value, ast.Constant) and isinstance(node.value.value, int | float)
-                    and not isinstance(node.value.value, bool) and node.value.value > 0):
-                return float(node.value.value), f"TIME_BUDGET in {name}"
-    return AUTORESEARCH_BUDGET, "autoresearch's default"
+                    and not isinstance(node.value.value, bool) and node.value.value > 0
+                    and node.value.lineno == node.value.end_lineno and node.value.end_col_offset is not None):
+                return BudgetConstant(name, float(node.value.value), node.value.lineno, node.value.col_offset,
+                                      node.value.end_col_offset)
+    return None
+
+
+def reads_variable(workspace: Path | str, files: list[str], variable: str) -> bool:
+    """Whether any of the files names the environment variable (a target that never names it cannot read it)."""
+    for name in files:
+        try:
+            if variable in (Path(workspace) / name).read_text(encoding="utf-8", errors="replace"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def seedable(workspace: Path | str, experiment: ExperimentSettings) -> bool:
+    """Whether the seed loopdeck passes (LOOPDECK_SEED) can take effect: the target's files read it."""
+    return reads_variable(workspace, [*experiment.editable, *experiment.protected], SEED_VARIABLE)
+
+
+def budget_location(workspace: Path | str, experiment: ExperimentSettings) -> str:
+    """Where the target takes its training budget from, for messages that tell a person what to change."""
+    files = [*experiment.editable, *experiment.protected]
+    if reads_variable(workspace, files, BUDGET_VARIABLE):
+        return BUDGET_VARIABLE
+    constant = find_budget_constant(workspace, files)
+    return constant.describe() if constant else f"its own budget in {', '.join(files)}"
 
 
 # --- the default file ----------------------------------------------------------------------------------------------

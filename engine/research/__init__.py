@@ -7,7 +7,8 @@
 - `judge`: run → classify → judge → keep/revert → record, every process through the executor; `record` writes
   the final ledger row.
 - `pipeline`: drafting the next proposal while an experiment trains (depends on turns and the gate only).
-- `integrity`, `noise`, `early_abort`, `guard`: the rules a result and a change must pass; `history`, `report`.
+- `integrity`, `budget_check`, `noise`, `early_abort`, `guard`: the rules a result and a change must pass;
+  `history`, `report`.
 
 It may import `agents`, `run`, `store` and everything below them; nothing above (`session`).
 """

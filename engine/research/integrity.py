@@ -5,19 +5,18 @@ The research loop owns an experiment's life cycle (commit, run, record, revert) 
 watcher, `after_record` and `session_ending` score the incumbent on the holdout split.
 
 `judge`, in order:
-1. Budget, checked from outside: the wall time loopdeck measured must stay within budget + the start-up
-   allowance (at least twice the baseline's own overhead: start-up, compilation, its final evaluation). And the
-   run must stop at its budget by its own account, within 10% + 1 s: its training time before its last step
-   (metrics stream; the last step may cross the budget, however long it took on a busy machine), or else the
-   training seconds it reports. Over: `rejected`.
+1. Budget, checked from outside (research/budget_check.py): wall time within budget + the start-up allowance
+   (at least twice the baseline's own overhead), and training time before the last step within 10% + 1 s.
+   Over: `rejected` — except the unchanged baseline and its repeats, the reference, which only get a warning.
 2. Score: trusted mode (engine/run/evaluator.py) re-checks the protected files, then a separate process scores the
    saved weights; a model that looks ahead is `rejected`. The printed number is kept as `reported_metric` and
    flagged when it disagrees. Self-reported mode uses the printed number.
 3. Keep: the baseline is re-run with `baseline_seeds` seeds to measure the noise σ (its metric is their mean). A
    candidate within `confirm_multiple`·σ of the incumbent is re-run with fresh seeds (research/noise.py) and kept
    only if the mean over its runs clears the threshold. Extra runs are rows of the ledger's runs table, never
-   experiments: results.tsv stays one line per experiment. A target that ignores LOOPDECK_SEED (a foreign repo)
-   repeats itself exactly unless its training is nondeterministic; σ is then 0 and nothing is ever confirmed.
+   experiments: results.tsv stays one line per experiment. A target whose files never read LOOPDECK_SEED cannot
+   be seeded: unless its settings ask otherwise it gets one baseline run (engine/config/files.py), and σ is
+   unknown, so nothing is re-run for confirmation.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loopdeck.engine.config import budget_location, seedable
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.events import (
     ExperimentFinished,
@@ -37,6 +37,7 @@ from loopdeck.engine.events import (
     RunRepeated,
     StateChanged,
 )
+from loopdeck.engine.research.budget_check import BudgetCheck, reported_seconds
 from loopdeck.engine.research.context import LoopContext
 from loopdeck.engine.research.early_abort import AbortRule, EarlyAbort
 from loopdeck.engine.research.guard import GuardRejection, check_protected
@@ -56,14 +57,10 @@ from loopdeck.engine.run.evaluator import (
     read_evaluation,
     trusted_hashes,
 )
-from loopdeck.engine.run.executor import LOG_FILE, METRICS_FILE, RunResult, classify
-from loopdeck.engine.run.metrics import metric_from_log, read_steps, summary_numbers
+from loopdeck.engine.run.executor import LOG_FILE, RunResult, classify
+from loopdeck.engine.run.metrics import metric_from_log
 from loopdeck.engine.store.ledger import ExperimentRow, RunRow, first_baseline
 
-# A run stops at the first step past its budget: only its last step may cross it (the template's loop), and a
-# target with its own stopping rule gets 10% of the budget plus a second of slack.
-TRAINING_OVERRUN = 0.1
-TRAINING_SLACK_SECONDS = 1.0
 WEIGHTS = "model.pt"
 
 Execute = Callable[..., tuple[RunResult, dict[str, dict]]]
@@ -100,6 +97,8 @@ class Integrity:
         if self.plan.trusted:  # hashed now, at session start, and checked before every run and every evaluation
             ctx.protected_hashes.update(trusted_hashes(ctx.workspace))
         self._execute = execute
+        self._budget_location = budget_location(ctx.workspace, ctx.config.experiment)
+        self._seedable = seedable(ctx.workspace, ctx.config.experiment)
         self._reference: dict[str, Any] | None = None  # the first trusted evaluation's corpus and constants
         baseline = self._baseline()
         self._std = baseline.noise_std if baseline else None
@@ -115,6 +114,10 @@ class Integrity:
             raise LoopdeckError(self.plan.error)
         self.ctx.emit(Notice(level="info", message=self.plan.note))
         baseline = self._baseline()
+        if baseline is None and not self._seedable and self.settings.baseline_seeds > 1:
+            self.ctx.emit(Notice(level="info", message=f"the target never reads LOOPDECK_SEED: its "
+                                 f"{self.settings.baseline_seeds} baseline runs measure its nondeterminism, not "
+                                 "seed-to-seed noise"))
         if baseline is not None and self._std is not None:
             values = [run.metric for run in self.ctx.ledger.runs(baseline.id)
                       if run.role == "noise" and run.metric is not None]
@@ -143,8 +146,8 @@ class Integrity:
         """The verdict on a run that ended cleanly (classify said ok): budget, score, noise-aware keep."""
         fields: dict[str, Any] = {"reported_metric": reported, "self_reported": self.self_reported}
         if incumbent is None:
-            self._overhead = _overhead(result.wall_seconds, _reported_seconds(result))
-        problem = self._over_budget(result, run_dir)
+            self._overhead = _overhead(result.wall_seconds, reported_seconds(result))
+        problem = self._over_budget(result, run_dir, row.id, baseline=incumbent is None)
         if problem:
             return Judgement("rejected", problem, fields)
         score = self._score(row.id, row.commit, run_dir, reported)
@@ -159,24 +162,17 @@ class Integrity:
         except _Interrupted:
             return Judgement("aborted", "", fields)
 
-    def _over_budget(self, result: RunResult, run_dir: Path) -> str:
-        budget = self.ctx.config.experiment.budget_seconds
+    def _over_budget(self, result: RunResult, run_dir: Path, number: int, *, baseline: bool) -> str:
+        """Why the run is over its budget ("" when it is not). The unchanged baseline is never rejected: it is
+        what the repository does, the reference every change is judged against; a person hears of it instead."""
         allowance = max(self.settings.startup_allowance_seconds, 2 * (self._overhead or 0.0))
-        if result.wall_seconds > budget + allowance:
-            return (f"over budget: ran {result.wall_seconds:.1f} s (measured by loopdeck) for a {budget:g} s budget "
-                    f"plus a {allowance:.0f} s start-up allowance; the training must stop at its budget "
-                    "(LOOPDECK_TIME_BUDGET)")
-        limit = budget * (1 + TRAINING_OVERRUN) + TRAINING_SLACK_SECONDS
-        steps = [step.elapsed_seconds for step in read_steps(run_dir / METRICS_FILE)][-2:]
-        if len(steps) == 2 and steps[0] > limit:
-            return (f"over budget: the run went on training after its {budget:g} s budget (it had trained "
-                    f"{steps[0]:.1f} s before its last step); the training must stop at its budget "
-                    "(LOOPDECK_TIME_BUDGET)")
-        trained = _reported_seconds(result)
-        if len(steps) < 2 and trained is not None and trained > limit:
-            return (f"over budget: the run reports {trained:.1f} s of training for a {budget:g} s budget; the "
-                    "training must stop at its budget (LOOPDECK_TIME_BUDGET)")
-        return ""
+        check = BudgetCheck(self.ctx.config.experiment.budget_seconds, allowance, self._budget_location)
+        problem = check.problem(result, run_dir)
+        if problem and baseline:
+            self.ctx.emit(Notice(level="warning", experiment=number, message=f"the baseline is {problem} (kept: "
+                                 "the unchanged code is the reference, never rejected)"))
+            return ""
+        return problem
 
     def _score(self, number: int, commit: str, run_dir: Path, reported: float | None, split: str = "val") -> _Score:
         """The run's metric: the trusted evaluator's score of its weights, or (self-reported) what it printed."""
@@ -238,8 +234,8 @@ class Integrity:
         if self._std is None:
             return Judgement("keep", "baseline", fields)
         self.ctx.emit(NoiseEstimated(std=self._std, n=len(values), values=tuple(values), mean=mean))
-        return Judgement("keep", f"baseline: mean of {len(values)} seeds, run-to-run noise σ {self._std:.6f}",
-                         fields)
+        runs = f"{len(values)} seeds" if self._seedable else f"{len(values)} runs (not seedable: σ is its nondeterminism)"
+        return Judgement("keep", f"baseline: mean of {runs}, run-to-run noise σ {self._std:.6f}", fields)
 
     def _judge_candidate(self, row: ExperimentRow, incumbent: ExperimentRow, metric: float,
                          fields: dict[str, Any]) -> Judgement:
@@ -293,7 +289,7 @@ class Integrity:
         status, reason = self.classify(result, reported)
         score = _Score(status, reason)
         if status == "ok":
-            problem = self._over_budget(result, run_dir)
+            problem = self._over_budget(result, run_dir, row.id, baseline=role == "noise")
             score = _Score("rejected", problem) if problem else self._score(row.id, commit or row.commit, run_dir,
                                                                             reported)
         (run_dir / WEIGHTS).unlink(missing_ok=True)  # an extra run's weights are scored once, not kept
@@ -302,7 +298,7 @@ class Integrity:
         metric = score.metric if score.status == "ok" else None
         self.ctx.ledger.record_run(RunRow(
             experiment=row.id, role=role, seed=seed, status=score.status, commit=commit or row.commit,
-            metric=metric, reported_metric=reported, training_seconds=_reported_seconds(result),
+            metric=metric, reported_metric=reported, training_seconds=reported_seconds(result),
             wall_seconds=result.wall_seconds, reason=score.reason, log_path=str(run_dir / LOG_FILE)))
         self.ctx.emit(RunRepeated(experiment=row.id, role=role, index=index, of=of, seed=seed, status=score.status,
                                   metric=metric, reason=score.reason))
@@ -366,11 +362,6 @@ class Integrity:
 
     def _baseline(self) -> ExperimentRow | None:
         return first_baseline(self.ctx.ledger.rows())
-
-
-def _reported_seconds(result: RunResult) -> float | None:
-    value = summary_numbers(result.summary).get("training_seconds")
-    return value if value is not None and value >= 0 else None
 
 
 def _overhead(wall: float | None, trained: float | None) -> float | None:
