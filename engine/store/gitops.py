@@ -88,6 +88,11 @@ class ResearchRepo:
             self._git("checkout", "-q", "-b", name)
         return name
 
+    def switch_to(self, branch: str) -> None:
+        """Check out an existing branch (the user's own, when a session ends having kept nothing); LoopdeckError
+        when git refuses (the branch is gone, or local changes would be overwritten)."""
+        self._git("checkout", "-q", branch, "--")
+
     # --- writes ------------------------------------------------------------------------------------------------
 
     def commit_files(self, files: Mapping[str, str], message: str) -> str:
