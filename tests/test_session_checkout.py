@@ -8,15 +8,17 @@ from conftest import git, ledger_rows
 from fake_targets import ScriptedAgent, change
 
 from loopdeck.cli.printer import HeadlessPrinter
-from loopdeck.engine.events import Notice, SessionFinished
+from loopdeck.engine.events import Notice, SessionFinished, StateChanged
+from loopdeck.engine.session import Session
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def _final_notice(recorded) -> Notice:
     """The notice just before the summary (which stays the session's last event)."""
-    assert isinstance(recorded.events[-1], SessionFinished)
-    notice = recorded.events[-2]
+    events = recorded if isinstance(recorded, list) else recorded.events
+    assert isinstance(events[-1], SessionFinished)
+    notice = events[-2]
     assert isinstance(notice, Notice)
     return notice
 
@@ -48,3 +50,20 @@ def test_a_session_started_on_its_research_branch_stays_there(workspace, run_ses
     session, recorded = run_session(workspace, ScriptedAgent([change("LR", 0.6, "raise LR")]))
     assert session.branch == "loopdeck/night" == git(workspace, "branch", "--show-current")
     assert "stays on loopdeck/night" in _final_notice(recorded).message
+
+
+def test_a_dirty_tree_is_never_carried_back_to_the_users_branch(workspace):
+    recorded: list = []
+
+    def dirty_at_the_end(event) -> None:
+        recorded.append(event)
+        if isinstance(event, StateChanged) and event.state == "stopped":
+            # An experiment's leftover edit, as an engine error between writing a file and its commit leaves it.
+            (workspace / "train.py").write_text("half written\n")
+
+    session = Session(workspace, on_event=dirty_at_the_end, agent=ScriptedAgent([change("LR", 0.6, "raise LR")]))
+    session.run()
+    assert git(workspace, "branch", "--show-current") == session.branch
+    notice = _final_notice(recorded)
+    assert notice.level == "warning" and "switching back failed" in notice.message
+    assert notice.message.endswith(f"git -C {workspace} switch main")

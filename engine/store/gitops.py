@@ -90,7 +90,9 @@ class ResearchRepo:
 
     def switch_to(self, branch: str) -> None:
         """Check out an existing branch (the user's own, when a session ends having kept nothing); LoopdeckError
-        when git refuses (the branch is gone, or local changes would be overwritten)."""
+        on a dirty tree (an experiment's leftovers would follow the checkout onto that branch) or when git refuses
+        (the branch is gone)."""
+        self.check_clean()
         self._git("checkout", "-q", branch, "--")
 
     # --- writes ------------------------------------------------------------------------------------------------
