@@ -96,7 +96,9 @@ def test_summary_counts_agree_with_its_tables_and_never_shows_a_negative_zero(tm
     _, summary = write_report(rows, tmp_path / "report")
     text = summary.read_text()
     assert "| kept | 0/1 experiment (baseline not counted) |" in text
-    assert "| crashed | 2 (1 baseline run) |" in text and len(_table_rows(text, "Crashes")) == 2
+    assert "| crashed | 1 |" in text and _table_rows(text, "Crashes") == ["| 2 | crash | CUDA OOM | wider |"]
+    assert "| failed baseline runs | 1 |" in text
+    assert _table_rows(text, "Failed baseline runs") == ["| 0 | crash | - | ModuleNotFoundError: kernels |"]
     assert "| improvement | 0.000000 (0.00%) |" in text and "-0.0" not in text
 
     _, summary = write_report([baseline(), rejected(1)], tmp_path / "rejected")

@@ -258,10 +258,13 @@ def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart:
         share = 100 * improvement / abs(baseline.metric)
         facts.append(("improvement", f"{_fixed(improvement, 6)} ({_fixed(share, 2)}%)"))
     facts.append(("kept", f"{kept_count}/{_count(len(experiments), 'experiment')} (baseline not counted)"))
-    # Each count is the number of rows in its table below, failed baseline runs included and said.
-    facts.append(("crashed", _with_baselines(outcome.crashed)))
-    if outcome.rejected:
-        facts.append(("rejected", _with_baselines(outcome.rejected) + " (ran, then refused)"))
+    crashed, rejected, failed_baselines = _failures(outcome)
+    # Each count is the number of rows of its table below: a failed baseline run is not an experiment.
+    facts.append(("crashed", str(len(crashed))))
+    if rejected:
+        facts.append(("rejected", f"{len(rejected)} (ran, then refused)"))
+    if failed_baselines:
+        facts.append(("failed baseline runs", str(len(failed_baselines))))
     if outcome.not_run:
         facts.append(("not run", f"{len(outcome.not_run)} (rejected by the guard, vetoed, or in flight)"))
     if baseline is not None and baseline.noise_std is not None:
@@ -284,20 +287,40 @@ def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart:
         lines += [f"| {r.id} | {r.metric:.6f} | {_signed(r.delta)} | {_cell(r.description)} |" for r in misses]
         lines.append("")
 
-    if outcome.crashed:
-        lines += ["## Crashes", "", "| # | status | reason | description |", "|---:|---|---|---|"]
-        lines += [f"| {r.id} | {r.status} | {_cell(r.reason)} | {_described(r)} |" for r in outcome.crashed]
-        lines.append("")
-
-    if outcome.rejected:
-        lines += ["## Rejected", "", "Runs that finished and were then refused; the metric is the one they printed.",
-                  "", "| # | printed metric | reason | description |", "|---:|---:|---|---|"]
-        lines += [f"| {r.id} | {_number(shown_metric(r))} | {_cell(r.reason)} | {_described(r)} |"
-                  for r in outcome.rejected]
-        lines.append("")
-
+    lines += _failure_sections(crashed, rejected, failed_baselines)
     lines += _holdout_section(outcome)
     return "\n".join(lines)
+
+
+def _failures(outcome: _Outcome) -> tuple[list[ExperimentRow], list[ExperimentRow], list[ExperimentRow]]:
+    """(crashed experiments, rejected experiments, failed baseline runs): the rows of the three failure tables."""
+    failed_baselines = sorted((row for row in outcome.crashed + outcome.rejected if row.is_baseline),
+                              key=lambda row: row.id)
+    return ([row for row in outcome.crashed if not row.is_baseline],
+            [row for row in outcome.rejected if not row.is_baseline], failed_baselines)
+
+
+def _failure_sections(crashed: list[ExperimentRow], rejected: list[ExperimentRow],
+                      failed_baselines: list[ExperimentRow]) -> list[str]:
+    lines: list[str] = []
+    if crashed:
+        lines += ["## Crashes", "", "| # | status | reason | description |", "|---:|---|---|---|"]
+        lines += [f"| {r.id} | {r.status} | {_cell(r.reason)} | {_cell(r.description)} |" for r in crashed]
+        lines.append("")
+    if rejected:
+        lines += ["## Rejected", "", "Runs that finished and were then refused; the metric is the one they printed.",
+                  "", "| # | printed metric | reason | description |", "|---:|---:|---|---|"]
+        lines += [f"| {r.id} | {_number(shown_metric(r))} | {_cell(r.reason)} | {_cell(r.description)} |"
+                  for r in rejected]
+        lines.append("")
+    if failed_baselines:
+        lines += ["## Failed baseline runs", "", "Runs of the unchanged code that gave no baseline; the next "
+                  "baseline run was measured instead.", "", "| # | status | printed metric | reason |",
+                  "|---:|---|---:|---|"]
+        lines += [f"| {r.id} | {r.status} | {_number(shown_metric(r))} | {_cell(r.reason)} |"
+                  for r in failed_baselines]
+        lines.append("")
+    return lines
 
 
 def _holdout_section(outcome: _Outcome) -> list[str]:
@@ -362,18 +385,6 @@ def _fixed(value: float, digits: int, sign: str = "") -> str:
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
-def _with_baselines(rows: list[ExperimentRow]) -> str:
-    """`3`, or `3 (1 baseline run)` when some of the rows are baseline runs rather than experiments."""
-    baselines = sum(row.is_baseline for row in rows)
-    return f"{len(rows)} ({_count(baselines, 'baseline run')})" if baselines else str(len(rows))
-
-
-def _described(row: ExperimentRow) -> str:
-    """The description cell, marked when the row is a baseline run rather than an experiment."""
-    text = _cell(row.description)
-    return text if not row.is_baseline or text == "baseline" else f"baseline: {text}"
 
 
 def _cell(text: str) -> str:
