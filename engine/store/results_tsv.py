@@ -29,8 +29,8 @@ TSV_STATUS = {
 # written as crashes too, but keep the metric they printed, and their real status goes into the description as a
 # suffix a notebook can filter on (`df.description.str.contains(r"\[rejected")`).
 _FAILED = frozenset({"crash", "timeout", "nan"})
-SUFFIXED = frozenset({"rejected", "interrupted"})
-SUFFIX_REASON_CHARS = 48
+_SUFFIXED = frozenset({"rejected", "interrupted"})
+_SUFFIX_REASON_CHARS = 48
 
 
 class ResultRow(Protocol):
@@ -52,18 +52,18 @@ def results_text(rows: Iterable[ResultRow]) -> str:
 
 def shown_metric(row: ResultRow) -> float | None:
     """The metric to show for a row: its score, else (a rejected or interrupted run) the one it printed."""
-    if row.metric is not None or row.status not in SUFFIXED:
+    if row.metric is not None or row.status not in _SUFFIXED:
         return row.metric
     return row.reported_metric
 
 
-def status_suffix(row: ResultRow) -> str:
+def _status_suffix(row: ResultRow) -> str:
     """` [rejected: over budget]`, ` [interrupted: aborted by a person]`, or "" for the statuses autoresearch has."""
-    if row.status not in SUFFIXED:
+    if row.status not in _SUFFIXED:
         return ""
     head = re.split(r"[:;(]", " ".join(row.reason.split()), maxsplit=1)[0].strip()
-    if len(head) > SUFFIX_REASON_CHARS:
-        head = head[: SUFFIX_REASON_CHARS - 1] + "…"
+    if len(head) > _SUFFIX_REASON_CHARS:
+        head = head[: _SUFFIX_REASON_CHARS - 1] + "…"
     return f" [{row.status}: {head}]" if head else f" [{row.status}]"
 
 
@@ -75,7 +75,7 @@ def _results_line(row: ResultRow) -> str:
     failed = row.status in _FAILED
     metric = None if failed else shown_metric(row)
     memory_mb = None if failed else row.peak_memory_mb
-    description = " ".join(row.description.split()) + status_suffix(row)  # tabs or newlines would break the TSV
+    description = " ".join(row.description.split()) + _status_suffix(row)  # tabs or newlines would break the TSV
     return (f"{row.commit[:7]}\t{metric or 0.0:.6f}\t{(memory_mb or 0.0) / 1024:.1f}\t{status}\t"
             f"{description.strip()}\n")
 
