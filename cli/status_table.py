@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from loopdeck.engine.store.ledger import ExperimentRow, first_baseline
+from loopdeck.engine.store.results_tsv import shown_metric
 
 TABLE_WIDTH = 100
 _COLUMNS = (("id", 4, ">"), ("status", 11, "<"), ("metric", 10, ">"), ("delta", 10, ">"),
@@ -10,7 +11,8 @@ _COLUMNS = (("id", 4, ">"), ("status", 11, "<"), ("metric", 10, ">"), ("delta", 
 
 
 def format_status_table(rows: list[ExperimentRow]) -> str:
-    """One line per experiment, baselines included, then a footer that counts only the experiments."""
+    """One line per experiment, baselines included, then a footer that counts only the experiments. A rejected or
+    interrupted run shows the metric it printed, as results.tsv does."""
     if not rows:
         return "no experiments yet"
     fixed = sum(width + 2 for _, width, _ in _COLUMNS)
@@ -19,7 +21,7 @@ def format_status_table(rows: list[ExperimentRow]) -> str:
     lines = [header, "-" * min(TABLE_WIDTH, fixed + desc_width)]
     for row in rows:
         cells = (
-            str(row.id), row.status, _number(row.metric, "{:.6f}"), _number(row.delta, "{:+.6f}"),
+            str(row.id), row.status, _number(shown_metric(row), "{:.6f}"), _number(row.delta, "{:+.6f}"),
             _number(None if row.peak_memory_mb is None else row.peak_memory_mb / 1024, "{:.1f}"),
             _number(row.training_seconds, "{:.1f}"),
         )
@@ -43,7 +45,8 @@ def _footer(rows: list[ExperimentRow]) -> str:
             parts[-1] += f", {change:+.6f} ({100 * change / abs(baseline.metric):+.2f}%) vs baseline"
     else:
         parts.append("best -")
-    parts.append(f"kept {sum(row.status == 'keep' for row in experiments)}/{len(experiments)} experiments")
+    noun = "experiment" if len(experiments) == 1 else "experiments"
+    parts.append(f"kept {sum(row.status == 'keep' for row in experiments)}/{len(experiments)} {noun}")
     return " · ".join(parts)
 
 

@@ -104,6 +104,8 @@ class Session:
         try:
             self.ledger = Ledger(self.state_dir)
             self._check_tree()
+            self.user_branch = self.repo.current_branch()  # where the checkout goes back to when nothing is kept
+            self._kept_at_start = _kept(self.ledger)
             self.branch = self.repo.ensure_branch(self._tag())
             if budget is not None:
                 seconds, notes = budget_in_force(self.repo, budget, options.budget_seconds,
@@ -120,6 +122,7 @@ class Session:
             self._lock.release()
             raise
         self._emit_lock = threading.RLock()
+        self._checkout_left = False
         self._callback_failed = False
         self._journal_failed = False
         self._closed = False
@@ -157,6 +160,10 @@ class Session:
 
     def emit(self, event: Event) -> None:
         """The one way out for events: the journal first, then the callback. Never raises."""
+        if isinstance(event, SessionFinished) and not self._checkout_left:
+            # Before the summary, so that the summary stays the last word of the journal and the headless output.
+            self._checkout_left = True
+            self._leave_checkout(event)
         with self._emit_lock:
             if isinstance(event, StateChanged):
                 self.state = event.state
@@ -177,6 +184,29 @@ class Session:
                         self._callback_failed = True
                         self.emit(Notice(level="error", message=f"the on_event callback raised {type(exc).__name__}:"
                                          f" {exc} (reported once; the session goes on)"))
+
+    def _leave_checkout(self, finished: SessionFinished) -> None:
+        """The end of a session: back to the user's branch when this session kept nothing, else a notice that says
+        which branch the checkout is on and the one command that gets back. Never raises."""
+        user, research, where = self.user_branch, self.branch, self.workspace
+        if user is None or user == research:
+            self.emit(Notice(level="info", message=f"the checkout of {where} stays on {research}, where this "
+                             "session started"))
+            return
+        if finished.kept == self._kept_at_start:
+            try:
+                self.repo.switch_to(user)
+            except LoopdeckError as exc:
+                why = f"nothing was kept, but switching back failed: {exc}"
+            else:
+                self.emit(Notice(level="info", message=f"nothing was kept: the checkout of {where} is back on "
+                                 f"{user} ({research} keeps the session's commits)"))
+                return
+        else:
+            kept = finished.kept - self._kept_at_start
+            why = f"{kept} kept experiment{'s' if kept != 1 else ''}"
+        self.emit(Notice(level="warning", message=f"the checkout of {where} is on {research} ({why}); to get back "
+                         f"to your branch: git -C {where} switch {user}"))
 
     # --- running -----------------------------------------------------------------------------------------------
 
@@ -303,6 +333,11 @@ class Session:
         if policy not in APPROVALS:
             raise LoopdeckError(f"approval policy must be one of {', '.join(APPROVALS)}, got {policy!r}")
         self._send("approval", policy=policy)
+
+
+def _kept(ledger: Ledger) -> int:
+    """Experiments kept so far (baselines change nothing, so they do not count)."""
+    return sum(row.status == "keep" and not row.is_baseline for row in ledger.rows())
 
 
 def _journal_damage(path: Path) -> list[str]:

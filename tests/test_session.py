@@ -214,7 +214,9 @@ def test_control_reader_ignores_commands_from_before_the_session_and_waits_for_w
 
 
 def baseline_then_kill(workspace: Path, run_session) -> ExperimentRow:
-    run_session(workspace, ScriptedAgent(), max_experiments=1)
+    session, _ = run_session(workspace, ScriptedAgent(), max_experiments=1)
+    # A killed engine never gets to leave its research branch (a clean end with nothing kept returns to main).
+    git(workspace, "switch", "-q", session.branch)
     (baseline,) = ledger_rows(workspace)
     return baseline
 

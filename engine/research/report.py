@@ -10,8 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loopdeck.engine.store.ledger import ExperimentRow, first_baseline
+from loopdeck.engine.store.results_tsv import shown_metric
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CRASH_STATUSES = frozenset({"crash", "timeout", "nan", "interrupted"})
 NOT_RUN_STATUSES = frozenset({"rejected", "vetoed", "running"})
@@ -29,7 +34,8 @@ class _Outcome:
     baseline: ExperimentRow | None
     kept: list[ExperimentRow]  # kept experiments with a metric, baseline included, by id
     discarded: list[ExperimentRow]  # ran to a metric and was not kept
-    crashed: list[ExperimentRow]
+    crashed: list[ExperimentRow]  # failed or was stopped while it ran, baselines included
+    rejected: list[ExperimentRow]  # ran, then was refused (over budget, a changed evaluation)
     not_run: list[ExperimentRow]
 
     @property
@@ -59,14 +65,12 @@ def write_report(
     title: str = "",
 ) -> tuple[Path, Path]:
     """Write out_dir/progress.png and out_dir/summary.md; return their paths."""
-    if direction not in ("minimize", "maximize"):
-        raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
-    outcome = _outcome(rows, minimize=direction == "minimize")
+    outcome = _outcome(rows, minimize=_minimize(direction))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / "progress.png"
     summary = out_dir / "summary.md"
-    _draw_progress(outcome, png, metric_name=metric_name, title=title)
+    _progress_figure(outcome, metric_name=metric_name, title=title).savefig(png, format="png")
     if _holdout_rows(outcome):
         _draw_transfer(outcome, out_dir / TRANSFER_CHART, metric_name=metric_name)
     summary.write_text(_summary_markdown(outcome, metric_name=metric_name, title=title, chart=png.name),
@@ -74,22 +78,35 @@ def write_report(
     return png, summary
 
 
+def progress_figure(rows: list[ExperimentRow], *, metric_name: str = "val_bpb", direction: str = "minimize",
+                    title: str = "") -> Figure:
+    """The progress chart of write_report, as a matplotlib Figure (not saved)."""
+    return _progress_figure(_outcome(rows, minimize=_minimize(direction)), metric_name=metric_name, title=title)
+
+
+def _minimize(direction: str) -> bool:
+    if direction not in ("minimize", "maximize"):
+        raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
+    return direction == "minimize"
+
+
 def _outcome(rows: list[ExperimentRow], *, minimize: bool) -> _Outcome:
     rows = sorted(rows, key=lambda row: row.id)
     kept = [row for row in rows if row.status == "keep" and row.metric is not None]
     baseline = first_baseline(rows)
-    # A rejected row with a commit ran and was then refused (over budget, a model that looks ahead): a failure.
-    crashed = [row for row in rows if row.status in CRASH_STATUSES or (row.status == "rejected" and row.commit)]
-    not_run = [row for row in rows if row.status in NOT_RUN_STATUSES and row not in crashed]
+    crashed = [row for row in rows if row.status in CRASH_STATUSES]
+    # A rejected row with a commit ran and was then refused; one without never ran (the guard refused it).
+    rejected = [row for row in rows if row.status == "rejected" and row.commit]
+    not_run = [row for row in rows if row.status in NOT_RUN_STATUSES and row not in rejected]
     discarded = [row for row in rows if row.status not in CRASH_STATUSES | NOT_RUN_STATUSES | {"keep"}
                  and row.metric is not None]
-    return _Outcome(rows, minimize, baseline, kept, discarded, crashed, not_run)
+    return _Outcome(rows, minimize, baseline, kept, discarded, crashed, rejected, not_run)
 
 
 # --- chart --------------------------------------------------------------------------------------------------------
 
 
-def _draw_progress(outcome: _Outcome, path: Path, *, metric_name: str, title: str) -> None:
+def _progress_figure(outcome: _Outcome, *, metric_name: str, title: str) -> Figure:
     # Imported here: the engine must start without paying for matplotlib, and Figure needs no pyplot state.
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -100,7 +117,8 @@ def _draw_progress(outcome: _Outcome, path: Path, *, metric_name: str, title: st
     experiments = outcome.experiments()
     heading = title or "loopdeck progress"
     kept_count = sum(row.status == "keep" for row in experiments)
-    ax.set_title(f"{heading}: {len(experiments)} experiments, {kept_count} kept improvements", fontsize=14)
+    ax.set_title(f"{heading}: {_count(len(experiments), 'experiment')}, "
+                 f"{_count(kept_count, 'kept improvement')}", fontsize=14)
     ax.set_xlabel("experiment #", fontsize=12)
     better = "lower" if outcome.minimize else "higher"
     ax.set_ylabel(f"{metric_name} ({better} is better)", fontsize=12)
@@ -130,16 +148,20 @@ def _draw_progress(outcome: _Outcome, path: Path, *, metric_name: str, title: st
             ax.annotate(_shorten(row.description or ("baseline" if row.is_baseline else f"#{row.id}")),
                         (row.id, row.metric), textcoords="offset points", xytext=(6, 6), fontsize=8,
                         color="#1a7a3a", rotation=30, ha="left", va="bottom", zorder=5)
-    if outcome.crashed:
-        # Crashes have no metric: they sit on the bottom edge so a run of failures still shows.
-        bottom = blended_transform_factory(ax.transData, ax.transAxes)
-        ax.scatter([r.id for r in outcome.crashed], [0.02] * len(outcome.crashed), transform=bottom, marker="x",
-                   s=30, c="#e74c3c", zorder=4, label="crashed")
+    # Failures have no metric (a rejected run's printed one decides nothing): they sit on the worse edge, so a run
+    # of failures still shows and never looks like progress.
+    worse = blended_transform_factory(ax.transData, ax.transAxes)
+    edge = 0.98 if outcome.minimize else 0.02
+    for rows, marker, colour, label in ((outcome.crashed, "x", "#e74c3c", "crashed"),
+                                        (outcome.rejected, "D", "#e67e22", "rejected")):
+        if rows:
+            ax.scatter([r.id for r in rows], [edge] * len(rows), transform=worse, marker=marker, s=30, c=colour,
+                       zorder=4, label=label, clip_on=False)
     if outcome.rows:
         ax.set_xlim(min(r.id for r in outcome.rows) - 0.5, max(r.id for r in outcome.rows) + 1.5)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right" if outcome.minimize else "lower right", fontsize=9)
-    fig.savefig(path, format="png")
+        ax.legend(loc="lower left" if outcome.minimize else "upper left", fontsize=9)
+    return fig
 
 
 def _holdout_rows(outcome: _Outcome) -> list[ExperimentRow]:
@@ -204,9 +226,9 @@ def _running_best(outcome: _Outcome) -> tuple[list[int], list[float]]:
         current = row.metric if not best or better(row.metric, best[-1]) else best[-1]
         ids.append(row.id)
         best.append(current)
-    if ids:
-        last = max(row.id for row in outcome.rows)
-        ids.append(last + 1)
+    last = max(row.id for row in outcome.rows)
+    if ids and last > ids[-1]:  # the line holds its level up to the last experiment, and stops there
+        ids.append(last)
         best.append(best[-1])
     return ids, best
 
@@ -233,9 +255,16 @@ def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart:
     ]
     improvement = outcome.improvement()
     if improvement is not None and baseline is not None and baseline.metric:
-        facts.append(("improvement", f"{improvement:.6f} ({100 * improvement / abs(baseline.metric):.2f}%)"))
-    facts.append(("kept", f"{kept_count}/{len(experiments)} experiments (baseline not counted)"))
-    facts.append(("crashed", str(sum(row in outcome.crashed for row in experiments))))
+        share = 100 * improvement / abs(baseline.metric)
+        facts.append(("improvement", f"{_fixed(improvement, 6)} ({_fixed(share, 2)}%)"))
+    facts.append(("kept", f"{kept_count}/{_count(len(experiments), 'experiment')} (baseline not counted)"))
+    crashed, rejected, failed_baselines = _failures(outcome)
+    # Each count is the number of rows of its table below: a failed baseline run is not an experiment.
+    facts.append(("crashed", str(len(crashed))))
+    if rejected:
+        facts.append(("rejected", f"{len(rejected)} (ran, then refused)"))
+    if failed_baselines:
+        facts.append(("failed baseline runs", str(len(failed_baselines))))
     if outcome.not_run:
         facts.append(("not run", f"{len(outcome.not_run)} (rejected by the guard, vetoed, or in flight)"))
     if baseline is not None and baseline.noise_std is not None:
@@ -258,13 +287,40 @@ def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart:
         lines += [f"| {r.id} | {r.metric:.6f} | {_signed(r.delta)} | {_cell(r.description)} |" for r in misses]
         lines.append("")
 
-    if outcome.crashed:
-        lines += ["## Crashes", "", "| # | status | reason | description |", "|---:|---|---|---|"]
-        lines += [f"| {r.id} | {r.status} | {_cell(r.reason)} | {_cell(r.description)} |" for r in outcome.crashed]
-        lines.append("")
-
+    lines += _failure_sections(crashed, rejected, failed_baselines)
     lines += _holdout_section(outcome)
     return "\n".join(lines)
+
+
+def _failures(outcome: _Outcome) -> tuple[list[ExperimentRow], list[ExperimentRow], list[ExperimentRow]]:
+    """(crashed experiments, rejected experiments, failed baseline runs): the rows of the three failure tables."""
+    failed_baselines = sorted((row for row in outcome.crashed + outcome.rejected if row.is_baseline),
+                              key=lambda row: row.id)
+    return ([row for row in outcome.crashed if not row.is_baseline],
+            [row for row in outcome.rejected if not row.is_baseline], failed_baselines)
+
+
+def _failure_sections(crashed: list[ExperimentRow], rejected: list[ExperimentRow],
+                      failed_baselines: list[ExperimentRow]) -> list[str]:
+    lines: list[str] = []
+    if crashed:
+        lines += ["## Crashes", "", "| # | status | reason | description |", "|---:|---|---|---|"]
+        lines += [f"| {r.id} | {r.status} | {_cell(r.reason)} | {_cell(r.description)} |" for r in crashed]
+        lines.append("")
+    if rejected:
+        lines += ["## Rejected", "", "Runs that finished and were then refused; the metric is the one they printed.",
+                  "", "| # | printed metric | reason | description |", "|---:|---:|---|---|"]
+        lines += [f"| {r.id} | {_number(shown_metric(r))} | {_cell(r.reason)} | {_cell(r.description)} |"
+                  for r in rejected]
+        lines.append("")
+    if failed_baselines:
+        lines += ["## Failed baseline runs", "", "Runs of the unchanged code that gave no baseline; the next "
+                  "baseline run was measured instead.", "", "| # | status | printed metric | reason |",
+                  "|---:|---|---:|---|"]
+        lines += [f"| {r.id} | {r.status} | {_number(shown_metric(r))} | {_cell(r.reason)} |"
+                  for r in failed_baselines]
+        lines.append("")
+    return lines
 
 
 def _holdout_section(outcome: _Outcome) -> list[str]:
@@ -315,7 +371,20 @@ def _metric_with_id(row: ExperimentRow | None) -> str:
 
 
 def _signed(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.6f}"
+    return "-" if value is None else _fixed(value, 6, sign="+")
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else _fixed(value, 6)
+
+
+def _fixed(value: float, digits: int, sign: str = "") -> str:
+    """`value` with `digits` decimals, never as a negative zero (-0.000000 reads as a loss that is not there)."""
+    return f"{round(value, digits) + 0.0:{sign}.{digits}f}"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _cell(text: str) -> str:

@@ -3,27 +3,38 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from loopdeck.engine.config import Config
 
-_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "AUTH", "COOKIE",
-                 "PRIVATE")
+# Words that name a credential wherever they appear, even inside a longer word (PGPASSWORD, CLIENT_SECRET).
+_SECRET_PARTS = ("SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "COOKIE")
+# Words that name a credential only as a whole `_`-separated word: as substrings they are everywhere
+# (TOKENIZERS_PARALLELISM, XAUTHORITY, KEYBOARD_LAYOUT). The plurals keep e.g. EVAL_TOKENS out, as before.
+_SECRET_WORDS = frozenset({
+    "KEY", "KEYS", "TOKEN", "TOKENS", "AUTH", "PRIVATE", "PASS", "APIKEY", "ACCESSKEY", "PRIVATEKEY", "AUTHKEY",
+    "AUTHTOKEN", "ACCESSTOKEN", "APITOKEN",
+})
 _CLOUD_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCLOUD_", "CLOUDSDK_")
 
 
 def _looks_secret(name: str) -> bool:
     upper = name.upper()
-    return any(word in upper for word in _SECRET_WORDS) or upper.startswith(_CLOUD_PREFIXES)
+    if upper.startswith(_CLOUD_PREFIXES) or any(part in upper for part in _SECRET_PARTS):
+        return True
+    return not _SECRET_WORDS.isdisjoint(re.split(r"[^A-Z0-9]+", upper))
 
 
 def scrubbed_env(base: Mapping[str, str], allow: Iterable[str] = (), extra: Mapping[str, str] | None = None
                  ) -> dict[str, str]:
-    """base without credential-looking variables (except `allow`), plus extra, plus PYTHONUNBUFFERED=1.
+    """base without credential-shaped variables (except `allow`), plus extra, plus PYTHONUNBUFFERED=1.
 
-    Removed: names containing KEY, TOKEN, SECRET, PASSWORD, PASSWD, PASSPHRASE, CREDENTIAL, AUTH, COOKIE or
-    PRIVATE (any case), and cloud credential families AWS_*, AZURE_*, GOOGLE_*, GCLOUD_*, CLOUDSDK_*.
+    Removed (any case): names containing SECRET, PASSWORD, PASSWD, PASSPHRASE, CREDENTIAL or COOKIE; names with
+    KEY, TOKEN, AUTH, PRIVATE or PASS as a whole `_`-separated word (API_KEY, HF_TOKEN, NPM_AUTH), or APIKEY,
+    ACCESSKEY, AUTHTOKEN and kin; and the cloud credential families AWS_*, AZURE_*, GOOGLE_*, GCLOUD_*,
+    CLOUDSDK_*. Kept: look-alikes such as TOKENIZERS_PARALLELISM, XAUTHORITY or KEYBOARD_LAYOUT.
     """
     allowed = set(allow)
     # LOOPDECK_* is loopdeck's own training contract (e.g. LOOPDECK_EVAL_TOKENS), never a credential.

@@ -88,6 +88,13 @@ class ResearchRepo:
             self._git("checkout", "-q", "-b", name)
         return name
 
+    def switch_to(self, branch: str) -> None:
+        """Check out an existing branch (the user's own, when a session ends having kept nothing); LoopdeckError
+        on a dirty tree (an experiment's leftovers would follow the checkout onto that branch) or when git refuses
+        (the branch is gone)."""
+        self.check_clean()
+        self._git("checkout", "-q", branch, "--")
+
     # --- writes ------------------------------------------------------------------------------------------------
 
     def commit_files(self, files: Mapping[str, str], message: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -17,12 +18,19 @@ from loopdeck.engine.errors import LoopdeckError
 RESULTS_FILE = "results.tsv"
 RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 # results.tsv knows three outcomes. Rows without a commit never ran (vetoed, or rejected by the guard) and are
-# left out, like running rows; a run rejected after it ran (it broke its budget, its model looks ahead) is a crash.
-# Extra runs (baseline seeds, confirmations) live in the runs table: results.tsv keeps one line per experiment.
+# left out, like running rows; a run rejected after it ran (it broke its budget, its model looks ahead) or stopped
+# before it finished is a crash. Extra runs (baseline seeds, confirmations) live in the runs table: results.tsv
+# keeps one line per experiment.
 TSV_STATUS = {
     "keep": "keep", "discard": "discard", "aborted": "discard",
     "crash": "crash", "timeout": "crash", "nan": "crash", "interrupted": "crash", "rejected": "crash",
 }
+# Runs that failed by themselves have no metric: 0.0, as autoresearch writes them. Rejected and interrupted runs are
+# written as crashes too, but keep the metric they printed, and their real status goes into the description as a
+# suffix a notebook can filter on (`df.description.str.contains(r"\[rejected")`).
+_FAILED = frozenset({"crash", "timeout", "nan"})
+_SUFFIXED = frozenset({"rejected", "interrupted"})
+_SUFFIX_REASON_CHARS = 48
 
 
 class ResultRow(Protocol):
@@ -31,8 +39,10 @@ class ResultRow(Protocol):
     status: str
     commit: str
     metric: float | None
+    reported_metric: float | None
     peak_memory_mb: float | None
     description: str
+    reason: str
 
 
 def results_text(rows: Iterable[ResultRow]) -> str:
@@ -40,16 +50,34 @@ def results_text(rows: Iterable[ResultRow]) -> str:
     return RESULTS_HEADER + "".join(_results_line(row) for row in rows)
 
 
+def shown_metric(row: ResultRow) -> float | None:
+    """The metric to show for a row: its score, else (a rejected or interrupted run) the one it printed."""
+    if row.metric is not None or row.status not in _SUFFIXED:
+        return row.metric
+    return row.reported_metric
+
+
+def _status_suffix(row: ResultRow) -> str:
+    """` [rejected: over budget]`, ` [interrupted: aborted by a person]`, or "" for the statuses autoresearch has."""
+    if row.status not in _SUFFIXED:
+        return ""
+    head = re.split(r"[:;(]", " ".join(row.reason.split()), maxsplit=1)[0].strip()
+    if len(head) > _SUFFIX_REASON_CHARS:
+        head = head[: _SUFFIX_REASON_CHARS - 1] + "…"
+    return f" [{row.status}: {head}]" if head else f" [{row.status}]"
+
+
 def _results_line(row: ResultRow) -> str:
     """One results.tsv line, or "" for a row that never ran (no commit, or a status autoresearch has no word for)."""
     status = TSV_STATUS.get(row.status)
     if status is None or not row.commit:
         return ""
-    crashed = status == "crash"
-    metric = 0.0 if crashed or row.metric is None else row.metric
-    memory_gb = 0.0 if crashed or row.peak_memory_mb is None else row.peak_memory_mb / 1024
-    description = " ".join(row.description.split())  # tabs or newlines would break the TSV
-    return f"{row.commit[:7]}\t{metric:.6f}\t{memory_gb:.1f}\t{status}\t{description}\n"
+    failed = row.status in _FAILED
+    metric = None if failed else shown_metric(row)
+    memory_mb = None if failed else row.peak_memory_mb
+    description = " ".join(row.description.split()) + _status_suffix(row)  # tabs or newlines would break the TSV
+    return (f"{row.commit[:7]}\t{metric or 0.0:.6f}\t{(memory_mb or 0.0) / 1024:.1f}\t{status}\t"
+            f"{description.strip()}\n")
 
 
 def is_current(path: Path, text: str) -> bool:
