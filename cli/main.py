@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train(add_parser: AddParser) -> None:
     train = add_parser("train", help="train the default GPT target once, outside any loop",
-                           description="Train the built-in GPT target once and print its progress and the "
-                           "autoresearch-style summary (val_bpb, …).")
+                       description="Train the built-in GPT target once and print its progress and the "
+                       "autoresearch-style summary (val_bpb, …).")
     train.add_argument("--budget", type=positive_float, metavar="SECONDS",
                        help="training time budget in seconds (default: the harness's TIME_BUDGET)")
     train.add_argument("--data", metavar="PATH", help="a directory or glob of .txt/.jsonl/.parquet files "
@@ -71,8 +71,9 @@ def _add_train(add_parser: AddParser) -> None:
 
 def _add_init(add_parser: AddParser) -> None:
     init = add_parser("init", help="create a research workspace",
-                          description="Create a git repository with the editable train.py, program.md and a "
-                          "commented loopdeck.toml. The options are written into loopdeck.toml.")
+                      description="Create a git repository with the editable train.py, its protected "
+                      "harness.py, program.md and a commented loopdeck.toml. The options are written into "
+                      "loopdeck.toml.")
     init.add_argument("dir", metavar="DIR", help="the workspace to create: a new or empty directory")
     init.add_argument("--budget", type=positive_float, metavar="SECONDS", help="training time budget per "
                       f"experiment (default: {Config().experiment.budget_seconds:g})")
@@ -86,11 +87,11 @@ def _add_init(add_parser: AddParser) -> None:
 
 def _add_run(add_parser: AddParser) -> None:
     run = add_parser("run", help="run the research loop (console, or --headless)",
-                         description="Run the research loop on DIR. DIR may be a loopdeck workspace, an existing "
-                         "autoresearch-style repository (train.py, prepare.py, program.md), or a path that does "
-                         "not exist yet, which becomes a new workspace with the embedded default (--budget, "
-                         "--agent and --approve are then written into its loopdeck.toml). Each option overrides "
-                         "loopdeck.toml for this session only.")
+                     description="Run the research loop on DIR. DIR may be a loopdeck workspace, an existing "
+                     "autoresearch-style repository (train.py, prepare.py, program.md), or a path that does "
+                     "not exist yet, which becomes a new workspace with the embedded default (--budget, "
+                     "--agent and --approve are then written into its loopdeck.toml). Each option overrides "
+                     "loopdeck.toml for this session only.")
     run.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
     run.add_argument("--headless", action="store_true", help="no UI: one line per experiment, then a summary; "
                      "exit status 0 when the session ends normally, 1 after too many crashes in a row, 2 on "
@@ -101,27 +102,28 @@ def _add_run(add_parser: AddParser) -> None:
 
 def _add_watch(add_parser: AddParser) -> None:
     watch = add_parser("watch", help="watch a running session, read-only",
-                           description="Attach to a session (e.g. `loopdeck run --headless` in another terminal): "
-                           "replay its history from the events journal and follow it live. Nothing here changes "
-                           "the run, and closing it never stops the run.")
+                       description="Attach to a session (e.g. `loopdeck run --headless` in another terminal): "
+                       "replay its history from the events journal and follow it live. Nothing here changes "
+                       "the run, and closing it never stops the run.")
     watch.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
     watch.set_defaults(handler=_target("loopdeck.cli.launch:watch_command"))
 
 
 def _add_status(add_parser: AddParser) -> None:
     status = add_parser("status", help="print the experiment ledger as a table",
-                            description="Print every experiment recorded in DIR's ledger as a table.")
+                        description="Print every experiment recorded in DIR's ledger as a table.")
     status.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
     status.set_defaults(handler=_target("loopdeck.cli.workspace:status_command"))
 
 
 def _add_try(add_parser: AddParser) -> None:
     try_ = add_parser("try", help="run one experiment from your own patch",
-                          description="Run a unified diff through the same guard → commit → run → evaluate → "
-                          "keep/revert → record path as an agent's change.")
+                      description="Run a unified diff through the same guard → commit → run → evaluate → "
+                      "keep/revert → record path as an agent's change.")
     try_.add_argument("dir", metavar="DIR", help="the workspace")
     try_.add_argument("patch", metavar="PATCH", help="a unified diff file (e.g. from `git diff`)")
-    try_.add_argument("--description", "-m", metavar="TEXT", help="one line for the ledger (default: the patch file name)")
+    try_.add_argument("--description", "-m", metavar="TEXT",
+                      help="one line for the ledger (default: the patch file name)")
     try_.add_argument("--budget", type=positive_float, metavar="SECONDS",
                       help="training time budget for this experiment (default: loopdeck.toml's budget_seconds)")
     try_.set_defaults(handler=_target("loopdeck.cli.workspace:try_command"))
@@ -129,8 +131,8 @@ def _add_try(add_parser: AddParser) -> None:
 
 def _add_report(add_parser: AddParser) -> None:
     report = add_parser("report", help="write a progress chart (PNG) and a Markdown summary",
-                            description="Write a chart of the metric over the experiments (PNG) and a Markdown "
-                            "summary of DIR's ledger.")
+                        description="Write a chart of the metric over the experiments (PNG) and a Markdown "
+                        "summary of DIR's ledger.")
     report.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
     report.add_argument("--out", metavar="DIR", help="output folder (default: DIR/.loopdeck/report)")
     report.set_defaults(handler=_target("loopdeck.cli.workspace:report_command"))
@@ -138,7 +140,7 @@ def _add_report(add_parser: AddParser) -> None:
 
 def _add_ctl(add_parser: AddParser) -> None:
     ctl = add_parser("ctl", help="send a control command to a running headless session",
-                         description="Control a session started with `loopdeck run --headless`.")
+                     description="Control a session started with `loopdeck run --headless`.")
     ctl.add_argument("dir", metavar="DIR", help="the workspace the session runs in")
     ctl.add_argument("action", choices=CTL_ACTIONS, metavar="ACTION",
                      help="approve / veto: decide on the pending change; note: add TEXT as a note; pause / resume; "
@@ -146,7 +148,8 @@ def _add_ctl(add_parser: AddParser) -> None:
                      "approval policy to auto / ask")
     ctl.add_argument("text", nargs="?", default="", metavar="TEXT",
                      help="the note (for `note`, or a veto's reason; default: none)")
-    ctl.add_argument("--experiment", type=int, metavar="N", help="which pending experiment (default: the pending one)")
+    ctl.add_argument("--experiment", type=int, metavar="N",
+                     help="which pending experiment (default: the pending one)")
     ctl.set_defaults(handler=_target("loopdeck.cli.workspace:control_command"))
 
 
