@@ -186,3 +186,10 @@ def test_the_baseline_is_never_rejected_but_an_overshooting_change_is(tmp_path: 
     assert any(getattr(event, "message", "").startswith("the baseline is over budget") for event in recorded)
     assert candidate.status == "rejected" and "TIME_BUDGET in prepare.py" in candidate.reason
     assert "LOOPDECK_TIME_BUDGET" not in candidate.reason
+
+
+def test_a_headless_run_on_an_inferred_repo_is_unattended(tmp_path: Path) -> None:
+    from loopdeck.cli.headless import headless_approval
+
+    repo = make_repo(tmp_path / "repo")  # no loopdeck.toml, and runs cannot be seeded: settings are adjusted
+    assert headless_approval(repo) == "auto"

@@ -230,3 +230,10 @@ def test_arbitrary_text_gives_a_config_or_a_clear_error(text: str) -> None:
     except LoopdeckError as exc:
         assert str(exc).startswith("loopdeck.toml: ")
 
+
+
+def test_an_updated_config_still_knows_which_settings_were_set() -> None:
+    config = parse_config("[loop]\nmax_hours = 2.0\n").updated(baseline_seeds=1)
+    assert config.evaluation.baseline_seeds == 1 and config.loop.max_hours == 2.0
+    assert "max_hours" in config.loop.model_fields_set and "approval" not in config.loop.model_fields_set
+    assert "baseline_seeds" in config.evaluation.model_fields_set

@@ -249,11 +249,13 @@ class Config(_Section):
         unknown = sorted(set(fields) - set(_field_sections()))
         if unknown:
             raise TypeError(f"unknown settings {unknown}")
-        data = self.model_dump()
+        # Only what was set before, plus the new values: which settings a file set explicitly stays known
+        # (headless runs, for one, are unattended unless loopdeck.toml itself asks for the approval gate).
+        data = self.model_dump(exclude_unset=True)
         for name, value in fields.items():
             section = data
             for key in _field_sections()[name]:
-                section = section[key]
+                section = section.setdefault(key, {})
             section[name] = value
         return validate(data, "settings")
 
