@@ -79,7 +79,11 @@ class Agent(Protocol):
     the loop hands it back with a fresh turn (the previous outcome in `feedback` and `history`, notes sent since,
     the current incumbent's files; `draft.files` already rebased onto them). It returns the draft, or a better
     proposal; raising behaves as in `propose`, except that a non-fatal error keeps the draft. Without `revise`
-    the draft runs as drafted."""
+    the draft runs as drafted.
+
+    Optionally it also has `check() -> None`: one cheap request at session start, before the baseline trains,
+    that raises `AgentError(fatal=True)` for what no turn can fix (an unreachable endpoint, a rejected key, an
+    unknown model)."""
 
     name: str
 

@@ -20,7 +20,7 @@ DEFAULT_PATTERN = r"^val_bpb:\s*([-+0-9.eE]+|nan|inf)"
 AUTORESEARCH_BUDGET = 300.0
 
 # The one definition of each choice; the command line offers exactly these (`get_args` turns them into tuples).
-AgentKind = Literal["auto", "offline", "claude"]
+AgentKind = Literal["auto", "offline", "claude", "openai"]
 ApprovalPolicy = Literal["ask", "auto"]
 PipelineMode = Literal["auto", "on", "off"]
 AGENT_KINDS: tuple[str, ...] = get_args(AgentKind)
@@ -165,13 +165,42 @@ class ClaudeSettings(_Section):
         return prices
 
 
+class OpenAISettings(_Section):
+    """The agent on any OpenAI-compatible endpoint, hosted or local (Ollama, vLLM, llama.cpp, LM Studio)."""
+
+    base_url: str = Field(default="", description='e.g. "http://localhost:11434/v1" for Ollama; "" = '
+                          "OPENAI_BASE_URL, else api.openai.com")
+    model: str = Field(default="", description='model id as the server names it; "" = the one model the '
+                       "server lists")
+    api_key_env: str = Field(default="OPENAI_API_KEY", min_length=1, description="environment variable holding "
+                             "the key (a local server without one needs none)")
+    compact: bool = Field(default=False, description="true = a shorter system prompt and simpler tool schemas, "
+                          "for small (local) models")
+    max_tokens: int = Field(default=0, ge=0, description="output token cap per request; 0 = the server's default")
+    budget_usd: float = Field(default=0.0, ge=0, description="0 = no cap; needs prices")
+    budget_tokens: int = Field(default=0, ge=0, description="0 = no cap")
+    prices: dict[str, float] = Field(default={}, description="$ per million tokens: input, output, cache_read "
+                                     "(no built-in table: a local model costs nothing)")
+
+    @field_validator("prices")
+    @classmethod
+    def _prices(cls, prices: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(prices) - {"input", "output", "cache_read"})
+        if unknown:
+            raise ValueError(f"unknown price {unknown[0]!r}; allowed: input, output, cache_read")
+        if any(v < 0 for v in prices.values()):
+            raise ValueError("prices must be >= 0")
+        return prices
+
+
 class AgentSettings(_Section):
     """Who proposes the changes."""
 
     kind: AgentKind = Field(default="auto", description="auto (claude if ANTHROPIC_API_KEY is set, else "
-                            "offline) | offline | claude")
+                            "offline) | offline | claude | openai")
     seed: int = Field(default=0, ge=0, description="seed of the offline agent's search")
     claude: ClaudeSettings = Field(default_factory=ClaudeSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
 
 
 class SandboxSettings(_Section):
@@ -226,8 +255,8 @@ class EvaluationSettings(_Section):
 
 
 class Config(_Section):
-    """Root of loopdeck.toml: `.experiment`, `.metric`, `.loop`, `.agent` (with `.agent.claude`), `.sandbox`,
-    `.evaluation`."""
+    """Root of loopdeck.toml: `.experiment`, `.metric`, `.loop`, `.agent` (with `.agent.claude`, `.agent.openai`),
+    `.sandbox`, `.evaluation`."""
 
     experiment: ExperimentSettings = Field(default_factory=ExperimentSettings)
     metric: MetricSettings = Field(default_factory=MetricSettings)
@@ -262,7 +291,8 @@ class Config(_Section):
 
 @functools.cache
 def _field_sections() -> dict[str, tuple[str, ...]]:
-    """Every setting's name -> the section path holding it (setting names are unique across sections)."""
+    """Every setting's name -> the section path holding it. Names are unique across sections except the agents'
+    (`model`, `base_url`, `max_tokens`, …): a shared name is the first section's, [agent.claude]'s."""
     index: dict[str, tuple[str, ...]] = {}
 
     def walk(model: type[BaseModel], path: tuple[str, ...]) -> None:
@@ -271,7 +301,7 @@ def _field_sections() -> dict[str, tuple[str, ...]]:
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 walk(annotation, (*path, name))
             else:
-                index[name] = path
+                index.setdefault(name, path)
 
     walk(Config, ())
     return index
