@@ -5,8 +5,8 @@ Streamed replies are `data: {chat.completion.chunk}` server-sent events ending i
 with the assistant role, `reasoning_content` deltas (as vLLM and DeepSeek send them), `content` deltas,
 `tool_calls` deltas (index, id, type and function name in the first fragment, the JSON arguments cut into
 fragments after it), a chunk with `finish_reason`, and, when the request asks for
-`stream_options.include_usage`, a last chunk with empty `choices` and the usage. `GET /v1/models` lists the
-served models. The real `openai.OpenAI(base_url=server.url, ...)` client talks to it; every request is recorded.
+`stream_options.include_usage`, a last chunk with empty `choices` and the usage; a fault mid-stream is a
+`data: {"error": …}` chunk. `GET /v1/models` lists the served models. The real `openai.OpenAI(base_url=server.url, ...)` client talks to it; every request is recorded.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class Reply:
     completion_tokens: int = 50
     cached_tokens: int = 0
     finish_reason: str | None = None  # default: tool_calls if the reply calls a tool, else stop
+    fail_after: int | None = None  # after this many chunks, an error chunk ends the stream (a server fault)
 
 
 def reply(*calls: Call, content: str = "", reasoning: str = "", **options: Any) -> Reply:
@@ -150,7 +151,11 @@ def _handler_for(api: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             if self.path != "/v1/chat/completions":
                 self._error(HttpError(404, f"Unknown path {self.path}"))
                 return
-            problem = request_problem(body, api.models)
+            if body.get("model") not in api.models:  # what api.openai.com answers for an unknown model
+                self._error(HttpError(404, f"The model `{body.get('model')}` does not exist or you do not have "
+                                      "access to it.", code="model_not_found"))
+                return
+            problem = request_problem(body)
             response = HttpError(400, problem) if problem else api._next()
             if isinstance(response, HttpError):
                 self._error(response)
@@ -186,9 +191,14 @@ def _handler_for(api: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
             usage = bool(body.get("stream_options", {}).get("include_usage"))
             try:
-                for chunk in chunks(body.get("model", ""), response, usage=usage):
+                for number, chunk in enumerate(chunks(body.get("model", ""), response, usage=usage)):
+                    if number == response.fail_after:
+                        chunk = {"error": {"message": "The server had an error while processing your request.",
+                                           "type": "server_error", "param": None, "code": None}}
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
+                    if number == response.fail_after:
+                        return
                 self.wfile.write(b"data: [DONE]\n\n")
             except (BrokenPipeError, ConnectionResetError):
                 return  # the client closed the stream early
@@ -226,11 +236,9 @@ def _pieces(value: str, size: int = 12) -> list[str]:
     return [value[i : i + size] for i in range(0, len(value), size)] or [""]
 
 
-def request_problem(body: dict[str, Any], models: tuple[str, ...]) -> str:
-    """The checks of a real server that a client bug would trip: a served model, streaming, well-formed tools,
-    and every assistant tool call answered by a tool message before the next assistant or user message."""
-    if body.get("model") not in models:
-        return f"The model `{body.get('model')}` does not exist"
+def request_problem(body: dict[str, Any]) -> str:
+    """The checks of a real server that a client bug would trip: streaming, well-formed tools, and every
+    assistant tool call answered by a tool message before the next assistant or user message."""
     if body.get("stream") is not True:
         return "fake_openai only serves stream: true"
     for tool in body.get("tools", []):

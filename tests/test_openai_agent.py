@@ -198,12 +198,28 @@ def test_a_bad_request_costs_one_turn_not_the_session(api, workspace):
     assert not raised.value.fatal
 
 
+def test_an_unknown_model_at_the_first_request_is_fatal_and_names_the_setting(api, workspace):
+    with pytest.raises(AgentError, match=r"404.*does not exist.*Check \[agent.openai\] model") as raised:
+        agent_for(api, model="gpt-9").propose(make_turn(workspace))
+    assert raised.value.fatal
+
+
 def test_server_errors_are_retried(api, workspace):
     api.script(HttpError(503, "overloaded", type="server_error"), *read_edit_propose())
     events: list = []
     proposal = agent_for(api, model="fake-model").propose(make_turn(workspace, events))
     assert proposal.description == "raise LR to 0.03"
     assert any("waiting 2 s before retrying" in getattr(e, "message", "") for e in events)
+
+
+def test_an_error_in_the_middle_of_a_stream_is_retried(api, workspace):
+    first, *rest = read_edit_propose()
+    api.script(reply(*first.calls, reasoning=first.reasoning, fail_after=3), first, *rest)
+    events: list = []
+    proposal = agent_for(api, model="fake-model").propose(make_turn(workspace, events))
+    assert proposal.description == "raise LR to 0.03"
+    assert any("mid-stream error" in getattr(e, "message", "") for e in events)
+    assert len(api.completions()) == 4
 
 
 # --- the start-up check ---------------------------------------------------------------------------------------

@@ -293,8 +293,9 @@ class OpenAIAgent:
                 raise AgentError(f"the openai endpoint {self.base_url} rejected the API key ({detail}). Check "
                                  f"{self.settings.api_key_env}.", fatal=True, stop_reason="auth") from None
             if status == 404:
-                raise AgentError(f"the openai endpoint {self.base_url} does not know model {self.model!r} "
-                                 f"({detail}). Check [agent.openai] model.", fatal=True) from None
+                raise AgentError(f"the openai endpoint {self.base_url} answered {detail} for model "
+                                 f"{self.model!r}. Check [agent.openai] model and base_url (most servers end it "
+                                 "in /v1).", fatal=True) from None
             if status == 402:
                 raise AgentError(f"the openai account cannot pay for requests ({detail}).", fatal=True,
                                  stop_reason="budget") from None
