@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-CLAUDE_FLAGS = ("-p", "--output-format", "stream-json", "--verbose", "--allowedTools")
+CLAUDE_FLAGS = ("-p", "--output-format", "stream-json", "--verbose", "--tools", "--allowedTools")
 DESCRIPTION = "raise LR towards 0.2"
 FINAL = f"I changed LR.\nDESCRIPTION: {DESCRIPTION}\nRATIONALE: the metric is best near 0.2, so a step towards it helps."
 

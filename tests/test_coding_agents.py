@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import git, ledger_rows
+from fake_anthropic import FakeAnthropic
 from fake_targets import PROGRAM_MD
 
 from loopdeck.cli.main import main
@@ -214,3 +216,29 @@ def test_agents_command_lists_every_kind_without_network(tmp_path: Path, fake_cl
     main(["agents", str(tmp_path)])
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:] if line.strip()}
     assert " no " in lines["codex"] and "not on PATH" in lines["codex"]
+
+
+def _real_claude() -> str | None:
+    return os.environ.get("LOOPDECK_TEST_CLAUDE_CODE") or shutil.which("claude")
+
+
+@pytest.mark.skipif(_real_claude() is None, reason="the real Claude Code CLI is not installed (npm install -g "
+                    "@anthropic-ai/claude-code, or point LOOPDECK_TEST_CLAUDE_CODE at its binary)")
+def test_real_claude_code_accepts_the_command_line_and_its_stream_is_read(
+        workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real CLI, pointed at the local Messages API stand-in (no scripted reply: every request fails), so
+    nothing reaches the network: it must accept loopdeck's flags and its real stream must end the turn as a
+    failed one with the CLI's own message."""
+    with FakeAnthropic() as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-fake")
+        monkeypatch.setenv("HOME", str(tmp_path))  # no login, settings or sessions of the person running tests
+        monkeypatch.setenv("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        events: list = []
+        agent = CodingCliAgent("claude-code", CliAgentSettings(executable=str(_real_claude()),
+                                                               turn_timeout_seconds=120))
+        with pytest.raises(AgentError) as raised:
+            agent.propose(_turn(workspace, events))
+        assert not raised.value.fatal and "unexpected arguments" not in str(raised.value)
+        assert api.requests, "the CLI never called the Messages API stand-in"
+        assert "Lower val_bpb" in json.dumps(api.requests[0].body)

@@ -39,9 +39,11 @@ class CliKind:
 
 
 def _claude_argv(executable: str, settings: CliAgentSettings, scratch: Path) -> list[str]:
-    # The prompt comes on stdin; only the listed (file) tools run, every other tool is refused in print mode.
-    return [executable, "-p", "--output-format", "stream-json", "--verbose",
-            "--allowedTools", ",".join(settings.allowed_tools)]
+    # The prompt comes on stdin. --tools is all the model is offered, --allowedTools runs them without asking;
+    # no MCP servers of the user's, and no saved session per turn.
+    tools = ",".join(settings.allowed_tools)
+    return [executable, "-p", "--output-format", "stream-json", "--verbose", "--tools", tools,
+            "--allowedTools", tools, "--strict-mcp-config", "--no-session-persistence"]
 
 
 def _codex_argv(executable: str, settings: CliAgentSettings, scratch: Path) -> list[str]:
@@ -179,7 +181,7 @@ class CodingCliAgent:
         return outcome.final_text
 
     def _count_usage(self, turn: AgentTurn, usage: dict[str, int], cost: float) -> None:
-        if not usage and not cost:
+        if not any(usage.values()) and not cost:
             return
         self._session_tokens += sum(usage.values())
         self._session_cost += cost

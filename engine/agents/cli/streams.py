@@ -17,6 +17,7 @@ from typing import Any
 from loopdeck.engine.events import AgentTextDelta, AgentThinkingDelta, AgentToolCall, AgentToolResult, Event
 
 SUMMARY_CHARS = 120
+ERROR_CHARS = 400  # an error is the whole story of a failed turn: longer than a tool call's summary
 
 
 @dataclass
@@ -42,9 +43,9 @@ def parse_line(line: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _short(text: str) -> str:
+def _short(text: str, limit: int = SUMMARY_CHARS) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ClaudeCodeStream:
@@ -102,7 +103,8 @@ class ClaudeCodeStream:
         if isinstance(record.get("result"), str) and record["result"].strip():
             outcome.final_text = record["result"]
         if record.get("is_error") or record.get("subtype", "success") != "success":
-            outcome.error = _short(record.get("result") or record.get("subtype") or "the CLI reported an error")
+            outcome.error = _short(record.get("result") or record.get("subtype") or "the CLI reported an error",
+                                   ERROR_CHARS)
         usage = record.get("usage") if isinstance(record.get("usage"), dict) else {}
         outcome.usage = {"input_tokens": _int(usage.get("input_tokens")),
                          "output_tokens": _int(usage.get("output_tokens")),
@@ -135,7 +137,7 @@ class CodexStream:
         elif kind in ("turn.failed", "error"):
             error = record.get("error") if isinstance(record.get("error"), dict) else record
             self.outcome.finished = kind == "turn.failed"
-            self.outcome.error = _short(error.get("message") or kind)
+            self.outcome.error = _short(error.get("message") or kind, ERROR_CHARS)
         return []
 
     def _item(self, item: dict[str, Any]) -> list[Event]:
