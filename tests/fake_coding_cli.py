@@ -31,7 +31,7 @@ def check_argv(cli: str, args: list[str]) -> None:
         missing = [flag for flag in CLAUDE_FLAGS if flag not in args]
         ok = not missing and args[args.index("--output-format") + 1] == "stream-json"
     else:
-        ok = args[:2] == ["exec", "--json"] and args[-1] == "-" and args[args.index("--cd") + 1] == os.getcwd()
+        ok = args[:2] == ["exec", "--json"] and "--ephemeral" in args and args[-1] == "-" and args[args.index("--cd") + 1] == os.getcwd()
     if not ok:
         print(f"fake {cli}: unexpected arguments {args}", file=sys.stderr)
         sys.exit(2)

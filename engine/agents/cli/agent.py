@@ -47,8 +47,9 @@ def _claude_argv(executable: str, settings: CliAgentSettings, scratch: Path) -> 
 
 
 def _codex_argv(executable: str, settings: CliAgentSettings, scratch: Path) -> list[str]:
-    # workspace-write: codex may edit files under the scratch directory only; `-` reads the prompt from stdin.
-    return [executable, "exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check",
+    # workspace-write: codex may edit files under the scratch directory only; --ephemeral: no session files kept;
+    # `-` reads the prompt from stdin.
+    return [executable, "exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check", "--ephemeral",
             "--cd", str(scratch), "-"]
 
 
