@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"loopdeck {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     for add in (_add_train, _add_init, _add_run, _add_watch, _add_status, _add_try, _add_report, _add_ctl,
-                _add_migrate, _add_doctor):
+                _add_migrate, _add_doctor, _add_agents):
         add(sub.add_parser)
     return parser
 
@@ -169,6 +169,15 @@ def _add_doctor(add_parser: AddParser) -> None:
                         "problem comes with the command that fixes it. Exit status 0 when DIR can run, 1 otherwise.")
     doctor.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
     doctor.set_defaults(handler=_target("loopdeck.cli.doctor:doctor_command"))
+
+
+def _add_agents(add_parser: AddParser) -> None:
+    agents = add_parser("agents", help="list the agents and whether each is usable here",
+                        description="List every agent kind with usable / not usable and why (key missing, CLI not "
+                        "on PATH, package not installed). Reads the environment, PATH and DIR's loopdeck.toml "
+                        "only: no network request is made.")
+    agents.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
+    agents.set_defaults(handler=_target("loopdeck.cli.agents:agents_command"))
 
 
 def _run_handler(args: argparse.Namespace) -> int:

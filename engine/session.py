@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loopdeck.engine.agents.base import Agent
+from loopdeck.engine.agents.cli.agent import CLI_KINDS, CodingCliAgent, cli_problem
 from loopdeck.engine.config import AGENT_KINDS, APPROVALS, Config, load_config
 from loopdeck.engine.control import Controller, ControlReader, control_path, make_command
 from loopdeck.engine.errors import LoopdeckError
@@ -90,6 +91,10 @@ class Session:
         if self.agent_kind == "claude" and agent is None and not os.environ.get("ANTHROPIC_API_KEY", "").strip():
             raise LoopdeckError("the claude agent needs ANTHROPIC_API_KEY in the environment: export it, or use "
                                 "the built-in offline agent (--agent offline)")
+        if self.agent_kind in CLI_KINDS and agent is None:
+            problem = cli_problem(self.agent_kind, self.config.agent.cli)
+            if problem:  # before the baseline trains, not after
+                raise LoopdeckError(problem)
         # A workspace of an earlier loopdeck first: preflight would call its old harness import a missing module.
         check_not_legacy(self.workspace, self.config.experiment)
         self.config_notes += _preflight_notes(self.workspace, self.config)
@@ -288,6 +293,8 @@ class Session:
             from loopdeck.engine.agents.openai.agent import OpenAIAgent, OpenAISettings
 
             return _checked(OpenAIAgent(OpenAISettings.from_config(self.config.agent.openai)))
+        if self.agent_kind in CLI_KINDS:
+            return CodingCliAgent(self.agent_kind, self.config.agent.cli)
         # Imported here: the anthropic SDK is only loaded by sessions that use it.
         from loopdeck.engine.agents.claude.agent import ClaudeAgent, ClaudeSettings
 

@@ -20,7 +20,7 @@ DEFAULT_PATTERN = r"^val_bpb:\s*([-+0-9.eE]+|nan|inf)"
 AUTORESEARCH_BUDGET = 300.0
 
 # The one definition of each choice; the command line offers exactly these (`get_args` turns them into tuples).
-AgentKind = Literal["auto", "offline", "claude", "openai"]
+AgentKind = Literal["auto", "offline", "claude", "openai", "claude-code", "codex"]
 ApprovalPolicy = Literal["ask", "auto"]
 PipelineMode = Literal["auto", "on", "off"]
 AGENT_KINDS: tuple[str, ...] = get_args(AgentKind)
@@ -193,14 +193,25 @@ class OpenAISettings(_Section):
         return prices
 
 
+class CliAgentSettings(_Section):
+    """A coding-agent CLI as the agent (used when [agent] kind is claude-code or codex)."""
+
+    executable: str = Field(default="", description='the CLI to run; "" = claude or codex on PATH')
+    turn_timeout_seconds: float = Field(default=900.0, gt=0, description="a turn still running after this "
+                                        "long is killed (its whole process group) and counts as a failed turn")
+    allowed_tools: list[str] = Field(default=["Read", "Edit", "Write"], min_length=1,
+                                     description="claude-code's --allowedTools (codex: its workspace-write sandbox)")
+
+
 class AgentSettings(_Section):
     """Who proposes the changes."""
 
     kind: AgentKind = Field(default="auto", description="auto (claude if ANTHROPIC_API_KEY is set, else "
-                            "offline) | offline | claude | openai")
+                            "offline) | offline | claude | openai | claude-code | codex")
     seed: int = Field(default=0, ge=0, description="seed of the offline agent's search")
     claude: ClaudeSettings = Field(default_factory=ClaudeSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    cli: CliAgentSettings = Field(default_factory=CliAgentSettings)
 
 
 class SandboxSettings(_Section):
