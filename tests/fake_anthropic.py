@@ -95,6 +95,11 @@ class HttpError:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """The connection is closed without an answer, as by a service that is down behind its load balancer."""
+
+
 def reply(*blocks: Block, usage: Usage | None = None, **options: Any) -> Reply:
     return Reply(blocks=blocks, usage=usage or Usage(), **options)
 
@@ -162,10 +167,11 @@ class FakeAnthropic:
     """`with FakeAnthropic() as api: api.script(reply(...), ...); client = Anthropic(base_url=api.url, ...)`."""
 
     def __init__(self) -> None:
-        self._responses: queue.Queue[Reply | HttpError] = queue.Queue()
+        self._responses: queue.Queue[Reply | HttpError | Dropped] = queue.Queue()
         # GET /v1/models/{id}: a model it does not list is a 404, as from the real API.
         self.models: dict[str, dict[str, Any] | HttpError] = {"claude-sonnet-5-5": model_info("claude-sonnet-5-5")}
-        self.requests: list[RecordedRequest] = []
+        self.requests: list[RecordedRequest] = []  # the Messages API calls
+        self.model_requests: list[RecordedRequest] = []  # the Models API look-ups (an agent's start check)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -177,7 +183,7 @@ class FakeAnthropic:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def script(self, *responses: Reply | HttpError) -> None:
+    def script(self, *responses: Reply | HttpError | Dropped) -> None:
         for response in responses:
             self._responses.put(response)
 
@@ -202,7 +208,7 @@ class FakeAnthropic:
         with self._lock:
             self.requests.append(request)
 
-    def _next(self) -> Reply | HttpError:
+    def _next(self) -> Reply | HttpError | Dropped:
         try:
             return self._responses.get_nowait()
         except queue.Empty:
@@ -215,7 +221,9 @@ def _handler_for(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             return  # keep test output clean
 
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            api._record(RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, {}))
+            with api._lock:
+                api.model_requests.append(RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()},
+                                                          {}))
             model = self.path.split("?")[0].removeprefix("/v1/models/")
             info = api.models.get(model) if self.path.startswith("/v1/models/") else None
             if info is None:
@@ -245,7 +253,9 @@ def _handler_for(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 self._error(HttpError(400, "invalid_request_error", problem))
                 return
             response = api._next()
-            if isinstance(response, HttpError):
+            if isinstance(response, Dropped):
+                self.close_connection = True  # no answer at all: the client sees the connection fail
+            elif isinstance(response, HttpError):
                 self._error(response)
             else:
                 self._stream(body, response)

@@ -66,6 +66,7 @@ _AFTER_REFUSAL = (
     "sandbox: propose one measurable change to its hyperparameters, architecture or optimiser."
 )
 _REFUSALS_PER_TURN = 2
+_CHECK_TIMEOUT_S = 30.0  # the start check is one small GET: a service that takes longer is not usable
 
 
 @dataclass
@@ -135,7 +136,7 @@ class ClaudeAgent:
         unknown model, an unreachable endpoint or a thinking/effort setting the model refuses is fatal here,
         not after the baseline's runs."""
         try:
-            info = self._client.models.retrieve(self.settings.model)
+            info = self._client.with_options(timeout=_CHECK_TIMEOUT_S).models.retrieve(self.settings.model)
         except (anthropic.APIError, httpx2.TransportError) as exc:
             failure = classify(exc, self.settings, self._redact)
             where = self.settings.base_url or "the Anthropic API"
@@ -275,8 +276,9 @@ class ClaudeAgent:
                 continue
             attempt += 1
             if attempt == self._retry_attempts:
+                # An unreadable response is this turn's fault; anything else that persists is the service's.
                 raise AgentError(f"Claude API still failing after {attempt} attempts: {failure.detail}",
-                                 stop_reason="outage") from None
+                                 stop_reason="error" if failure.unreadable else "outage") from None
             delay = min(self._retry_delay * 2 ** (attempt - 1), self._retry_max_delay)
             turn.emit(Notice(
                 level="warning", experiment=turn.experiment,

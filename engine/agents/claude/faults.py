@@ -31,6 +31,7 @@ class Failure:
 
     kind: Kind
     detail: str
+    unreadable: bool = False  # the service answered, but with a response the SDK could not parse
 
 
 class MalformedStream(Exception):
@@ -46,7 +47,7 @@ def classify(exc: Exception, settings: Any, redact: Any) -> Failure:
     """Describe a failed call, or raise the fatal `AgentError` it calls for. Never chains the SDK exception,
     whose request carries the key in its headers. `redact` removes the key from a text."""
     if isinstance(exc, MalformedStream):
-        return Failure("passing", f"unreadable response ({exc})")
+        return Failure("passing", f"unreadable response ({exc})", unreadable=True)
     if not isinstance(exc, anthropic.APIStatusError):
         return Failure("passing", redact(f"connection failed ({type(exc).__name__}: {exc})"))
     status, kind = exc.status_code, exc.type or ""
