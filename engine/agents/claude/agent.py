@@ -23,6 +23,7 @@ from loopdeck.engine.agents.claude.context import (
     append_to_last,
     assistant_content,
     context_chars,
+    conversation_chars,
     first_message,
     system_prompt,
     trim_tool_results,
@@ -268,7 +269,7 @@ class ClaudeAgent:
             if failure.kind == "turn":
                 raise AgentError(f"the Anthropic API refused this turn's request ({failure.detail})")
             if failure.kind == "too_long":
-                limit //= 2
+                limit = min(limit, conversation_chars(messages)) // 2
                 if not trim_tool_results(messages, limit):
                     raise AgentError(f"the turn's conversation no longer fits the model ({failure.detail})")
                 turn.emit(Notice(level="warning", experiment=turn.experiment,

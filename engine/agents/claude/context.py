@@ -165,7 +165,7 @@ def context_chars(context_tokens: int, max_tokens: int) -> int:
 def trim_tool_results(messages: list[dict[str, Any]], max_chars: int) -> bool:
     """Replace the oldest tool results (never the newest round's) by a short marker until the conversation fits
     in `max_chars`; True when anything was trimmed."""
-    size = sum(_size(message) for message in messages)
+    size = conversation_chars(messages)
     trimmed = False
     for message in messages[:-1]:
         if size <= max_chars:
@@ -181,8 +181,12 @@ def trim_tool_results(messages: list[dict[str, Any]], max_chars: int) -> bool:
     return trimmed
 
 
-def _size(message: dict[str, Any]) -> int:
-    content = message.get("content")
+def conversation_chars(messages: list[dict[str, Any]]) -> int:
+    """The characters of a conversation's contents (what its token count grows with)."""
+    return sum(_chars(message.get("content")) for message in messages)
+
+
+def _chars(content: Any) -> int:
     if isinstance(content, str):
         return len(content)
     return sum(len(str(block.get("content") or block.get("text") or block.get("thinking") or block.get("input")
