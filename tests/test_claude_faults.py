@@ -242,6 +242,19 @@ def test_check_finds_a_bad_key_model_or_endpoint(api, rec, setup, expected):
     assert caught.value.fatal and expected in str(caught.value) and KEY not in str(caught.value)
 
 
+def test_a_busy_service_at_start_is_not_a_reason_to_stop(api, rec):
+    api.models["claude-sonnet-5-5"] = HttpError(529, "overloaded_error", "Overloaded", (("retry-after-ms", "1"),))
+    agent_for(api, rec).check()  # the first turn retries what is passing
+    assert len(api.model_requests) == 3  # the SDK's own retries
+
+
+def test_a_retired_model_is_found_at_start(api, rec):
+    api.models["claude-sonnet-5-5"] = {**model_info("claude-sonnet-5-5"), "lifecycle": "retired"}
+    with pytest.raises(AgentError) as caught:
+        agent_for(api, rec).check()
+    assert caught.value.fatal and "retired" in str(caught.value)
+
+
 def test_a_rejected_key_stops_the_session_before_the_baseline(make_workspace, run_session):
     workspace = make_workspace()
     with FakeAnthropic() as api:

@@ -139,7 +139,9 @@ class ClaudeAgent:
         try:
             info = self._client.with_options(timeout=_CHECK_TIMEOUT_S).models.retrieve(self.settings.model)
         except (anthropic.APIError, httpx2.TransportError) as exc:
-            failure = classify(exc, self.settings, self._redact)
+            failure = classify(exc, self.settings, self._redact)  # raises for a rejected key or unknown model
+            if isinstance(exc, anthropic.APIStatusError):
+                return  # the service answered, if busily: the turns retry what is passing
             where = self.settings.base_url or "the Anthropic API"
             raise AgentError(f"Claude agent: cannot reach {where} ({failure.detail}). Check the network or "
                              "[agent.claude] base_url, or run with --agent offline.",

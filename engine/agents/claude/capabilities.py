@@ -34,6 +34,8 @@ def combination_problem(thinking: str, effort: str) -> str:
 def limits_from(info: Any, settings: Any) -> ModelLimits:
     """The model's limits, or the fatal `AgentError` naming the setting it cannot honour."""
     problems = []
+    if info.lifecycle == "retired":
+        problems.append("the model is retired; set [agent.claude] model to a current one")
     capabilities = info.capabilities
     if capabilities is not None:
         accepted = [name for name in ("adaptive", "enabled", "disabled", "between_tools")
