@@ -3,8 +3,10 @@ streaming format (server-sent events) and the real error shapes, scripted per te
 
 The real `anthropic.Anthropic(base_url=server.url, api_key=...)` client talks to it, so tests exercise the SDK's
 own parsing, retries and error classes; only the service behind the HTTP boundary is fake. Every request is
-recorded (headers and JSON body) for assertions on what the SDK sent. `make_turn` builds the agent turn
-these tests drive.
+recorded (headers and JSON body) for assertions on what the SDK sent. It also answers the Models API's
+GET /v1/models/{id} (an agent's start check) from `models`, and validates requests as the real API does (every
+tool_use answered, no thinking block without its signature). Replies can carry malformed tool JSON, unsigned
+thinking, a refusal's stop_details, or drop the connection. `make_turn` builds the agent turn these tests drive.
 """
 
 from __future__ import annotations
@@ -208,6 +210,14 @@ class FakeAnthropic:
         with self._lock:
             self.requests.append(request)
 
+    def look_up(self, request: RecordedRequest) -> dict[str, Any] | HttpError:
+        """GET /v1/models/{id}: the model's entry, its scripted error, or the API's 404 for a model it lacks."""
+        with self._lock:
+            self.model_requests.append(request)
+        model = request.path.split("?")[0].removeprefix("/v1/models/")
+        info = self.models.get(model) if request.path.startswith("/v1/models/") else None
+        return HttpError(404, "not_found_error", f"model: {model}") if info is None else info
+
     def _next(self) -> Reply | HttpError | Dropped:
         try:
             return self._responses.get_nowait()
@@ -221,22 +231,16 @@ def _handler_for(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             return  # keep test output clean
 
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            with api._lock:
-                api.model_requests.append(RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()},
-                                                          {}))
-            model = self.path.split("?")[0].removeprefix("/v1/models/")
-            info = api.models.get(model) if self.path.startswith("/v1/models/") else None
-            if info is None:
-                self._error(HttpError(404, "not_found_error", f"model: {model}"))
-            elif isinstance(info, HttpError):
-                self._error(info)
-            else:
-                payload = json.dumps(info).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+            answer = api.look_up(RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, {}))
+            if isinstance(answer, HttpError):
+                self._error(answer)
+                return
+            payload = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
 
         def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
             length = int(self.headers.get("content-length", "0"))
