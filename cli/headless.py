@@ -17,7 +17,7 @@ from loopdeck.engine.session import Session
 
 # How a session ended -> exit status of `loopdeck run --headless` (anything else is an error: 2).
 EXIT_CODES = {"max_experiments": 0, "time_limit": 0, "stopped": 0, "aborted": 0, "exhausted": 0, "budget": 0,
-              "crash_limit": 1}
+              "crash_limit": 1, "refusal_limit": 1}
 
 
 def run_headless_command(args: argparse.Namespace) -> int:

@@ -94,7 +94,7 @@ def _add_run(add_parser: AddParser) -> None:
                      "loopdeck.toml for this session only.")
     run.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
     run.add_argument("--headless", action="store_true", help="no UI: one line per experiment, then a summary; "
-                     "exit status 0 when the session ends normally, 1 after too many crashes in a row, 2 on "
+                     "exit status 0 when the session ends normally, 1 after too many crashes (or refusals) in a row, 2 on "
                      "an error")
     add_run_options(run)
     run.set_defaults(handler=_run_handler)

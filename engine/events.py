@@ -66,7 +66,8 @@ class SessionStarted(Event):
 @dataclass(frozen=True, kw_only=True)
 class SessionFinished(Event):
     kind: ClassVar[str] = "session_finished"
-    reason: str  # "max_experiments" | "time_limit" | "stopped" | "aborted" | "crash_limit" | "budget" | "error"
+    # "max_experiments" | "time_limit" | "stopped" | "aborted" | "crash_limit" | "refusal_limit" | "budget" | "error"
+    reason: str
     experiments: int
     kept: int
     baseline_metric: float | None

@@ -292,13 +292,13 @@ class Session:
         if self.agent_kind == "openai":
             from loopdeck.engine.agents.openai.agent import OpenAIAgent, OpenAISettings
 
-            return _checked(OpenAIAgent(OpenAISettings.from_config(self.config.agent.openai)))
+            return OpenAIAgent(OpenAISettings.from_config(self.config.agent.openai))
         if self.agent_kind in CLI_KINDS:
             return CodingCliAgent(self.agent_kind, self.config.agent.cli)
         # Imported here: the anthropic SDK is only loaded by sessions that use it.
         from loopdeck.engine.agents.claude.agent import ClaudeAgent, ClaudeSettings
 
-        return _checked(ClaudeAgent(ClaudeSettings.from_config(self.config.agent.claude)))
+        return ClaudeAgent(ClaudeSettings.from_config(self.config.agent.claude))
 
     def _poll_control(self) -> None:
         while not self._stopped.wait(CONTROL_POLL_SECONDS):
@@ -358,19 +358,6 @@ def _journal_damage(path: Path) -> list[str]:
         return []
     return [f"{path}: {damage}. The ledger and results.tsv are not affected and `loopdeck watch` replays around "
             f"the damage; to start a clean journal, move {path.name} aside before the next run"]
-
-
-def _checked(agent: Agent) -> Agent:
-    """The agent, after its optional start-up `check()` (see `Agent`): a wrong key, address or model ends the
-    session here, before the baseline trains, with the agent closed."""
-    check = getattr(agent, "check", None)
-    if check is not None:
-        try:
-            check()
-        except BaseException:
-            agent.close()
-            raise
-    return agent
 
 
 def _preflight_notes(workspace: Path, config: Config) -> list[str]:

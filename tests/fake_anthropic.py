@@ -3,8 +3,10 @@ streaming format (server-sent events) and the real error shapes, scripted per te
 
 The real `anthropic.Anthropic(base_url=server.url, api_key=...)` client talks to it, so tests exercise the SDK's
 own parsing, retries and error classes; only the service behind the HTTP boundary is fake. Every request is
-recorded (headers and JSON body) for assertions on what the SDK sent. `make_turn` builds the agent turn
-these tests drive.
+recorded (headers and JSON body) for assertions on what the SDK sent. It also answers the Models API's
+GET /v1/models/{id} (an agent's start check) from `models`, and validates requests as the real API does (every
+tool_use answered, no thinking block without its signature). Replies can carry malformed tool JSON, unsigned
+thinking, a refusal's stop_details, or drop the connection. `make_turn` builds the agent turn these tests drive.
 """
 
 from __future__ import annotations
@@ -37,10 +39,17 @@ class Block:
     name: str = ""  # tool_use
     input: dict[str, Any] = field(default_factory=dict)  # tool_use
     id: str = ""
+    raw_json: str | None = None  # tool_use: stream this exact (possibly malformed) JSON instead of `input`
+    signed: bool = True  # thinking: False leaves out the signature_delta, as when max_tokens cuts the block
 
 
 def thinking(text: str) -> Block:
     return Block("thinking", text=text)
+
+
+def unsigned_thinking(text: str) -> Block:
+    """A thinking block cut off by max_tokens before its signature arrived."""
+    return Block("thinking", text=text, signed=False)
 
 
 def text(value: str) -> Block:
@@ -49,6 +58,11 @@ def text(value: str) -> Block:
 
 def tool_use(name: str, **tool_input: Any) -> Block:
     return Block("tool_use", name=name, input=tool_input, id=f"toolu_{next(_ids):06d}")
+
+
+def malformed_tool_use(name: str, raw_json: str = '{"path": "train.py", "content": "x\\q"}') -> Block:
+    """A tool call whose streamed input is not valid JSON (the SDK raises a plain ValueError on it)."""
+    return Block("tool_use", name=name, raw_json=raw_json, id=f"toolu_{next(_ids):06d}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,7 @@ class Reply:
     fail_after: int | None = None
     fail_type: str = "overloaded_error"
     event_delay: float = 0.0  # seconds between SSE events, for tests that act while a reply streams
+    stop_details: dict[str, Any] | None = None  # with stop_reason "refusal": category and explanation
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,11 @@ class HttpError:
     type: str
     message: str
     headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """The connection is closed without an answer, as by a service that is down behind its load balancer."""
 
 
 def reply(*blocks: Block, usage: Usage | None = None, **options: Any) -> Reply:
@@ -100,6 +120,41 @@ def unauthorized() -> HttpError:
     return HttpError(401, "authentication_error", "invalid x-api-key")
 
 
+def prompt_too_long() -> HttpError:
+    return HttpError(400, "invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum")
+
+
+def refusal(*blocks: Block, category: str = "cyber", explanation: str = "This looks like exploit development.",
+            **options: Any) -> Reply:
+    """A reply the model stopped with stop_reason "refusal" and the API's structured stop_details."""
+    return reply(*blocks, stop_reason="refusal",
+                 stop_details={"type": "refusal", "category": category, "explanation": explanation}, **options)
+
+
+def model_info(model: str, *, thinking: tuple[str, ...] = ("adaptive", "between_tools"),
+               efforts: tuple[str, ...] = ("low", "medium", "high", "xhigh", "max"),
+               max_input_tokens: int = 200_000, max_tokens: int = 64_000) -> dict[str, Any]:
+    """The body of GET /v1/models/{id}: the model's limits and which thinking types and efforts it accepts."""
+    supported = {"supported": True}
+    unsupported = {"supported": False}
+    other = {name: unsupported for name in ("batch", "citations", "code_execution", "image_input", "pdf_input",
+                                            "structured_outputs")}
+    return {
+        "type": "model", "id": model, "display_name": model, "created_at": "2026-01-01T00:00:00Z",
+        "lifecycle": "active", "max_input_tokens": max_input_tokens, "max_tokens": max_tokens,
+        "capabilities": {
+            **other,
+            "context_management": {"supported": False},
+            "server_tools": {"supported": False},
+            "effort": {"supported": bool(efforts), **{level: supported if level in efforts else unsupported
+                                                      for level in ("low", "medium", "high", "xhigh", "max")}},
+            "thinking": {"supported": True, "types": {kind: supported if kind in thinking else unsupported
+                                                      for kind in ("adaptive", "enabled", "disabled",
+                                                                   "between_tools")}},
+        },
+    }
+
+
 # --- the server --------------------------------------------------------------------------------------------------
 
 
@@ -114,8 +169,11 @@ class FakeAnthropic:
     """`with FakeAnthropic() as api: api.script(reply(...), ...); client = Anthropic(base_url=api.url, ...)`."""
 
     def __init__(self) -> None:
-        self._responses: queue.Queue[Reply | HttpError] = queue.Queue()
-        self.requests: list[RecordedRequest] = []
+        self._responses: queue.Queue[Reply | HttpError | Dropped] = queue.Queue()
+        # GET /v1/models/{id}: a model it does not list is a 404, as from the real API.
+        self.models: dict[str, dict[str, Any] | HttpError] = {"claude-sonnet-5-5": model_info("claude-sonnet-5-5")}
+        self.requests: list[RecordedRequest] = []  # the Messages API calls
+        self.model_requests: list[RecordedRequest] = []  # the Models API look-ups (an agent's start check)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -127,7 +185,7 @@ class FakeAnthropic:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def script(self, *responses: Reply | HttpError) -> None:
+    def script(self, *responses: Reply | HttpError | Dropped) -> None:
         for response in responses:
             self._responses.put(response)
 
@@ -152,7 +210,15 @@ class FakeAnthropic:
         with self._lock:
             self.requests.append(request)
 
-    def _next(self) -> Reply | HttpError:
+    def look_up(self, request: RecordedRequest) -> dict[str, Any] | HttpError:
+        """GET /v1/models/{id}: the model's entry, its scripted error, or the API's 404 for a model it lacks."""
+        with self._lock:
+            self.model_requests.append(request)
+        model = request.path.split("?")[0].removeprefix("/v1/models/")
+        info = self.models.get(model) if request.path.startswith("/v1/models/") else None
+        return HttpError(404, "not_found_error", f"model: {model}") if info is None else info
+
+    def _next(self) -> Reply | HttpError | Dropped:
         try:
             return self._responses.get_nowait()
         except queue.Empty:
@@ -163,6 +229,18 @@ def _handler_for(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
             return  # keep test output clean
+
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            answer = api.look_up(RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, {}))
+            if isinstance(answer, HttpError):
+                self._error(answer)
+                return
+            payload = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
 
         def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
             length = int(self.headers.get("content-length", "0"))
@@ -179,7 +257,9 @@ def _handler_for(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 self._error(HttpError(400, "invalid_request_error", problem))
                 return
             response = api._next()
-            if isinstance(response, HttpError):
+            if isinstance(response, Dropped):
+                self.close_connection = True  # no answer at all: the client sees the connection fail
+            elif isinstance(response, HttpError):
                 self._error(response)
             else:
                 self._stream(body, response)
@@ -237,14 +317,16 @@ def sse_events(model: str, response: Reply) -> Iterator[tuple[str, dict[str, Any
         if block.type == "thinking":
             start = {"type": "thinking", "thinking": "", "signature": ""}
             deltas = [{"type": "thinking_delta", "thinking": piece} for piece in _pieces(block.text)]
-            deltas.append({"type": "signature_delta", "signature": f"sig-{index}-fake"})
+            if block.signed:
+                deltas.append({"type": "signature_delta", "signature": f"sig-{index}-fake"})
         elif block.type == "text":
             start = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": piece} for piece in _pieces(block.text)]
         else:
             start = {"type": "tool_use", "id": block.id, "name": block.name, "input": {}}
             deltas = [{"type": "input_json_delta", "partial_json": piece}
-                      for piece in ["", *_pieces(json.dumps(block.input), 24)]]
+                      for piece in ["", *_pieces(block.raw_json if block.raw_json is not None
+                                                  else json.dumps(block.input), 24)]]
         yield "content_block_start", {"type": "content_block_start", "index": index, "content_block": start}
         for delta in deltas:
             yield "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
@@ -253,7 +335,8 @@ def sse_events(model: str, response: Reply) -> Iterator[tuple[str, dict[str, Any
         "tool_use" if any(b.type == "tool_use" for b in response.blocks) else "end_turn")
     # message_delta's usage counts are cumulative totals for the whole message, not increments.
     yield "message_delta", {"type": "message_delta",
-                            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                            "delta": {"stop_reason": stop_reason, "stop_sequence": None,
+                                      "stop_details": response.stop_details},
                             "usage": {"output_tokens": usage.output_tokens, "input_tokens": usage.input_tokens,
                                       "cache_creation_input_tokens": usage.cache_creation_input_tokens,
                                       "cache_read_input_tokens": usage.cache_read_input_tokens}}
@@ -279,6 +362,9 @@ def _request_problem(body: dict[str, Any]) -> str:
         content = message.get("content")
         if isinstance(content, list) and not content:
             return f"messages.{position}: content must be non-empty"
+        for number, block in enumerate(content if isinstance(content, list) else []):
+            if block.get("type") == "thinking" and not block.get("signature"):
+                return f"messages.{position}.content.{number}.thinking.signature: Field required"
         if message.get("role") != "assistant" or not isinstance(content, list):
             continue
         wanted = {block["id"] for block in content if block.get("type") == "tool_use"}

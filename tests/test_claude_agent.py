@@ -364,7 +364,9 @@ def test_tool_rounds_are_capped(api, rec, workspace):
     with pytest.raises(AgentError) as caught:
         agent.propose(make_turn(workspace, rec.events))
     assert not caught.value.fatal and "3 requests without proposing" in str(caught.value)
-    assert "last round" in api.requests[2].body["messages"][-1]["content"][-1]["text"]
+    # Told inside the last tool result: a text block after tool results invites an empty reply.
+    last = api.requests[2].body["messages"][-1]["content"]
+    assert [block["type"] for block in last] == ["tool_result"] and "last round" in last[-1]["content"]
     assert rec.of(AgentUsage)[0].input_tokens == 300  # the spent tokens are still reported
 
 

@@ -9,14 +9,13 @@ import socket
 import subprocess
 import threading
 import time
-from http.server import ThreadingHTTPServer
 
 import pytest
 from conftest import Recorded, ledger_rows
 from fake_anthropic import (
+    Dropped,
     FakeAnthropic,
     HttpError,
-    _handler_for,
     overloaded,
     rate_limited,
     reply,
@@ -56,56 +55,20 @@ def mid_stream_overload():
     return reply(text("this reply is cut off halfway through"), fail_after=4)
 
 
-class LateServer(FakeAnthropic):
-    """A fake Messages API that binds a chosen port only when started: before that, connections are refused."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__()
-        self._server.server_close()
-        self._port = port
-
-    def start(self) -> LateServer:
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    @property
-    def started(self) -> bool:
-        return self._thread.is_alive()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_an_outage_of_minutes_is_waited_out_with_backoff_and_the_loop_resumes(make_workspace):
-    """Refused connections, then 429/529/500 and a stream cut mid-way: 12 failed calls over two agent turns and
+    """Dropped connections, then 429/529/500 and a stream cut mid-way: 12 failed calls over two agent turns and
     four and a half minutes of (virtual) backoff; then the service recovers and the experiment runs."""
     workspace = make_workspace(fake_train_source(lr=0.5))
-    port = free_port()
-    api = LateServer(port)
-    api.script(rate_limited(), overloaded(), server_error(), mid_stream_overload(), overloaded(),  # turn 1 ends
-               rate_limited(), server_error(), overloaded(), mid_stream_overload(), *lr_turn(0.5, 0.25))
     slept: list[float] = []
-
-    def virtual_sleep(seconds: float) -> None:
-        slept.append(seconds)
-        if sum(slept) >= 14 and not api.started:  # three refused connections, then it comes up
-            api.start()
-
-    agent = ClaudeAgent(ClaudeSettings(base_url=f"http://127.0.0.1:{port}"), api_key=KEY, max_retries=0,
-                        sleep=virtual_sleep)
-    recorded = Recorded()
-    try:
+    # The service answers the agent's start check, then drops three connections before it answers with errors.
+    with FakeAnthropic() as api:
+        api.script(Dropped(), Dropped(), Dropped(),
+                   rate_limited(), overloaded(), server_error(), mid_stream_overload(), overloaded(),  # turn 1 ends
+                   rate_limited(), server_error(), overloaded(), mid_stream_overload(), *lr_turn(0.5, 0.25))
+        agent = ClaudeAgent(ClaudeSettings(base_url=api.url), api_key=KEY, max_retries=0, sleep=slept.append)
+        recorded = Recorded()
         Session(workspace, RunOptions(approval="auto", max_experiments=1, pipeline=SCRIPTED), on_event=recorded,
                 agent=agent).run()
-    finally:
-        api.stop()
 
     assert recorded.finished.reason == "max_experiments"
     (kept,) = [e for e in recorded.of(ExperimentKept) if e.experiment == 1]

@@ -4,11 +4,15 @@
 (a person's notes, veto notes, notes of a dropped turn), and the feedback it gets about its last experiment. A
 proposal is drafted without a ledger row: an engine killed while the agent drafts leaves nothing behind, and the
 number is used again. A failed turn (an agent error that is not fatal, or a bug in an agent) counts as a failure
-towards the crash limit; a fatal `AgentError` or a stop ends the session (`LoopStopped`).
+towards the crash limit; a fatal `AgentError` or a stop ends the session (`LoopStopped`). Two failures are not the
+change's or the agent's code's fault and are counted apart: a refusal (`stop_reason="refusal"`; as many in a row
+as the crash limit end the session as `refusal_limit`), and an outage of the agent's service
+(`stop_reason="outage"`, raised after the agent's own backoff), which never ends the session by itself.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +48,7 @@ class Turns:
     def __init__(self, ctx: LoopContext, agent_factory: Callable[[], Agent], tally: Tally) -> None:
         self.ctx = ctx
         self.tally = tally
+        self.refusals = 0  # consecutive turns the agent declined
         self._agent_factory = agent_factory
         self.agent: Agent | None = None  # made by `open`
         self.feedback = ""  # about the last experiment, for the next turn
@@ -52,9 +57,32 @@ class Turns:
     # --- the agent's lifetime ----------------------------------------------------------------------------------
 
     def open(self) -> Agent:
-        """Make the agent (its constructor may raise AgentError, which ends the session)."""
+        """Make the agent and let it check its service before the baseline runs (its constructor or its optional
+        `check()` may raise AgentError, which ends the session)."""
         self.agent = self._agent_factory()
+        check = getattr(self.agent, "check", None)
+        if callable(check):
+            self._check(check)
         return self.agent
+
+    def _check(self, check: Callable[[], None]) -> None:
+        """Run the agent's start check in a worker, so that a stop is honoured while its service does not answer."""
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                check()
+            except BaseException as exc:  # handed to the loop's thread, which raises it
+                failure.append(exc)
+
+        worker = threading.Thread(target=run, daemon=True, name="agent-check")
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+            if worker.is_alive():
+                self.ctx.halt_if_requested()
+        if failure:
+            raise failure[0]
 
     def close(self) -> None:
         if self.agent is not None:
@@ -127,6 +155,10 @@ class Turns:
         except AgentError as exc:
             if exc.fatal:
                 raise LoopStopped(exc.stop_reason, str(exc)) from None
+            if exc.stop_reason == "refusal":
+                return self._agent_refused(number, notes, record, str(exc))
+            if exc.stop_reason == "outage":
+                return self._agent_unreachable(number, notes, record, str(exc))
             return self._agent_failed(number, notes, record, str(exc))
         except Exception as exc:  # a bug in an agent must not take the engine down with it
             return self._agent_failed(number, notes, record, f"{type(exc).__name__}: {exc}")
@@ -136,12 +168,33 @@ class Turns:
         if not record.usage and isinstance(proposal.meta.get("usage"), dict):
             record.usage = {name: proposal.meta["usage"].get(name, 0) for name in USAGE_FIELDS}
         self.feedback = ""
+        self.refusals = 0
         return proposal
 
     def _agent_failed(self, number: int, notes: list[str], record: TurnRecord, message: str) -> None:
         self._notes = [note for note in notes if note not in record.delivered]
         self.tally.failures += 1
         self.ctx.emit(Notice(level="warning", experiment=number, message=f"the agent failed to propose: {message}"))
+
+    def _agent_refused(self, number: int, notes: list[str], record: TurnRecord, message: str) -> None:
+        """A declined turn: told as such, counted apart from crashes; as many in a row as the crash limit end
+        the session."""
+        self._notes = [note for note in notes if note not in record.delivered]
+        self.refusals += 1
+        limit = self.ctx.config.loop.max_consecutive_crashes
+        if self.refusals >= limit:
+            raise LoopStopped("refusal_limit", f"the agent declined {self.refusals} turns in a row (no experiment ran; "
+                              f"the last: {message}). Reword program.md or choose another model.")
+        self.ctx.emit(Notice(level="warning", experiment=number,
+                             message=f"the agent declined this turn ({self.refusals} of {limit} in a row): {message}"))
+
+    def _agent_unreachable(self, number: int, notes: list[str], record: TurnRecord, message: str) -> None:
+        """A turn lost to an outage of the agent's service (the agent already waited it out with backoff up to
+        its ceiling): not a failed experiment, so the loop simply tries again, however long the outage lasts."""
+        self._notes = [note for note in notes if note not in record.delivered]
+        self.ctx.emit(Notice(level="warning", experiment=number,
+                             message=f"the agent failed to propose: {message} (an outage of the agent's service: "
+                             "not counted toward [loop] max_consecutive_crashes; trying again)"))
 
 
 def usage_fields(usage: dict) -> dict[str, float | int]:

@@ -10,16 +10,33 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anthropic
 import httpx2
 
 from loopdeck.engine.agents.base import AgentCancelled, AgentError, AgentTurn, Proposal
-from loopdeck.engine.agents.claude.context import first_message, system_prompt
-from loopdeck.engine.agents.claude.pricing import COST_NOTE, TokenUsage, price_for, usage_from_api
+from loopdeck.engine.agents.claude.capabilities import ModelLimits, limits_from
+from loopdeck.engine.agents.claude.context import (
+    append_to_last,
+    assistant_content,
+    context_chars,
+    conversation_chars,
+    first_message,
+    system_prompt,
+    trim_tool_results,
+)
+from loopdeck.engine.agents.claude.faults import MalformedStream, classify
+from loopdeck.engine.agents.claude.pricing import (
+    COST_NOTE,
+    TokenUsage,
+    price_for,
+    unpriced_warning,
+    usage_from_api,
+)
+from loopdeck.engine.agents.claude.settings import ClaudeSettings, thinking_config
 from loopdeck.engine.agents.claude.tools import TOOL_SCHEMAS, ToolOutcome, Workbench, call_summary
 from loopdeck.engine.events import (
     AgentTextDelta,
@@ -31,43 +48,34 @@ from loopdeck.engine.events import (
     Notice,
 )
 
-DEFAULT_MODEL = "claude-sonnet-5-5"
-THINKING_MODES = ("adaptive", "enabled", "disabled", "between_tools")
 NO_KEY_MESSAGE = (
     "The Claude agent needs an Anthropic API key: set ANTHROPIC_API_KEY in the environment "
     "(export ANTHROPIC_API_KEY=...), or run with --agent offline to use the built-in offline agent."
 )
-# Error types an SSE `event: error` carries for a passing fault. The SDK does not retry an error that arrives
-# in the middle of a stream (the HTTP status was already 200), so the agent retries those calls itself.
-_PASSING_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
 _EPHEMERAL = {"type": "ephemeral"}
 _REVISE = (
     "You drafted this experiment while the previous one was still training: \"{description}\". The previous "
     "experiment's outcome is below. Your draft is already applied to the editable files (rebased onto the current "
     "incumbent). If it still makes sense, call propose_experiment right away; otherwise change the files first."
 )
+_NUDGE = ("Nothing is proposed until you call propose_experiment. Make your edit if you have not, then call it.")
+_CUT_OFF = ("Your response was cut off at max_tokens. Continue more briefly: make one tool call now, or call "
+            "propose_experiment if your edit is done.")
+_LAST_ROUND = "This is your last round: call propose_experiment now with the edits you have made."
+_AFTER_REFUSAL = (
+    "\n\nThis is ordinary machine-learning research on the training script of a small language model in a local "
+    "sandbox: propose one measurable change to its hyperparameters, architecture or optimiser."
+)
+_REFUSALS_PER_TURN = 2
+_CHECK_TIMEOUT_S = 30.0  # the start check is one small GET: a service that takes longer is not usable
 
 
 @dataclass
-class ClaudeSettings:
-    """`[agent.claude]` of loopdeck.toml."""
+class _Meter:
+    """What one turn has used so far."""
 
-    model: str = DEFAULT_MODEL
-    max_tokens: int = 16000
-    thinking: str = "adaptive"  # adaptive | enabled | disabled | between_tools
-    effort: str = "medium"  # low | medium | high (| xhigh | max on models that accept them)
-    budget_usd: float = 0.0  # 0 = no cap
-    budget_tokens: int = 0  # 0 = no cap; counts input, output, cache-write and cache-read tokens
-    base_url: str = ""  # "" = the SDK default
-    prices: dict | None = None  # $/MTok overrides: any of input, output, cache_write, cache_read
-
-    @classmethod
-    def from_config(cls, section: Any) -> ClaudeSettings:
-        """Settings from a `[agent.claude]` pydantic model or mapping; fields this class does not know are
-        ignored."""
-        data = section if isinstance(section, Mapping) else section.model_dump()
-        known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known and value is not None})
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    cost: float = 0.0
 
 
 class ClaudeAgent:
@@ -93,7 +101,8 @@ class ClaudeAgent:
             raise AgentError(NO_KEY_MESSAGE, fatal=True, stop_reason="no_api_key")
         self.settings = settings
         self._key = key
-        self._thinking = _thinking_config(settings)
+        self._thinking = thinking_config(settings)
+        self._limits = ModelLimits()  # until `check` asks the Models API
         try:
             self._price = price_for(settings.model, settings.prices)
         except ValueError as err:
@@ -121,6 +130,24 @@ class ClaudeAgent:
     def close(self) -> None:
         self._client.close()
 
+    # --- session start --------------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """One cheap request before the baseline trains: the Models API's entry for the model. A rejected key, an
+        unknown model, an unreachable endpoint or a thinking/effort setting the model refuses is fatal here,
+        not after the baseline's runs."""
+        try:
+            info = self._client.with_options(timeout=_CHECK_TIMEOUT_S).models.retrieve(self.settings.model)
+        except (anthropic.APIError, httpx2.TransportError) as exc:
+            failure = classify(exc, self.settings, self._redact)  # raises for a rejected key or unknown model
+            if isinstance(exc, anthropic.APIStatusError):
+                return  # the service answered, if busily: the turns retry what is passing
+            where = self.settings.base_url or "the Anthropic API"
+            raise AgentError(f"Claude agent: cannot reach {where} ({failure.detail}). Check the network or "
+                             "[agent.claude] base_url, or run with --agent offline.",
+                             fatal=True, stop_reason="error") from None
+        self._limits = limits_from(info, self.settings)
+
     # --- one turn ---------------------------------------------------------------------------------------------
 
     def propose(self, turn: AgentTurn) -> Proposal:
@@ -130,19 +157,24 @@ class ClaudeAgent:
         """Tool rounds on `bench` (the turn's in-memory files) until Claude proposes."""
         self._check_budget()
         system = [{"type": "text", "text": system_prompt(turn.program), "cache_control": _EPHEMERAL}]
-        messages: list[dict[str, Any]] = [{"role": "user", "content": first_message(turn)}]
-        turn_usage, turn_cost = TokenUsage(), 0.0
+        opening = first_message(turn)
+        messages: list[dict[str, Any]] = [{"role": "user", "content": opening}]
+        start_files, meter, refusals = dict(bench.files), _Meter(), 0
         try:
             for round_number in range(1, self._max_tool_rounds + 1):
-                message = self._call(turn, system, messages)
-                usage = usage_from_api(message.usage)
-                cost = self._cost(turn, usage)
-                turn_usage, turn_cost = turn_usage + usage, turn_cost + cost
-                self._session_usage, self._session_cost = self._session_usage + usage, self._session_cost + cost
+                message = self._call(turn, system, messages, meter)
+                self._charge(turn, meter, usage_from_api(message.usage))
                 if round_number == 1:
                     for note in turn.notes:
                         turn.emit(NoteDelivered(experiment=turn.experiment, text=note))
-                if assistant := _assistant_content(message):
+                if message.stop_reason == "refusal":
+                    refusals += 1
+                    self._refused(turn, message, refusals)
+                    # The API's guidance: after a refusal start the conversation afresh; the edits go with it.
+                    bench.files = dict(start_files)
+                    messages = [{"role": "user", "content": opening + _AFTER_REFUSAL}]
+                    continue
+                if assistant := assistant_content(message):
                     messages.append({"role": "assistant", "content": assistant})
                 reply, proposal = self._answer(turn, bench, message)
                 if proposal is not None:
@@ -150,24 +182,36 @@ class ClaudeAgent:
                     return Proposal(
                         description=description, rationale=rationale, files=bench.changed_files(),
                         meta={"agent": self.name, "model": self.settings.model,
-                              "usage": {**turn_usage.to_dict(), "cost_usd": round(turn_cost, 6)}},
+                              "usage": {**meter.usage.to_dict(), "cost_usd": round(meter.cost, 6)}},
                     )
                 # A proposal already paid for is still returned; no further call is made past the budget.
                 self._check_budget()
                 if round_number == self._max_tool_rounds - 1:
-                    reply.append({"type": "text", "text": "This is your last round: call propose_experiment "
-                                  "now with the edits you have made."})
+                    append_to_last(reply, _LAST_ROUND)
                 messages.append({"role": "user", "content": reply})
+                trim_tool_results(messages, self._context_chars())
             raise AgentError(
                 f"Claude used {self._max_tool_rounds} requests without proposing an experiment; "
                 "the turn was abandoned"
             )
         finally:
-            if turn_usage.total:
+            if meter.usage.total:
                 turn.emit(AgentUsage(
-                    experiment=turn.experiment, **turn_usage.to_dict(), cost_usd=turn_cost,
+                    experiment=turn.experiment, **meter.usage.to_dict(), cost_usd=meter.cost,
                     session_tokens=self._session_usage.total, session_cost_usd=self._session_cost,
                 ))
+
+    def _refused(self, turn: AgentTurn, message: Any, refusals: int) -> None:
+        """Tell the person why Claude declined; the second refusal in a turn ends it (counted as a refusal,
+        not as a crash)."""
+        details = getattr(message, "stop_details", None)
+        category = getattr(details, "category", None) or "no category given"
+        explanation = getattr(details, "explanation", None) or "no explanation given"
+        what = f"Claude declined to continue (refusal, category {category}: {explanation})"
+        if refusals >= _REFUSALS_PER_TURN:
+            raise AgentError(f"{what}; the turn was dropped after {refusals} refusals", stop_reason="refusal")
+        turn.emit(Notice(level="warning", experiment=turn.experiment,
+                         message=f"{what}; starting the turn afresh with a reworded request"))
 
     def _answer(
         self, turn: AgentTurn, bench: Workbench, message: Any
@@ -175,14 +219,14 @@ class ClaudeAgent:
         """Run the tool calls of one response; return the next user content, or the proposal that ends the
         turn."""
         calls = [block for block in message.content if block.type == "tool_use"]
+        cut_off = message.stop_reason == "max_tokens"
         if not calls:
-            if message.stop_reason == "refusal":
-                raise AgentError("Claude declined to continue this turn (stop reason: refusal)")
-            return [{"type": "text", "text": "Nothing is proposed until you call propose_experiment. Make your "
-                     "edit if you have not, then call it."}], None
+            nudge = _CUT_OFF if cut_off else _NUDGE
+            return [{"type": "text", "text": nudge}], None
         reply = []
         for call in calls:
-            if message.stop_reason == "max_tokens":
+            # max_tokens can only cut the response's last block; the calls before it are complete.
+            if cut_off and call is message.content[-1]:
                 outcome = ToolOutcome(False, "your response hit max_tokens before this call was complete; make "
                                       "it again with shorter input", "cut off at max_tokens")
             else:
@@ -210,26 +254,41 @@ class ClaudeAgent:
 
     # --- one API call, streamed, with retries -----------------------------------------------------------------
 
-    def _call(self, turn: AgentTurn, system: list[dict[str, Any]], messages: list[dict[str, Any]]) -> Any:
-        for attempt in range(1, self._retry_attempts + 1):
+    def _call(self, turn: AgentTurn, system: list[dict[str, Any]], messages: list[dict[str, Any]],
+              meter: _Meter) -> Any:
+        """One response, retried through passing faults; a prompt too long for the model is retried with older
+        tool results trimmed. Raises a non-fatal `AgentError` for what costs only this turn."""
+        attempt, limit = 0, self._context_chars()
+        while True:
             if turn.cancelled():
                 raise AgentCancelled("stopped while Claude was drafting")
             try:
                 return self._stream(turn, system, messages)
-            except (anthropic.APIError, httpx2.TransportError) as exc:
-                problem = self._describe_failure(exc)
-                if attempt == self._retry_attempts:
-                    raise AgentError(
-                        f"Claude API still failing after {attempt} attempts: {problem}"
-                    ) from None
+            except (anthropic.APIError, httpx2.TransportError, MalformedStream) as exc:
+                if isinstance(exc, MalformedStream):
+                    self._charge(turn, meter, usage_from_api(exc.usage))
+                failure = classify(exc, self.settings, self._redact)
+            if failure.kind == "turn":
+                raise AgentError(f"the Anthropic API refused this turn's request ({failure.detail})")
+            if failure.kind == "too_long":
+                limit = min(limit, conversation_chars(messages)) // 2
+                if not trim_tool_results(messages, limit):
+                    raise AgentError(f"the turn's conversation no longer fits the model ({failure.detail})")
+                turn.emit(Notice(level="warning", experiment=turn.experiment,
+                                 message=f"Claude API: {failure.detail}; retrying with older tool results removed"))
+                continue
+            attempt += 1
+            if attempt == self._retry_attempts:
+                # An unreadable response is this turn's fault; anything else that persists is the service's.
+                raise AgentError(f"Claude API still failing after {attempt} attempts: {failure.detail}",
+                                 stop_reason="error" if failure.unreadable else "outage") from None
             delay = min(self._retry_delay * 2 ** (attempt - 1), self._retry_max_delay)
             turn.emit(Notice(
                 level="warning", experiment=turn.experiment,
-                message=f"Claude API: {problem}; waiting {delay:.0f} s before retrying "
+                message=f"Claude API: {failure.detail}; waiting {delay:.0f} s before retrying "
                 f"(attempt {attempt + 1} of {self._retry_attempts})",
             ))
             self._wait(turn, delay)
-        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _stream(self, turn: AgentTurn, system: list[dict[str, Any]], messages: list[dict[str, Any]]) -> Any:
         request: dict[str, Any] = {
@@ -265,48 +324,27 @@ class ClaudeAgent:
         except BaseException as exc:  # handed to the turn's own thread, which raises it
             outcome["error"] = exc
 
+    def _read(self, turn: AgentTurn, stream: Any) -> Any:
+        for event in stream:
+            if turn.cancelled():
+                raise AgentCancelled("stopped while Claude was drafting")
+            if event.type == "thinking":
+                turn.emit(AgentThinkingDelta(experiment=turn.experiment, text=event.thinking))
+            elif event.type == "text":
+                turn.emit(AgentTextDelta(experiment=turn.experiment, text=event.text))
+            elif event.type == "content_block_stop" and event.content_block.type == "tool_use":
+                block = event.content_block
+                args = block.input if isinstance(block.input, dict) else {}
+                turn.emit(AgentToolCall(experiment=turn.experiment, tool=block.name,
+                                        summary=call_summary(block.name, args)))
+        return stream.get_final_message()
+
     def _stream_request(self, turn: AgentTurn, request: dict[str, Any]) -> Any:
         with self._client.messages.stream(**request) as stream:
-            for event in stream:
-                if turn.cancelled():
-                    raise AgentCancelled("stopped while Claude was drafting")
-                if event.type == "thinking":
-                    turn.emit(AgentThinkingDelta(experiment=turn.experiment, text=event.thinking))
-                elif event.type == "text":
-                    turn.emit(AgentTextDelta(experiment=turn.experiment, text=event.text))
-                elif event.type == "content_block_stop" and event.content_block.type == "tool_use":
-                    block = event.content_block
-                    args = block.input if isinstance(block.input, dict) else {}
-                    turn.emit(AgentToolCall(experiment=turn.experiment, tool=block.name,
-                                            summary=call_summary(block.name, args)))
-            return stream.get_final_message()
-
-    def _describe_failure(self, exc: Exception) -> str:
-        """Describe a failed call in one readable line, or raise the fatal `AgentError` it calls for. Never
-        chains the SDK exception, whose request carries the key in its headers."""
-        if isinstance(exc, anthropic.APIStatusError):
-            status, kind = exc.status_code, exc.type or ""
-            # An error event inside a 200 stream has no status of its own.
-            where = f"{status}" if status >= 400 else "mid-stream"
-            detail = self._redact(f"{where} {kind}: {exc.api_message or exc.message}")
-            if status in (401, 403):
-                raise AgentError(
-                    f"The Anthropic API rejected the API key ({detail}). Check ANTHROPIC_API_KEY, or run with "
-                    "--agent offline.", fatal=True, stop_reason="auth",
-                ) from None
-            if status == 402 or kind == "billing_error":
-                raise AgentError(f"The Anthropic account cannot pay for requests ({detail}).",
-                                 fatal=True, stop_reason="budget") from None
-            passing = status in (408, 409, 429) or status >= 500 or (status < 400 and kind in _PASSING_ERROR_TYPES)
-            if not passing:
-                raise AgentError(
-                    f"The Anthropic API refused loopdeck's request ({detail}). Check [agent.claude] in "
-                    f"loopdeck.toml (model {self.settings.model!r}, thinking {self.settings.thinking!r}, "
-                    f"effort {self.settings.effort!r}).",
-                    fatal=status in (400, 404, 413, 422), stop_reason="error",
-                ) from None
-            return detail
-        return self._redact(f"connection failed ({type(exc).__name__}: {exc})")
+            try:
+                return self._read(turn, stream)
+            except ValueError as exc:  # the SDK's parse of a tool call's streamed JSON
+                raise MalformedStream(str(exc).splitlines()[0], stream.current_message_snapshot.usage) from None
 
     def _wait(self, turn: AgentTurn, seconds: float) -> None:
         """Sleep in short steps so a stop request is honoured while waiting to retry."""
@@ -320,15 +358,20 @@ class ClaudeAgent:
 
     # --- usage, cost and budget -------------------------------------------------------------------------------
 
+    def _charge(self, turn: AgentTurn, meter: _Meter, usage: TokenUsage) -> None:
+        """Count one response's tokens (a broken one's too) for the turn and the session."""
+        cost = self._cost(turn, usage)
+        meter.usage, meter.cost = meter.usage + usage, meter.cost + cost
+        self._session_usage, self._session_cost = self._session_usage + usage, self._session_cost + cost
+
     def _cost(self, turn: AgentTurn, usage: TokenUsage) -> float:
         if self._price is None and not self._warned_unpriced:
             self._warned_unpriced = True
-            turn.emit(Notice(
-                level="warning", experiment=turn.experiment,
-                message=f"no price known for model {self.settings.model!r}: costs show as $0. Set [agent.claude] "
-                "prices in loopdeck.toml to estimate them.",
-            ))
+            turn.emit(Notice(level="warning", experiment=turn.experiment, message=unpriced_warning(self.settings.model)))
         return usage.cost(self._price)
+
+    def _context_chars(self) -> int:
+        return context_chars(self._limits.context_tokens, self.settings.max_tokens)
 
     def _check_budget(self) -> None:
         settings = self.settings
@@ -349,35 +392,3 @@ class ClaudeAgent:
 
 def _usd(amount: float) -> str:
     return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"
-
-
-def _thinking_config(settings: ClaudeSettings) -> dict[str, Any]:
-    """The API's thinking parameter. Thinking is shown summarised so the console's reasoning pane is readable."""
-    mode = settings.thinking
-    if mode == "adaptive":
-        return {"type": "adaptive", "display": "summarized"}
-    if mode == "enabled":
-        if settings.max_tokens <= 2048:
-            raise AgentError("[agent.claude] thinking = \"enabled\" needs max_tokens above 2048",
-                             fatal=True, stop_reason="error")
-        return {"type": "enabled", "budget_tokens": settings.max_tokens // 2, "display": "summarized"}
-    if mode in ("disabled", "between_tools"):
-        return {"type": mode}
-    raise AgentError(f"[agent.claude] thinking must be one of {', '.join(THINKING_MODES)}, got {mode!r}",
-                     fatal=True, stop_reason="error")
-
-
-def _assistant_content(message: Any) -> list[dict[str, Any]]:
-    """The response's blocks as request params, thinking signatures intact (the API checks them on tool turns).
-    Empty text blocks are dropped: the API refuses them in a request."""
-    blocks: list[dict[str, Any]] = []
-    for block in message.content:
-        if block.type == "text" and block.text:
-            blocks.append({"type": "text", "text": block.text})
-        elif block.type == "thinking":
-            blocks.append({"type": "thinking", "thinking": block.thinking, "signature": block.signature})
-        elif block.type == "redacted_thinking":
-            blocks.append({"type": "redacted_thinking", "data": block.data})
-        elif block.type == "tool_use":
-            blocks.append({"type": "tool_use", "id": block.id, "name": block.name, "input": block.input})
-    return blocks

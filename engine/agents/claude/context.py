@@ -8,6 +8,7 @@ Each section has a fixed cap, so the summary stays the same size after ten exper
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from loopdeck.engine.agents.base import AgentTurn, ExperimentSummary
 
@@ -22,6 +23,9 @@ FULL_DIFF_CHARS = 8000
 FULL_LOG_CHARS = 4000
 NOTE_CHARS = 2000
 FEEDBACK_CHARS = 4000
+# A conservative characters-per-token ratio for code and logs, to keep a turn's conversation inside the window.
+CHARS_PER_TOKEN = 3
+TRIMMED = "[older tool result removed to fit the model's context; call the tool again if you need it]"
 
 # How older experiments are grouped, in display order. Interrupted runs failed through no fault of the change.
 _DEAD_END_GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
@@ -86,7 +90,8 @@ def first_message(turn: AgentTurn) -> str:
         parts.extend(f"- {cut(note.strip(), NOTE_CHARS)}" for note in turn.notes)
     if turn.feedback.strip():
         parts.append(f"\n## What happened to your previous proposal\n{cut(turn.feedback.strip(), FEEDBACK_CHARS)}")
-    parts.append("\n" + history_overview(turn.history, turn.incumbent, turn.direction))
+    parts.append("\n" + history_overview(turn.history, turn.incumbent, turn.direction,
+                                         told=_told_log_of(turn)))
     parts.append("\n## Editable files (incumbent version)")
     parts.extend(f"- {path} ({_line_count(content)} lines)" for path, content in turn.files.items())
     parts.append(
@@ -96,10 +101,20 @@ def first_message(turn: AgentTurn) -> str:
     return "\n".join(parts)
 
 
+def _told_log_of(turn: AgentTurn) -> int | None:
+    """The experiment whose log tail the feedback already quotes, so the history does not repeat it."""
+    last = turn.history[-1] if turn.history else None
+    if last is None or not last.log_tail.strip() or f"#{last.id} " not in turn.feedback:
+        return None
+    return last.id if last.log_tail.strip()[-200:] in turn.feedback else None
+
+
 def history_overview(
-    history: Sequence[ExperimentSummary], incumbent: ExperimentSummary | None, direction: str
+    history: Sequence[ExperimentSummary], incumbent: ExperimentSummary | None, direction: str,
+    told: int | None = None,
 ) -> str:
-    """Baseline, incumbent, the kept path, grouped dead ends and the newest experiments in detail."""
+    """Baseline, incumbent, the kept path, grouped dead ends and the newest experiments in detail; the log tail of
+    experiment `told` is left out (the opening message already shows it)."""
     if not history:
         return "## History\nNo experiments yet."
     baseline = next((s for s in history if s.baseline and s.status == "keep"), None)
@@ -122,7 +137,8 @@ def history_overview(
             lines.extend(_capped(group))
     lines.append(f"\n### Most recent experiments ({'lower' if direction == 'minimize' else 'higher'} is better)")
     for summary in recent:
-        lines.append(experiment_detail(summary, DETAIL_DIFF_CHARS, DETAIL_LOG_CHARS))
+        log_chars = 0 if summary.id == told else DETAIL_LOG_CHARS
+        lines.append(experiment_detail(summary, DETAIL_DIFF_CHARS, log_chars))
     return "\n".join(lines)
 
 
@@ -135,9 +151,46 @@ def experiment_detail(
         lines.append(f"  reason: {cut(summary.reason.strip(), 600)}")
     if summary.diff:
         lines.append("  diff:\n" + _indent(cut(summary.diff, diff_chars)))
-    if summary.log_tail and summary.status not in ("keep", "discard"):
+    if summary.log_tail and log_chars and summary.status not in ("keep", "discard"):
         lines.append("  log tail:\n" + _indent(_cut_head(summary.log_tail, log_chars)))
     return "\n".join(lines)
+
+
+def context_chars(context_tokens: int, max_tokens: int) -> int:
+    """How many characters of conversation a turn may hold: the window less the reply's room and a margin for
+    the system prompt and tools, at a conservative ratio."""
+    return max(20_000, (context_tokens - max_tokens - 20_000) * CHARS_PER_TOKEN)
+
+
+def trim_tool_results(messages: list[dict[str, Any]], max_chars: int) -> bool:
+    """Replace the oldest tool results (never the newest round's) by a short marker until the conversation fits
+    in `max_chars`; True when anything was trimmed."""
+    size = conversation_chars(messages)
+    trimmed = False
+    for message in messages[:-1]:
+        if size <= max_chars:
+            break
+        if message.get("role") != "user" or not isinstance(message.get("content"), list):
+            continue
+        for block in message["content"]:
+            content = block.get("content")
+            if block.get("type") == "tool_result" and isinstance(content, str) and len(content) > len(TRIMMED):
+                size -= len(content) - len(TRIMMED)
+                block["content"] = TRIMMED
+                trimmed = True
+    return trimmed
+
+
+def conversation_chars(messages: list[dict[str, Any]]) -> int:
+    """The characters of a conversation's contents (what its token count grows with)."""
+    return sum(_chars(message.get("content")) for message in messages)
+
+
+def _chars(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    return sum(len(str(block.get("content") or block.get("text") or block.get("thinking") or block.get("input")
+                       or "")) for block in content or [])
 
 
 def one_line(summary: ExperimentSummary, description_chars: int = DESCRIPTION_CHARS) -> str:
@@ -197,3 +250,27 @@ def _indent(text: str) -> str:
 
 def _line_count(content: str) -> int:
     return content.count("\n") + (0 if content.endswith("\n") or not content else 1)
+
+
+def assistant_content(message: Any) -> list[dict[str, Any]]:
+    """The response's blocks as request params, thinking signatures intact (the API checks them on tool turns).
+    Empty text blocks are dropped: the API refuses them in a request."""
+    blocks: list[dict[str, Any]] = []
+    for block in message.content:
+        if block.type == "text" and block.text:
+            blocks.append({"type": "text", "text": block.text})
+        elif block.type == "thinking" and block.signature:  # a block cut by max_tokens is unsigned: not replayed
+            blocks.append({"type": "thinking", "thinking": block.thinking, "signature": block.signature})
+        elif block.type == "redacted_thinking":
+            blocks.append({"type": "redacted_thinking", "data": block.data})
+        elif block.type == "tool_use":
+            blocks.append({"type": "tool_use", "id": block.id, "name": block.name, "input": block.input})
+    return blocks
+
+
+def append_to_last(reply: list[dict[str, Any]], words: str) -> None:
+    """Add `words` to the last block of a user reply: inside the last tool result, since a text block after tool
+    results invites an empty reply."""
+    last = reply[-1]
+    key = "content" if last["type"] == "tool_result" else "text"
+    last[key] = f"{last[key]}\n\n{words}"

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 # Where and when the table was taken. Cache writes are priced at the 5-minute rate, the TTL loopdeck requests.
-PRICES_AS_OF = "2026-10-24"
+PRICES_AS_OF = "2026-11-10"
 PRICES_SOURCE = "https://platform.claude.com/docs/en/about-claude/pricing"
 COST_NOTE = f"estimated from list prices as of {PRICES_AS_OF}"
 
@@ -29,10 +29,13 @@ class Price:
 
 _OPUS_4_5 = Price(5.00, 25.00, 6.25, 0.50)
 _SONNET_4 = Price(3.00, 15.00, 3.75, 0.30)
+_FABLE_5_2 = Price(8.00, 40.00, 10.00, 0.20)
 _FABLE_5_1 = Price(10.00, 50.00, 12.50, 0.25)
 _FABLE_5 = Price(10.00, 50.00, 12.50, 1.00)
 
 PRICES: dict[str, Price] = {
+    "claude-fable-5-2": _FABLE_5_2,
+    "claude-mythos-5-2": _FABLE_5_2,  # Mythos shares its Fable generation's price
     "claude-fable-5-1": _FABLE_5_1,
     "claude-mythos-5-1": _FABLE_5_1,
     "claude-fable-5": _FABLE_5,
@@ -51,6 +54,8 @@ PRICES: dict[str, Price] = {
     "claude-haiku-5-5": Price(0.10, 0.50, 0.125, 0.01),
     "claude-haiku-4-5": Price(1.00, 5.00, 1.25, 0.10),
 }
+# Models the SDK names that have no public list price: a session on one gets the warning below.
+UNPRICED = frozenset({"claude-mythos-preview"})
 _DATE_SUFFIX = re.compile(r"-\d{8}$")
 
 
@@ -115,3 +120,10 @@ def price_for(model: str, overrides: Mapping[str, float] | None = None) -> Price
     if set(fields) != set(Price.__dataclass_fields__):
         return None
     return Price(**fields)
+
+
+def unpriced_warning(model: str) -> str:
+    """What a person is told once when `model` has no price: costs read $0 until they set one."""
+    return (f"no price known for model {model!r}: its costs show as $0 and a dollar budget cannot be kept. Set "
+            "prices = {input = …, output = …, cache_write = …, cache_read = …} ($ per million tokens) under "
+            "[agent.claude] in loopdeck.toml.")
