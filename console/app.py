@@ -180,15 +180,16 @@ class LoopdeckApp(App[None]):
             await self._render()
 
     async def _render(self) -> None:
-        if not self.main.ready:
+        if not self.main.ready or not self.screen_stack:  # not built yet, or the app is closing
             return
         dirty = self.view.take_dirty()
         if dirty & {st.APPROVAL, st.STATUS}:
             self.refresh_bindings()
         with self.batch_update():
             await self.main.render_view(dirty, self.clock())
-            if isinstance(self.screen, ExperimentScreen) and dirty & {st.TABLE, st.LOG, st.CURVE}:
-                self.screen.show(self.view)
+            top = self.screen_stack[-1] if self.screen_stack else None  # the app may have closed meanwhile
+            if isinstance(top, ExperimentScreen) and dirty & {st.TABLE, st.LOG, st.CURVE}:
+                top.show(self.view)
 
     def _theme_changed(self, theme: Theme) -> None:
         if theme.name != self._saved_theme:

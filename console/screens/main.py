@@ -127,8 +127,9 @@ class MainScreen(Screen):
         self.query_one(Banner).show(view, now, self.workspace_hint)
         self.query_one(StatusLine).show(view, now)
         for widget_id in sorted(self._stale):
-            widget = self.query_one(f"#{widget_id}")
-            if not shown(widget):
+            # Absent while the layout is being built or torn down: it stays stale, like a widget off-screen.
+            widget = next(iter(self.query(f"#{widget_id}")), None)
+            if widget is None or not shown(widget):
                 continue
             self._stale.discard(widget_id)
             if isinstance(widget, ReasoningPane):
