@@ -195,6 +195,25 @@ def test_an_outage_does_not_burn_the_crash_budget(make_workspace, run_session):
     assert sum("outage of the agent's service" in n.message for n in recorded.of(Notice)) == 2
 
 
+def test_the_wait_between_tries_grows_to_the_configured_ceiling(make_workspace, run_session):
+    from fake_anthropic import overloaded
+    from test_claude_engine import lr_turn
+
+    from loopdeck.engine.config import parse_config
+
+    section = parse_config("[agent.claude]\noutage_max_wait_seconds = 5.0\n").agent.claude
+    with FakeAnthropic() as api:
+        api.script(*[overloaded()] * 6, *lr_turn(0.5, 0.25))
+        settings = ClaudeSettings.from_config(section)
+        settings.base_url = api.url
+        agent = ClaudeAgent(settings, api_key=KEY, max_retries=0, retry_attempts=8, sleep=lambda seconds: None)
+        _, recorded = run_session(make_workspace(), agent, approval="auto", pipeline="off", max_experiments=1)
+    assert recorded.finished.reason == "max_experiments"
+    waits = [int(n.message.split("waiting ")[1].split(" s")[0]) for n in recorded.of(Notice)
+             if "waiting " in n.message]
+    assert waits == [2, 4, 5, 5, 5, 5]  # doubling from 2 s, then the ceiling
+
+
 # --- settings the model refuses, and the start check ----------------------------------------------------------
 
 

@@ -153,6 +153,8 @@ class ClaudeSettings(_Section):
     base_url: str = Field(default="", description='"" = the SDK default')
     prices: dict[str, float] = Field(default={}, description="$ per million tokens overriding the built-in dated "
                                      "table: input, output, cache_write, cache_read")
+    outage_max_wait_seconds: float = Field(default=120.0, gt=0, description="an outage of the API is waited out, "
+                                           "never counted as crashes; the wait between tries doubles up to this")
 
     @field_validator("prices")
     @classmethod

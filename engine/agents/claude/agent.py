@@ -92,7 +92,7 @@ class ClaudeAgent:
         max_retries: int = 2,
         retry_attempts: int = 8,
         retry_delay: float = 2.0,
-        retry_max_delay: float = 120.0,
+        retry_max_delay: float | None = None,
         max_tool_rounds: int = 25,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -116,7 +116,7 @@ class ClaudeAgent:
             )
         self._retry_attempts = max(1, retry_attempts)
         self._retry_delay = retry_delay
-        self._retry_max_delay = retry_max_delay
+        self._retry_max_delay = settings.outage_max_wait_seconds if retry_max_delay is None else retry_max_delay
         self._max_tool_rounds = max(1, max_tool_rounds)
         self._sleep = sleep
         self._new_client = lambda: anthropic.Anthropic(api_key=key, base_url=settings.base_url or None,

@@ -25,6 +25,7 @@ class ClaudeSettings:
     budget_tokens: int = 0  # 0 = no cap; counts input, output, cache-write and cache-read tokens
     base_url: str = ""  # "" = the SDK default
     prices: dict | None = None  # $/MTok overrides: any of input, output, cache_write, cache_read
+    outage_max_wait_seconds: float = 120.0  # the ceiling of the doubling wait between tries while the API is down
 
     @classmethod
     def from_config(cls, section: Any) -> ClaudeSettings:
