@@ -22,8 +22,8 @@ from test_claude_agent import KEY, TRAIN, read_edit_propose
 from loopdeck.engine.agents.base import AgentError
 from loopdeck.engine.agents.claude.agent import ClaudeAgent, ClaudeSettings
 
-TURNS = 160
-OUTAGE = range(80, 90)  # ten turns in a row find the service down (30 minutes and more of virtual backoff)
+TURNS = 300
+OUTAGE = range(150, 160)  # ten turns in a row find the service down (30 minutes and more of virtual backoff)
 
 
 def night_script(number: int) -> list:
