@@ -249,7 +249,7 @@ def _handler_for(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 body = {}
             api._record(RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-            if self.path != "/v1/messages":
+            if self.path.split("?")[0] != "/v1/messages":  # Claude Code asks /v1/messages?beta=true
                 self._error(HttpError(404, "not_found_error", f"Not found: {self.path}"))
                 return
             problem = _request_problem(body)
