@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import queue
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from fake_http import ScriptedServer, json_body
 
 from loopdeck.engine.agents.base import AgentTurn
 
@@ -165,50 +165,19 @@ class RecordedRequest:
     body: dict[str, Any]
 
 
-class FakeAnthropic:
+class FakeAnthropic(ScriptedServer):
     """`with FakeAnthropic() as api: api.script(reply(...), ...); client = Anthropic(base_url=api.url, ...)`."""
 
     def __init__(self) -> None:
-        self._responses: queue.Queue[Reply | HttpError | Dropped] = queue.Queue()
+        super().__init__(_handler_for(self), "fake-anthropic")
+        self.requests: list[RecordedRequest] = []  # the Messages API calls
         # GET /v1/models/{id}: a model it does not list is a 404, as from the real API.
         self.models: dict[str, dict[str, Any] | HttpError] = {"claude-sonnet-5-5": model_info("claude-sonnet-5-5")}
-        self.requests: list[RecordedRequest] = []  # the Messages API calls
         self.model_requests: list[RecordedRequest] = []  # the Models API look-ups (an agent's start check)
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="fake-anthropic", daemon=True)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def script(self, *responses: Reply | HttpError | Dropped) -> None:
-        for response in responses:
-            self._responses.put(response)
-
-    def pending(self) -> int:
-        return self._responses.qsize()
-
-    def start(self) -> FakeAnthropic:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeAnthropic:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def _record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self.requests.append(request)
+        return self.origin
 
     def look_up(self, request: RecordedRequest) -> dict[str, Any] | HttpError:
         """GET /v1/models/{id}: the model's entry, its scripted error, or the API's 404 for a model it lacks."""
@@ -218,11 +187,9 @@ class FakeAnthropic:
         info = self.models.get(model) if request.path.startswith("/v1/models/") else None
         return HttpError(404, "not_found_error", f"model: {model}") if info is None else info
 
-    def _next(self) -> Reply | HttpError | Dropped:
-        try:
-            return self._responses.get_nowait()
-        except queue.Empty:
-            return HttpError(400, "invalid_request_error", "fake_anthropic: no scripted response left")
+    def next_reply(self) -> Reply | HttpError | Dropped:
+        return self.next_response(
+            lambda: HttpError(400, "invalid_request_error", "fake_anthropic: no scripted response left"))
 
 
 def _handler_for(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
@@ -243,12 +210,8 @@ def _handler_for(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(payload)
 
         def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-            length = int(self.headers.get("content-length", "0"))
-            try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-            except json.JSONDecodeError:
-                body = {}
-            api._record(RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            body = json_body(self)
+            api.record(RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
             if self.path.split("?")[0] != "/v1/messages":  # Claude Code asks /v1/messages?beta=true
                 self._error(HttpError(404, "not_found_error", f"Not found: {self.path}"))
                 return
@@ -256,7 +219,7 @@ def _handler_for(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             if problem:
                 self._error(HttpError(400, "invalid_request_error", problem))
                 return
-            response = api._next()
+            response = api.next_reply()
             if isinstance(response, Dropped):
                 self.close_connection = True  # no answer at all: the client sees the connection fail
             elif isinstance(response, HttpError):

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import queue
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from fake_http import ScriptedServer, json_body
 
 _ids = itertools.count(1)
 
@@ -79,51 +79,26 @@ class RecordedRequest:
     body: dict[str, Any]
 
 
-class FakeOpenAI:
+class FakeOpenAI(ScriptedServer):
     """`with FakeOpenAI() as api: api.script(reply(...)); client = OpenAI(base_url=api.url, api_key=...)`.
     `models` is what `/v1/models` lists; `key`, when set, is the only bearer token accepted."""
 
     def __init__(self, models: tuple[str, ...] = ("fake-model",), key: str | None = None) -> None:
+        super().__init__(_handler_for(self), "fake-openai")
+        self.requests: list[RecordedRequest] = []
         self.models = models
         self.key = key
-        self._responses: queue.Queue[Reply | HttpError] = queue.Queue()
-        self.requests: list[RecordedRequest] = []
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="fake-openai", daemon=True)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def script(self, *responses: Reply | HttpError) -> None:
-        for response in responses:
-            self._responses.put(response)
+        return f"{self.origin}/v1"
 
     def completions(self) -> list[dict[str, Any]]:
         """The bodies of the chat completion requests, in order."""
         return [r.body for r in self.requests if r.path == "/v1/chat/completions"]
 
-    def __enter__(self) -> FakeOpenAI:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def _record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self.requests.append(request)
-
-    def _next(self) -> Reply | HttpError:
-        try:
-            return self._responses.get_nowait()
-        except queue.Empty:
-            return HttpError(400, "fake_openai: no scripted response left")
+    def next_reply(self) -> Reply | HttpError:
+        return self.next_response(lambda: HttpError(400, "fake_openai: no scripted response left"))
 
 
 def _handler_for(api: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
@@ -141,11 +116,7 @@ def _handler_for(api: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 {"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in api.models]})
 
         def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-            length = int(self.headers.get("content-length", "0"))
-            try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-            except json.JSONDecodeError:
-                body = {}
+            body = json_body(self)
             if not self._authorised(body):
                 return
             if self.path != "/v1/chat/completions":
@@ -156,14 +127,14 @@ def _handler_for(api: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                                       "access to it.", code="model_not_found"))
                 return
             problem = request_problem(body)
-            response = HttpError(400, problem) if problem else api._next()
+            response = HttpError(400, problem) if problem else api.next_reply()
             if isinstance(response, HttpError):
                 self._error(response)
             else:
                 self._stream(body, response)
 
         def _authorised(self, body: dict[str, Any]) -> bool:
-            api._record(RecordedRequest(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
+            api.record(RecordedRequest(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
                                         body))
             if api.key is None or self.headers.get("authorization") == f"Bearer {api.key}":
                 return True

@@ -37,6 +37,16 @@ def _relative_path(value: str) -> str:
     return value
 
 
+def _price_table(prices: dict[str, float], allowed: tuple[str, ...]) -> dict[str, float]:
+    """A `prices` setting: $ per million tokens for the kinds of token this agent is billed for, none negative."""
+    unknown = sorted(set(prices) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown price {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    if any(v < 0 for v in prices.values()):
+        raise ValueError("prices must be >= 0")
+    return prices
+
+
 class _Section(BaseModel):
     # strict: TOML is typed, so "60" for a number is a mistake worth reporting rather than coercing.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
@@ -159,12 +169,7 @@ class ClaudeSettings(_Section):
     @field_validator("prices")
     @classmethod
     def _prices(cls, prices: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(prices) - {"input", "output", "cache_write", "cache_read"})
-        if unknown:
-            raise ValueError(f"unknown price {unknown[0]!r}; allowed: input, output, cache_write, cache_read")
-        if any(v < 0 for v in prices.values()):
-            raise ValueError("prices must be >= 0")
-        return prices
+        return _price_table(prices, ("input", "output", "cache_write", "cache_read"))
 
 
 class OpenAISettings(_Section):
@@ -187,12 +192,7 @@ class OpenAISettings(_Section):
     @field_validator("prices")
     @classmethod
     def _prices(cls, prices: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(prices) - {"input", "output", "cache_read"})
-        if unknown:
-            raise ValueError(f"unknown price {unknown[0]!r}; allowed: input, output, cache_read")
-        if any(v < 0 for v in prices.values()):
-            raise ValueError("prices must be >= 0")
-        return prices
+        return _price_table(prices, ("input", "output", "cache_read"))
 
 
 class CliAgentSettings(_Section):

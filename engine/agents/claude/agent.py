@@ -38,6 +38,7 @@ from loopdeck.engine.agents.claude.pricing import (
 )
 from loopdeck.engine.agents.claude.settings import ClaudeSettings, thinking_config
 from loopdeck.engine.agents.claude.tools import TOOL_SCHEMAS, ToolOutcome, Workbench, call_summary
+from loopdeck.engine.agents.limits import check_budget, wait_to_retry
 from loopdeck.engine.events import (
     AgentTextDelta,
     AgentThinkingDelta,
@@ -288,7 +289,7 @@ class ClaudeAgent:
                 message=f"Claude API: {failure.detail}; waiting {delay:.0f} s before retrying "
                 f"(attempt {attempt + 1} of {self._retry_attempts})",
             ))
-            self._wait(turn, delay)
+            wait_to_retry(turn, delay, self._sleep, "Claude API")
 
     def _stream(self, turn: AgentTurn, system: list[dict[str, Any]], messages: list[dict[str, Any]]) -> Any:
         request: dict[str, Any] = {
@@ -346,16 +347,6 @@ class ClaudeAgent:
             except ValueError as exc:  # the SDK's parse of a tool call's streamed JSON
                 raise MalformedStream(str(exc).splitlines()[0], stream.current_message_snapshot.usage) from None
 
-    def _wait(self, turn: AgentTurn, seconds: float) -> None:
-        """Sleep in short steps so a stop request is honoured while waiting to retry."""
-        remaining = seconds
-        while remaining > 0:
-            if turn.cancelled():
-                raise AgentCancelled("stopped while waiting to retry the Claude API")
-            step = min(0.5, remaining)
-            self._sleep(step)
-            remaining -= step
-
     # --- usage, cost and budget -------------------------------------------------------------------------------
 
     def _charge(self, turn: AgentTurn, meter: _Meter, usage: TokenUsage) -> None:
@@ -375,20 +366,8 @@ class ClaudeAgent:
 
     def _check_budget(self) -> None:
         settings = self.settings
-        if settings.budget_usd > 0 and self._session_cost >= settings.budget_usd:
-            raise AgentError(
-                f"Claude budget spent: {_usd(self._session_cost)} of {_usd(settings.budget_usd)} ({COST_NOTE}). "
-                "Raise [agent.claude] budget_usd in loopdeck.toml to go on.", fatal=True, stop_reason="budget",
-            )
-        if settings.budget_tokens > 0 and self._session_usage.total >= settings.budget_tokens:
-            raise AgentError(
-                f"Claude token budget spent: {self._session_usage.total:,} of {settings.budget_tokens:,} tokens. "
-                "Raise [agent.claude] budget_tokens in loopdeck.toml to go on.", fatal=True, stop_reason="budget",
-            )
+        check_budget("Claude", "agent.claude", cost=self._session_cost, budget_usd=settings.budget_usd,
+                     tokens=self._session_usage.total, budget_tokens=settings.budget_tokens, cost_note=COST_NOTE)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "[api key redacted]")
-
-
-def _usd(amount: float) -> str:
-    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"

@@ -25,6 +25,7 @@ from loopdeck.engine.agents.base import AgentCancelled, AgentError, AgentTurn, P
 from loopdeck.engine.agents.claude.context import first_message
 from loopdeck.engine.agents.claude.pricing import Price, TokenUsage
 from loopdeck.engine.agents.claude.tools import ToolOutcome, Workbench, call_summary
+from loopdeck.engine.agents.limits import check_budget, wait_to_retry
 from loopdeck.engine.agents.openai.prompts import chat_tools, system_prompt
 from loopdeck.engine.events import (
     AgentTextDelta,
@@ -247,7 +248,7 @@ class OpenAIAgent:
             turn.emit(Notice(level="warning", experiment=turn.experiment,
                              message=f"openai endpoint: {problem}; waiting {delay:.0f} s before retrying "
                              f"(attempt {attempt + 1} of {self._retry_attempts})"))
-            self._wait(turn, delay)
+            wait_to_retry(turn, delay, self._sleep, "openai endpoint")
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _stream(self, turn: AgentTurn, messages: list[dict[str, Any]]) -> _Reply:
@@ -306,25 +307,10 @@ class OpenAIAgent:
             return self._redact(f"connection failed ({exc})")
         return self._redact(f"mid-stream error: {exc}")
 
-    def _wait(self, turn: AgentTurn, seconds: float) -> None:
-        """Sleep in short steps so a stop request is honoured while waiting to retry."""
-        remaining = seconds
-        while remaining > 0:
-            if turn.cancelled():
-                raise AgentCancelled("stopped while waiting to retry the openai endpoint")
-            step = min(0.5, remaining)
-            self._sleep(step)
-            remaining -= step
-
     def _check_budget(self) -> None:
         settings = self.settings
-        if settings.budget_usd > 0 and self._session_cost >= settings.budget_usd:
-            raise AgentError(f"openai budget spent: ${self._session_cost:.4f} of ${settings.budget_usd:.4f}. Raise "
-                             "[agent.openai] budget_usd to go on.", fatal=True, stop_reason="budget")
-        if settings.budget_tokens > 0 and self._session_usage.total >= settings.budget_tokens:
-            raise AgentError(f"openai token budget spent: {self._session_usage.total:,} of "
-                             f"{settings.budget_tokens:,} tokens. Raise [agent.openai] budget_tokens to go on.",
-                             fatal=True, stop_reason="budget")
+        check_budget("openai", "agent.openai", cost=self._session_cost, budget_usd=settings.budget_usd,
+                     tokens=self._session_usage.total, budget_tokens=settings.budget_tokens)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "[api key redacted]") if self._key else text
