@@ -26,10 +26,19 @@ def agent_status(kind: str, config: Config) -> tuple[bool, str]:
     if kind in CLI_KINDS:
         program = config.agent.cli.executable or CLI_KINDS[kind].program
         problem = cli_problem(kind, config.agent.cli)
-        return not problem, problem or f"`{program}` is on PATH (it uses its own login or subscription)"
+        return not problem, problem or f"`{program}` is on PATH ({_cli_billing(kind, config)})"
     if kind in SDK_AGENTS:
         return _sdk_status(kind, config)
     return False, "loopdeck has no check for this kind"
+
+
+def _cli_billing(kind: str, config: Config) -> str:
+    """Who pays for the CLI's requests: its own login, or the API key loopdeck passes on."""
+    key = CLI_KINDS[kind].billing_key
+    if key and config.agent.cli.pass_api_key and os.environ.get(key, "").strip():
+        return f"it bills {key} per token: [agent.cli] pass_api_key = true"
+    return "it uses its own login or subscription" + (f"; {key} is not passed on" if key and os.environ.get(key)
+                                                      else "")
 
 
 def _sdk_status(kind: str, config: Config) -> tuple[bool, str]:

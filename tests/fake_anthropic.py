@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -174,6 +175,8 @@ class FakeAnthropic(ScriptedServer):
         # GET /v1/models/{id}: a model it does not list is a 404, as from the real API.
         self.models: dict[str, dict[str, Any] | HttpError] = {"claude-sonnet-5-5": model_info("claude-sonnet-5-5")}
         self.model_requests: list[RecordedRequest] = []  # the Models API look-ups (an agent's start check)
+        # Adaptive mode: once the script is empty, each request is answered by `responder(body)`.
+        self.responder: Callable[[dict[str, Any]], Reply | HttpError] | None = None
 
     @property
     def url(self) -> str:
@@ -187,7 +190,10 @@ class FakeAnthropic(ScriptedServer):
         info = self.models.get(model) if request.path.startswith("/v1/models/") else None
         return HttpError(404, "not_found_error", f"model: {model}") if info is None else info
 
-    def next_reply(self) -> Reply | HttpError | Dropped:
+    def next_reply(self, body: dict[str, Any]) -> Reply | HttpError | Dropped:
+        if self.responder is not None:
+            responder = self.responder
+            return self.next_response(lambda: responder(body))
         return self.next_response(
             lambda: HttpError(400, "invalid_request_error", "fake_anthropic: no scripted response left"))
 
@@ -219,7 +225,7 @@ def _handler_for(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             if problem:
                 self._error(HttpError(400, "invalid_request_error", problem))
                 return
-            response = api.next_reply()
+            response = api.next_reply(body)
             if isinstance(response, Dropped):
                 self.close_connection = True  # no answer at all: the client sees the connection fail
             elif isinstance(response, HttpError):
@@ -340,6 +346,68 @@ def _request_problem(body: dict[str, Any]) -> str:
             return (f"messages.{position + 1}: tool_use ids were found without tool_result blocks immediately "
                     f"after: {sorted(wanted - answered)}")
     return ""
+
+
+# --- adaptive mode: answer what the client actually asked ---------------------------------------------------------
+
+
+_WORKDIR = re.compile(r"(?:Primary working directory|Working directory): (/[^\s\\\"]+)")
+_LINE_NUMBER = re.compile(r"^\s*\d+(?:→|\t)")  # Read's `cat -n` style prefix: "     1\t" or "1→"
+
+
+class FileEditor:
+    """A responder for `FakeAnthropic.responder` that drives a coding agent the way a model would, reading the
+    request rather than a script: it Reads `filename` under the working directory the client's prompt names, then
+    Edits one line the Read returned (the first that `change` rewrites), then ends the turn with `final`.
+    Requests that offer no Read/Edit tools (a client's side requests) get a short text answer."""
+
+    def __init__(self, filename: str, change: Callable[[str], str | None], final: str) -> None:
+        self.filename, self.change, self.final = filename, change, final
+        self.edits: list[dict[str, Any]] = []  # the Edit inputs it sent, for assertions
+
+    def __call__(self, body: dict[str, Any]) -> Reply | HttpError:
+        offered = {tool.get("name") for tool in body.get("tools") or [] if isinstance(tool, dict)}
+        if not {"Read", "Edit"} <= offered:
+            return reply(text("OK"))
+        workdir = _WORKDIR.search(json.dumps(body, ensure_ascii=False))
+        if workdir is None:
+            return HttpError(400, "invalid_request_error", "fake_anthropic: no working directory in the prompt")
+        path = f"{workdir.group(1).rstrip('/')}/{self.filename}"
+        calls, results = _tool_exchanges(body.get("messages") or [])
+        if not any(call["name"] == "Read" for call in calls.values()):
+            return reply(text(f"Reading {self.filename} first."), tool_use("Read", file_path=path))
+        edited = [call_id for call_id, call in calls.items() if call["name"] == "Edit"]
+        if edited and not results.get(edited[-1], {}).get("is_error"):
+            return reply(text(self.final))
+        read_id = [call_id for call_id, call in calls.items() if call["name"] == "Read"][-1]
+        for line in _result_text(results.get(read_id, {})).splitlines():
+            line = _LINE_NUMBER.sub("", line, count=1)
+            new_line = self.change(line)
+            if new_line is not None and new_line != line:
+                edit = {"file_path": path, "old_string": line, "new_string": new_line}
+                self.edits.append(edit)
+                return reply(tool_use("Edit", **edit))
+        return reply(text(f"Nothing in {self.filename} to change."))
+
+
+def _tool_exchanges(messages: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The conversation's tool calls (id -> tool_use block) and their results (tool_use_id -> tool_result)."""
+    calls: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = {}
+    for message in messages:
+        for block in message.get("content") if isinstance(message.get("content"), list) else []:
+            if block.get("type") == "tool_use":
+                calls[block["id"]] = block
+            elif block.get("type") == "tool_result":
+                results[block.get("tool_use_id", "")] = block
+    return calls, results
+
+
+def _result_text(result: dict[str, Any]) -> str:
+    content = result.get("content", "")
+    if isinstance(content, list):
+        return "\n".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return str(content)
 
 
 # --- a turn to drive an agent with -------------------------------------------------------------------------------

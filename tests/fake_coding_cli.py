@@ -4,7 +4,7 @@ emits the CLI's documented JSON event stream and edits `LR = …` in train.py in
 Run as `python fake_coding_cli.py claude|codex ARGS…` (tests put `claude` and `codex` wrappers on PATH).
 FAKE_CLI_MODE: edit (default) | stray (also edits program.md) | noedit | error | hang (starts a child in its group
 and never finishes; pids to FAKE_CLI_PIDS). FAKE_CLI_LR: the new LR (default 0.15). FAKE_CLI_LOG: a JSON line with
-argv, cwd and prompt is appended there.
+argv, cwd, prompt and whether ANTHROPIC_API_KEY reached it is appended there.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def main() -> None:
     prompt = sys.stdin.read()
     if os.environ.get("FAKE_CLI_LOG"):
         with open(os.environ["FAKE_CLI_LOG"], "a") as log:
-            log.write(json.dumps({"cli": cli, "argv": args, "cwd": os.getcwd(), "prompt": prompt}) + "\n")
+            log.write(json.dumps({"cli": cli, "argv": args, "cwd": os.getcwd(), "prompt": prompt,
+                                 "api_key": "ANTHROPIC_API_KEY" in os.environ}) + "\n")
     mode = os.environ.get("FAKE_CLI_MODE", "edit")
     (claude if cli == "claude" else codex)(mode)
 

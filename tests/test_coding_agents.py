@@ -10,11 +10,12 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import git, ledger_rows
-from fake_anthropic import FakeAnthropic
+from fake_anthropic import FakeAnthropic, FileEditor
 from fake_targets import PROGRAM_MD
 
 from loopdeck.cli.main import main
@@ -218,27 +219,95 @@ def test_agents_command_lists_every_kind_without_network(tmp_path: Path, fake_cl
     assert " no " in lines["codex"] and "not on PATH" in lines["codex"]
 
 
+def test_api_key_reaches_claude_code_only_when_asked(workspace: Path, fake_clis: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-should-not-bill")
+    CodingCliAgent("claude-code", CliAgentSettings()).propose(_turn(workspace, []))
+    CodingCliAgent("claude-code", CliAgentSettings(pass_api_key=True)).propose(_turn(workspace, []))
+    assert [json.loads(line)["api_key"] for line in fake_clis.read_text().splitlines()] == [False, True]
+    assert os.environ["ANTHROPIC_API_KEY"] == "sk-ant-should-not-bill"  # loopdeck's own environment is kept
+
+
+# --- the real Claude Code CLI against the Messages API stand-in ----------------------------------------------------
+
+CI_CLAUDE = Path(__file__).resolve().parents[1] / ".ci" / "node" / "node_modules" / ".bin" / "claude"
+
+
 def _real_claude() -> str | None:
-    return os.environ.get("LOOPDECK_TEST_CLAUDE_CODE") or shutil.which("claude")
+    """The real CLI: LOOPDECK_TEST_CLAUDE_CODE, else the copy `.ci/run` installs, else `claude` on PATH."""
+    if os.environ.get("LOOPDECK_TEST_CLAUDE_CODE"):
+        return os.environ["LOOPDECK_TEST_CLAUDE_CODE"]
+    return str(CI_CLAUDE) if CI_CLAUDE.is_file() else shutil.which("claude")
 
 
-@pytest.mark.skipif(_real_claude() is None, reason="the real Claude Code CLI is not installed (npm install -g "
-                    "@anthropic-ai/claude-code, or point LOOPDECK_TEST_CLAUDE_CODE at its binary)")
-def test_real_claude_code_accepts_the_command_line_and_its_stream_is_read(
-        workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real CLI, pointed at the local Messages API stand-in (no scripted reply: every request fails), so
-    nothing reaches the network: it must accept loopdeck's flags and its real stream must end the turn as a
-    failed one with the CLI's own message."""
+REAL_CLAUDE = _real_claude()
+needs_real_claude = pytest.mark.skipif(REAL_CLAUDE is None, reason="the real Claude Code CLI is not installed (.ci/run "
+                                       "installs it into .ci/node with npm; or point LOOPDECK_TEST_CLAUDE_CODE at it)")
+FINAL = "Raised the learning rate.\nDESCRIPTION: raise LR to 0.15\nRATIONALE: the loss falls faster with a larger step."
+
+
+def _raise_lr(line: str) -> str | None:
+    return "LR = 0.15" if line.startswith("LR = ") else None
+
+
+@pytest.fixture
+def claude_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeAnthropic, FileEditor]]:
+    """The Messages API stand-in, answering the real CLI like a model would (Read, then Edit a line it read)."""
+    home = tmp_path / "home"  # no login, settings or sessions of the person running the tests
+    home.mkdir()
     with FakeAnthropic() as api:
+        api.responder = editor = FileEditor("train.py", _raise_lr, FINAL)
         monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-fake")
-        monkeypatch.setenv("HOME", str(tmp_path))  # no login, settings or sessions of the person running tests
+        monkeypatch.setenv("HOME", str(home))
         monkeypatch.setenv("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        events: list = []
-        agent = CodingCliAgent("claude-code", CliAgentSettings(executable=str(_real_claude()),
-                                                               turn_timeout_seconds=120))
-        with pytest.raises(AgentError) as raised:
-            agent.propose(_turn(workspace, events))
-        assert not raised.value.fatal and "unexpected arguments" not in str(raised.value)
-        assert api.requests, "the CLI never called the Messages API stand-in"
-        assert "Lower val_bpb" in json.dumps(api.requests[0].body)
+        yield api, editor
+
+
+@needs_real_claude
+def test_real_claude_code_reads_then_edits_and_the_edit_is_the_proposal(
+        workspace: Path, claude_api: tuple[FakeAnthropic, FileEditor]) -> None:
+    api, editor = claude_api
+    events: list = []
+    settings = CliAgentSettings(executable=str(REAL_CLAUDE), pass_api_key=True, turn_timeout_seconds=120)
+    proposal = CodingCliAgent("claude-code", settings).propose(_turn(workspace, events))
+
+    assert list(proposal.files) == ["train.py"] and "LR = 0.15" in proposal.files["train.py"]
+    assert (proposal.description, proposal.rationale) == ("raise LR to 0.15",
+                                                          "the loss falls faster with a larger step.")
+    (edit,) = editor.edits
+    assert edit["old_string"] in (workspace / "train.py").read_text().splitlines()  # a line the Read returned
+    assert [event.tool for event in events if isinstance(event, AgentToolCall)] == ["Read", "Edit"]
+    assert [event.ok for event in events if isinstance(event, AgentToolResult)] == [True, True]
+    assert "Lower val_bpb" in json.dumps(api.requests[0].body)
+    assert {request.headers.get("x-api-key") for request in api.requests} == {"sk-ant-fake"}
+
+
+@needs_real_claude
+def test_real_claude_code_does_not_bill_the_api_key_by_default(
+        workspace: Path, claude_api: tuple[FakeAnthropic, FileEditor]) -> None:
+    """Without pass_api_key the CLI must use its own login; here there is none, so it stops before any request."""
+    api, _ = claude_api
+    agent = CodingCliAgent("claude-code", CliAgentSettings(executable=str(REAL_CLAUDE), turn_timeout_seconds=120))
+    with pytest.raises(AgentError, match="Not logged in") as raised:
+        agent.propose(_turn(workspace, []))
+    assert not raised.value.fatal and api.requests == []
+
+
+@needs_real_claude
+@pytest.mark.slow
+def test_real_claude_code_session_from_the_command_line(
+        workspace: Path, claude_api: tuple[FakeAnthropic, FileEditor], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", f"{Path(str(REAL_CLAUDE)).parent}{os.pathsep}{os.environ['PATH']}")
+    config = workspace / "loopdeck.toml"
+    config.write_text(config.read_text() + "\n[agent.cli]\npass_api_key = true\n")
+    git(workspace, "commit", "-qam", "bill the API key (the stand-in's)")
+
+    assert main(["agents", str(workspace)]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("claude-code ")]
+    assert " yes " in line and "bills ANTHROPIC_API_KEY" in line
+    assert main(["run", str(workspace), "--headless", "--agent", "claude-code", "--max-experiments", "1"]) == 0
+    rows = ledger_rows(workspace)
+    assert [row.status for row in rows] == ["keep", "keep"] and rows[1].description == "raise LR to 0.15"
+    assert "LR = 0.15" in (workspace / "train.py").read_text()

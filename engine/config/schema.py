@@ -203,6 +203,9 @@ class CliAgentSettings(_Section):
                                         "long is killed (its whole process group) and counts as a failed turn")
     allowed_tools: list[str] = Field(default=["Read", "Edit", "Write"], min_length=1,
                                      description="claude-code's --allowedTools (codex: its workspace-write sandbox)")
+    pass_api_key: bool = Field(default=False, description="claude-code: false = ANTHROPIC_API_KEY is removed from "
+                               "the CLI's environment, so it uses its own login (your subscription); true = the "
+                               "CLI bills that API key per token")
 
 
 class AgentSettings(_Section):

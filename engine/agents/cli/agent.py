@@ -8,6 +8,7 @@ guard, approval gate and integrity checks then treat it like any other agent's c
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -36,6 +37,7 @@ class CliKind:
     install: str
     argv: Callable[[str, CliAgentSettings, Path], list[str]]
     stream: type[ClaudeCodeStream] | type[CodexStream]
+    billing_key: str = ""  # the variable that makes the CLI bill per token instead of its login ([agent.cli] pass_api_key)
 
 
 def _claude_argv(executable: str, settings: CliAgentSettings, scratch: Path) -> list[str]:
@@ -55,7 +57,7 @@ def _codex_argv(executable: str, settings: CliAgentSettings, scratch: Path) -> l
 
 CLI_KINDS: dict[str, CliKind] = {
     "claude-code": CliKind("claude-code", "claude", "npm install -g @anthropic-ai/claude-code", _claude_argv,
-                           ClaudeCodeStream),
+                           ClaudeCodeStream, billing_key="ANTHROPIC_API_KEY"),
     "codex": CliKind("codex", "codex", "npm install -g @openai/codex", _codex_argv, CodexStream),
 }
 
@@ -160,7 +162,7 @@ class CodingCliAgent:
             prompt, stderr = Path(io) / "prompt.md", Path(io) / "stderr.txt"
             prompt.write_text(cli_prompt(turn), encoding="utf-8")
             try:
-                process = GroupProcess(argv, scratch, prompt, stderr)
+                process = GroupProcess(argv, scratch, prompt, stderr, self._environment())
             except OSError as exc:
                 raise AgentError(f"{self.name}: cannot start {argv[0]}: {exc}") from None
             try:
@@ -180,6 +182,14 @@ class CodingCliAgent:
                 why = outcome.error or process.stderr_tail() or f"it exited with status {exit_code} mid-turn"
                 raise AgentError(f"{self.name} failed this turn: {why}")
         return outcome.final_text
+
+    def _environment(self) -> dict[str, str]:
+        """The CLI's environment: ours, less the per-token API key unless [agent.cli] pass_api_key says so (with
+        that key set, Claude Code bills it instead of the subscription its own login holds)."""
+        environment = dict(os.environ)
+        if self._spec.billing_key and not self.settings.pass_api_key:
+            environment.pop(self._spec.billing_key, None)
+        return environment
 
     def _count_usage(self, turn: AgentTurn, usage: dict[str, int], cost: float) -> None:
         if not any(usage.values()) and not cost:

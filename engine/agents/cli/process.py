@@ -29,12 +29,13 @@ class GroupProcess:
     """One CLI run: `lines()` yields its stdout lines; it is killed (with its children) when it overruns or the
     turn is cancelled, and always when the caller stops early."""
 
-    def __init__(self, argv: list[str], cwd: Path, stdin_path: Path, stderr_path: Path) -> None:
+    def __init__(self, argv: list[str], cwd: Path, stdin_path: Path, stderr_path: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.stderr_path = stderr_path
         with stdin_path.open("rb") as stdin, stderr_path.open("wb") as stderr:
             # A new session: the CLI and whatever it starts (tools, shells) are one group, killed together.
             self.process = subprocess.Popen(argv, cwd=cwd, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr,
-                                            start_new_session=True)
+                                            start_new_session=True, env=env)
         self._lines: queue.Queue[bytes | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, name="loopdeck-cli-agent", daemon=True)
         self._reader.start()
