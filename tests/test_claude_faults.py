@@ -171,6 +171,51 @@ def test_repeated_refusals_end_the_turn_as_a_refusal_not_a_crash(api, rec, works
     assert "category frontier_llm: No." in str(caught.value) and "crash" not in str(caught.value)
 
 
+FALLBACK = "claude-haiku-5-5"
+
+
+def test_a_fallback_model_answers_when_the_reworded_retry_is_refused_too(api, rec, workspace):
+    api.models[FALLBACK] = model_info(FALLBACK)
+    agent = agent_for(api, rec, fallback_model=FALLBACK)
+    agent.check()
+    api.script(refusal(category="cyber", explanation="No."), refusal(category="cyber", explanation="Still no."),
+               *read_edit_propose())
+    proposal = agent.propose(make_turn(workspace, rec.events))
+
+    assert "LEARNING_RATE = 0.03" in proposal.files["train.py"] and proposal.meta["model"] == FALLBACK
+    main = ClaudeSettings().model
+    assert [request.body["model"] for request in api.requests] == [main, main, FALLBACK, FALLBACK, FALLBACK]
+    assert len(api.requests[2].body["messages"]) == 1  # the fallback starts the turn afresh
+    assert "fallback_model" in rec.of(Notice)[-1].message and "Still no." in rec.of(Notice)[-1].message
+    (usage,) = rec.of(AgentUsage)
+    priced = [price_for(main), price_for(main), *[price_for(FALLBACK)] * 3]
+    assert usage.cost_usd == pytest.approx(sum(Usage().input_tokens * p.input / 1e6 + Usage().output_tokens
+                                               * p.output / 1e6 for p in priced))
+    api.requests.clear()
+    api.script(*read_edit_propose())
+    agent.propose(make_turn(workspace, rec.events))  # the next turn asks the main model again
+    assert {request.body["model"] for request in api.requests} == {main}
+
+
+def test_a_refusal_by_the_fallback_model_drops_the_turn(api, rec, workspace):
+    api.script(*[refusal(category="cyber", explanation="No.")] * 3)
+    with pytest.raises(AgentError) as caught:
+        agent_for(api, rec, fallback_model=FALLBACK).propose(make_turn(workspace, rec.events))
+    assert caught.value.stop_reason == "refusal" and "after 3 refusals" in str(caught.value)
+    assert api.requests[-1].body["model"] == FALLBACK and api.pending() == 0
+
+
+def test_check_validates_the_fallback_model_like_the_model(api, rec):
+    with pytest.raises(AgentError, match=r"\[agent.claude\] fallback_model") as caught:
+        agent_for(api, rec, fallback_model="claude-nonexistent").check()
+    assert caught.value.fatal
+    api.models[FALLBACK] = model_info(FALLBACK, thinking=("between_tools",))
+    with pytest.raises(AgentError, match=f"{FALLBACK}.*thinking 'adaptive' is not accepted"):
+        agent_for(api, rec, fallback_model=FALLBACK).check()
+    assert [request.path.split("?")[0] for request in api.model_requests][-2:] == [
+        f"/v1/models/{ClaudeSettings().model}", f"/v1/models/{FALLBACK}"]
+
+
 def test_refusals_are_counted_apart_from_crashes_in_a_session(make_workspace, run_session):
     workspace = make_workspace(crashes=2)
     with FakeAnthropic() as api:

@@ -165,6 +165,9 @@ class ClaudeSettings(_Section):
                                      "table: input, output, cache_write, cache_read")
     outage_max_wait_seconds: float = Field(default=120.0, gt=0, description="an outage of the API is waited out, "
                                            "never counted as crashes; the wait between tries doubles up to this")
+    fallback_model: str = Field(default="", description="a second model, asked for the rest of a turn when the "
+                                "reworded retry after a refusal is refused too (checked at start like model); "
+                                '"" = none, the turn is dropped')
 
     @field_validator("prices")
     @classmethod

@@ -73,8 +73,9 @@ _CHECK_TIMEOUT_S = 30.0  # the start check is one small GET: a service that take
 
 @dataclass
 class _Meter:
-    """What one turn has used so far."""
+    """What one turn has used so far, and the model it is asking now (the fallback after repeated refusals)."""
 
+    model: str
     usage: TokenUsage = field(default_factory=TokenUsage)
     cost: float = 0.0
 
@@ -105,12 +106,16 @@ class ClaudeAgent:
         self._thinking = thinking_config(settings)
         self._limits = ModelLimits()  # until `check` asks the Models API
         try:
-            self._price = price_for(settings.model, settings.prices)
+            # `prices` overrides the main model's price; a fallback model is priced from the built-in table.
+            self._prices = {settings.model: price_for(settings.model, settings.prices)}
         except ValueError as err:
             raise AgentError(f"[agent.claude] prices: {err}", fatal=True, stop_reason="error") from None
-        if self._price is None and settings.budget_usd > 0:
+        if settings.fallback_model:
+            self._prices.setdefault(settings.fallback_model, price_for(settings.fallback_model))
+        unpriced = [model for model, price in self._prices.items() if price is None]
+        if unpriced and settings.budget_usd > 0:
             raise AgentError(
-                f"[agent.claude] budget_usd is set but loopdeck has no price for model {settings.model!r}; add "
+                f"[agent.claude] budget_usd is set but loopdeck has no price for model {unpriced[0]!r}; add "
                 "prices = {input = …, output = …, cache_write = …, cache_read = …} ($ per million tokens) to "
                 "[agent.claude] in loopdeck.toml",
                 fatal=True, stop_reason="error",
@@ -126,7 +131,7 @@ class ClaudeAgent:
         self._tools = [*TOOL_SCHEMAS[:-1], {**TOOL_SCHEMAS[-1], "cache_control": _EPHEMERAL}]
         self._session_usage = TokenUsage()
         self._session_cost = 0.0
-        self._warned_unpriced = False
+        self._warned_unpriced: set[str] = set()
 
     def close(self) -> None:
         self._client.close()
@@ -134,20 +139,33 @@ class ClaudeAgent:
     # --- session start --------------------------------------------------------------------------------------
 
     def check(self) -> None:
-        """One cheap request before the baseline trains: the Models API's entry for the model. A rejected key, an
-        unknown model, an unreachable endpoint or a thinking/effort setting the model refuses is fatal here,
-        not after the baseline's runs."""
+        """One cheap request per model before the baseline trains: the Models API's entry for the model (and the
+        fallback model). A rejected key, an unknown model, an unreachable endpoint or a thinking/effort setting
+        the model refuses is fatal here, not after the baseline's runs."""
+        limits = self._model_limits(self.settings.model, "model")
+        if self.settings.fallback_model and limits is not None:
+            fallback = self._model_limits(self.settings.fallback_model, "fallback_model")
+            if fallback is not None and fallback.context_tokens < limits.context_tokens:
+                limits = fallback  # a turn's context must fit whichever model answers it
+        self._limits = limits or self._limits
+
+    def _model_limits(self, model: str, setting: str) -> ModelLimits | None:
+        """`model`'s limits from the Models API; None when the service answered busily (the turns retry)."""
+        settings = replace(self.settings, model=model)
         try:
-            info = self._client.with_options(timeout=_CHECK_TIMEOUT_S).models.retrieve(self.settings.model)
+            info = self._client.with_options(timeout=_CHECK_TIMEOUT_S).models.retrieve(model)
+        except anthropic.NotFoundError:
+            raise AgentError(f"The Anthropic API does not know model {model!r}. Set [agent.claude] {setting} in "
+                             "loopdeck.toml to a model your key can use.", fatal=True, stop_reason="error") from None
         except (anthropic.APIError, httpx2.TransportError) as exc:
-            failure = classify(exc, self.settings, self._redact)  # raises for a rejected key or unknown model
+            failure = classify(exc, settings, self._redact)  # raises for a rejected key
             if isinstance(exc, anthropic.APIStatusError):
-                return  # the service answered, if busily: the turns retry what is passing
+                return None
             where = self.settings.base_url or "the Anthropic API"
             raise AgentError(f"Claude agent: cannot reach {where} ({failure.detail}). Check the network or "
                              "[agent.claude] base_url, or run with --agent offline.",
                              fatal=True, stop_reason="error") from None
-        self._limits = limits_from(info, self.settings)
+        return limits_from(info, settings, setting)
 
     # --- one turn ---------------------------------------------------------------------------------------------
 
@@ -160,7 +178,7 @@ class ClaudeAgent:
         system = [{"type": "text", "text": system_prompt(turn.program), "cache_control": _EPHEMERAL}]
         opening = first_message(turn)
         messages: list[dict[str, Any]] = [{"role": "user", "content": opening}]
-        start_files, meter, refusals = dict(bench.files), _Meter(), 0
+        start_files, meter, refusals = dict(bench.files), _Meter(self.settings.model), 0
         try:
             for round_number in range(1, self._max_tool_rounds + 1):
                 message = self._call(turn, system, messages, meter)
@@ -170,7 +188,7 @@ class ClaudeAgent:
                         turn.emit(NoteDelivered(experiment=turn.experiment, text=note))
                 if message.stop_reason == "refusal":
                     refusals += 1
-                    self._refused(turn, message, refusals)
+                    meter.model = self._refused(turn, message, refusals, meter.model)
                     # The API's guidance: after a refusal start the conversation afresh; the edits go with it.
                     bench.files = dict(start_files)
                     messages = [{"role": "user", "content": opening + _AFTER_REFUSAL}]
@@ -182,7 +200,7 @@ class ClaudeAgent:
                     description, rationale = proposal
                     return Proposal(
                         description=description, rationale=rationale, files=bench.changed_files(),
-                        meta={"agent": self.name, "model": self.settings.model,
+                        meta={"agent": self.name, "model": meter.model,
                               "usage": {**meter.usage.to_dict(), "cost_usd": round(meter.cost, 6)}},
                     )
                 # A proposal already paid for is still returned; no further call is made past the budget.
@@ -202,17 +220,24 @@ class ClaudeAgent:
                     session_tokens=self._session_usage.total, session_cost_usd=self._session_cost,
                 ))
 
-    def _refused(self, turn: AgentTurn, message: Any, refusals: int) -> None:
-        """Tell the person why Claude declined; the second refusal in a turn ends it (counted as a refusal,
-        not as a crash)."""
+    def _refused(self, turn: AgentTurn, message: Any, refusals: int, model: str) -> str:
+        """Tell the person why Claude declined and return the model to ask next: the same one with a reworded
+        request, then the fallback model if one is set. A refusal after that ends the turn (counted as a
+        refusal, not as a crash)."""
         details = getattr(message, "stop_details", None)
         category = getattr(details, "category", None) or "no category given"
         explanation = getattr(details, "explanation", None) or "no explanation given"
-        what = f"Claude declined to continue (refusal, category {category}: {explanation})"
-        if refusals >= _REFUSALS_PER_TURN:
+        what = f"Claude ({model}) declined to continue (refusal, category {category}: {explanation})"
+        fallback = self.settings.fallback_model
+        if refusals < _REFUSALS_PER_TURN:
+            next_step = "starting the turn afresh with a reworded request"
+        elif refusals == _REFUSALS_PER_TURN and fallback and fallback != model:
+            next_step = f"asking the fallback model {fallback} ([agent.claude] fallback_model) for this turn"
+            model = fallback
+        else:
             raise AgentError(f"{what}; the turn was dropped after {refusals} refusals", stop_reason="refusal")
-        turn.emit(Notice(level="warning", experiment=turn.experiment,
-                         message=f"{what}; starting the turn afresh with a reworded request"))
+        turn.emit(Notice(level="warning", experiment=turn.experiment, message=f"{what}; {next_step}"))
+        return model
 
     def _answer(
         self, turn: AgentTurn, bench: Workbench, message: Any
@@ -264,7 +289,7 @@ class ClaudeAgent:
             if turn.cancelled():
                 raise AgentCancelled("stopped while Claude was drafting")
             try:
-                return self._stream(turn, system, messages)
+                return self._stream(turn, meter.model, system, messages)
             except (anthropic.APIError, httpx2.TransportError, MalformedStream) as exc:
                 if isinstance(exc, MalformedStream):
                     self._charge(turn, meter, usage_from_api(exc.usage))
@@ -291,9 +316,10 @@ class ClaudeAgent:
             ))
             wait_to_retry(turn, delay, self._sleep, "Claude API")
 
-    def _stream(self, turn: AgentTurn, system: list[dict[str, Any]], messages: list[dict[str, Any]]) -> Any:
+    def _stream(self, turn: AgentTurn, model: str, system: list[dict[str, Any]],
+                messages: list[dict[str, Any]]) -> Any:
         request: dict[str, Any] = {
-            "model": self.settings.model, "max_tokens": self.settings.max_tokens, "system": system,
+            "model": model, "max_tokens": self.settings.max_tokens, "system": system,
             "tools": self._tools, "messages": messages, "thinking": self._thinking,
             # Automatic caching moves a breakpoint along the conversation, so later tool rounds of a turn
             # read the earlier ones from the cache; the system block's own breakpoint outlives the turn.
@@ -351,15 +377,16 @@ class ClaudeAgent:
 
     def _charge(self, turn: AgentTurn, meter: _Meter, usage: TokenUsage) -> None:
         """Count one response's tokens (a broken one's too) for the turn and the session."""
-        cost = self._cost(turn, usage)
+        cost = self._cost(turn, meter.model, usage)
         meter.usage, meter.cost = meter.usage + usage, meter.cost + cost
         self._session_usage, self._session_cost = self._session_usage + usage, self._session_cost + cost
 
-    def _cost(self, turn: AgentTurn, usage: TokenUsage) -> float:
-        if self._price is None and not self._warned_unpriced:
-            self._warned_unpriced = True
-            turn.emit(Notice(level="warning", experiment=turn.experiment, message=unpriced_warning(self.settings.model)))
-        return usage.cost(self._price)
+    def _cost(self, turn: AgentTurn, model: str, usage: TokenUsage) -> float:
+        price = self._prices.get(model)
+        if price is None and model not in self._warned_unpriced:
+            self._warned_unpriced.add(model)
+            turn.emit(Notice(level="warning", experiment=turn.experiment, message=unpriced_warning(model)))
+        return usage.cost(price)
 
     def _context_chars(self) -> int:
         return context_chars(self._limits.context_tokens, self.settings.max_tokens)

@@ -31,11 +31,12 @@ def combination_problem(thinking: str, effort: str) -> str:
     return ""
 
 
-def limits_from(info: Any, settings: Any) -> ModelLimits:
-    """The model's limits, or the fatal `AgentError` naming the setting it cannot honour."""
+def limits_from(info: Any, settings: Any, setting: str = "model") -> ModelLimits:
+    """The model's limits, or the fatal `AgentError` naming the setting it cannot honour (`setting` names the
+    model: model, or fallback_model)."""
     problems = []
     if info.lifecycle == "retired":
-        problems.append("the model is retired; set [agent.claude] model to a current one")
+        problems.append(f"the model is retired; set [agent.claude] {setting} to a current one")
     capabilities = info.capabilities
     if capabilities is not None:
         accepted = [name for name in ("adaptive", "enabled", "disabled", "between_tools")

@@ -26,6 +26,7 @@ class ClaudeSettings:
     base_url: str = ""  # "" = the SDK default
     prices: dict | None = None  # $/MTok overrides: any of input, output, cache_write, cache_read
     outage_max_wait_seconds: float = 120.0  # the ceiling of the doubling wait between tries while the API is down
+    fallback_model: str = ""  # asked for the rest of a turn whose reworded retry was refused too; "" = none
 
     @classmethod
     def from_config(cls, section: Any) -> ClaudeSettings:
