@@ -6,7 +6,9 @@ own parsing, retries and error classes; only the service behind the HTTP boundar
 recorded (headers and JSON body) for assertions on what the SDK sent. It also answers the Models API's
 GET /v1/models/{id} (an agent's start check) from `models`, and validates requests as the real API does (every
 tool_use answered, no thinking block without its signature). Replies can carry malformed tool JSON, unsigned
-thinking, a refusal's stop_details, or drop the connection. `make_turn` builds the agent turn these tests drive.
+thinking, a refusal's stop_details, or drop the connection. In adaptive mode (`responder`, e.g. `FileEditor`)
+requests past the script are answered from what they ask, as a model would: the real Claude Code CLI is driven
+that way. `make_turn` builds the agent turn these tests drive. (Over 400 lines: one server, one protocol.)
 """
 
 from __future__ import annotations
@@ -373,14 +375,14 @@ class FileEditor:
         if workdir is None:
             return HttpError(400, "invalid_request_error", "fake_anthropic: no working directory in the prompt")
         path = f"{workdir.group(1).rstrip('/')}/{self.filename}"
-        calls, results = _tool_exchanges(body.get("messages") or [])
+        calls, results = tool_exchanges(body.get("messages") or [])
         if not any(call["name"] == "Read" for call in calls.values()):
             return reply(text(f"Reading {self.filename} first."), tool_use("Read", file_path=path))
         edited = [call_id for call_id, call in calls.items() if call["name"] == "Edit"]
         if edited and not results.get(edited[-1], {}).get("is_error"):
             return reply(text(self.final))
         read_id = [call_id for call_id, call in calls.items() if call["name"] == "Read"][-1]
-        for line in _result_text(results.get(read_id, {})).splitlines():
+        for line in result_text(results.get(read_id, {})).splitlines():
             line = _LINE_NUMBER.sub("", line, count=1)
             new_line = self.change(line)
             if new_line is not None and new_line != line:
@@ -390,7 +392,7 @@ class FileEditor:
         return reply(text(f"Nothing in {self.filename} to change."))
 
 
-def _tool_exchanges(messages: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+def tool_exchanges(messages: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """The conversation's tool calls (id -> tool_use block) and their results (tool_use_id -> tool_result)."""
     calls: dict[str, dict[str, Any]] = {}
     results: dict[str, dict[str, Any]] = {}
@@ -403,7 +405,7 @@ def _tool_exchanges(messages: list[dict[str, Any]]) -> tuple[dict[str, dict[str,
     return calls, results
 
 
-def _result_text(result: dict[str, Any]) -> str:
+def result_text(result: dict[str, Any]) -> str:
     content = result.get("content", "")
     if isinstance(content, list):
         return "\n".join(str(part.get("text", "")) for part in content if isinstance(part, dict))

@@ -212,7 +212,10 @@ def test_agents_command_lists_every_kind_without_network(tmp_path: Path, fake_cl
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:] if line.strip()}
     assert " yes " in lines["claude-code"] and " yes " in lines["codex"] and " yes " in lines["offline"]
     assert " no " in lines["claude"] and "ANTHROPIC_API_KEY" in lines["claude"]
-    assert "resolves to offline" in lines["auto"]
+    assert "resolves to offline" in lines["auto"] and "its own login" in lines["claude-code"]
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-x")
+    main(["agents", str(tmp_path)])
+    assert "ANTHROPIC_API_KEY is not passed on" in capsys.readouterr().out
     monkeypatch.setenv("PATH", str(tmp_path))
     main(["agents", str(tmp_path)])
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:] if line.strip()}
