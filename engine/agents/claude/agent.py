@@ -142,12 +142,12 @@ class ClaudeAgent:
         """One cheap request per model before the baseline trains: the Models API's entry for the model (and the
         fallback model). A rejected key, an unknown model, an unreachable endpoint or a thinking/effort setting
         the model refuses is fatal here, not after the baseline's runs."""
-        limits = self._model_limits(self.settings.model, "model")
-        if self.settings.fallback_model and limits is not None:
-            fallback = self._model_limits(self.settings.fallback_model, "fallback_model")
-            if fallback is not None and fallback.context_tokens < limits.context_tokens:
-                limits = fallback  # a turn's context must fit whichever model answers it
-        self._limits = limits or self._limits
+        fallback = self.settings.fallback_model
+        known = [limits for limits in (self._model_limits(self.settings.model, "model"),
+                                       self._model_limits(fallback, "fallback_model") if fallback else None)
+                 if limits is not None]
+        if known:  # a turn's context must fit whichever model answers it
+            self._limits = min(known, key=lambda limits: limits.context_tokens)
 
     def _model_limits(self, model: str, setting: str) -> ModelLimits | None:
         """`model`'s limits from the Models API; None when the service answered busily (the turns retry)."""
