@@ -1,0 +1,144 @@
+"""Ablation and the scale-transfer check on the synthetic fake target, whose metric is a known function of its
+constants: ablation must find exactly the changes that matter, transfer the one that helps only the small run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import git
+from fake_targets import ScriptedAgent, change, synthetic_source, synthetic_value
+
+from loopdeck.engine.events import StudyFinished, StudyRun, StudyStarted
+from loopdeck.engine.research.noise import STUDY_SEED_BASE
+from loopdeck.engine.session import Session
+from loopdeck.engine.store.ledger import Ledger
+
+STUDY_TOML = """\
+[experiment]
+editable = ["train.py"]
+budget_seconds = 1.0
+timeout_seconds = 20.0
+scale_knobs = {{ DEPTH = "x" }}
+
+[loop]
+approval = "auto"
+
+[agent]
+kind = "offline"
+
+[evaluation]
+baseline_seeds = 3
+early_abort = false
+confirm_multiple = 2.0
+
+[research]
+study_seeds = {seeds}
+"""
+
+# The kept chain: X (later made redundant by Y), Y, Z, TRICK (helps only at DEPTH <= 2).
+CHAIN = [("X", 1), ("Y", 1), ("Z", 1), ("TRICK", 1)]
+
+
+@pytest.fixture(scope="module")
+def chain_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace whose loop kept X, Y, Z and TRICK (in that order) on the synthetic target."""
+    from conftest import init_repo
+
+    root = tmp_path_factory.mktemp("studies") / "ws"
+    init_repo(root, {"train.py": synthetic_source(), "program.md": "# program\n",
+                     "loopdeck.toml": STUDY_TOML.format(seeds=3), ".gitignore": ".loopdeck/\n__pycache__/\n"})
+    agent = ScriptedAgent([change(name, value) for name, value in CHAIN])
+    session = Session(root, agent=agent)
+    session.run()
+    with Ledger(root / ".loopdeck") as ledger:
+        kept = [row.description for row in ledger.rows() if row.status == "keep" and not row.is_baseline]
+    assert kept == [f"{name} {value}" for name, value in CHAIN]
+    return root
+
+
+def _copy(workspace: Path, tmp_path: Path) -> Path:
+    """A clone of the workspace with its ledger, so a test that changes it leaves the others alone."""
+    import shutil
+
+    target = tmp_path / "copy"
+    shutil.copytree(workspace, target, symlinks=True)
+    return target
+
+
+def _run_study(workspace: Path, method: str, **kwargs: object) -> tuple[object, list]:
+    events: list = []
+    session = Session(workspace, on_event=events.append, study=True)
+    result = getattr(session, method)(**kwargs)
+    return result, events
+
+
+@pytest.mark.slow
+def test_ablation_finds_exactly_the_changes_that_matter(chain_workspace: Path, tmp_path: Path) -> None:
+    workspace = _copy(chain_workspace, tmp_path)
+    head_before = git(workspace, "rev-parse", "HEAD")
+    branch_before = git(workspace, "branch", "--show-current")
+    result, events = _run_study(workspace, "ablate")
+    verdicts = {c.change.description: c.verdict for c in result.contributions}
+    assert verdicts == {"X 1": "nothing", "Y 1": "matters", "Z 1": "matters", "TRICK 1": "matters"}
+    for c in result.contributions:
+        if c.verdict == "matters":  # each removal costs 0.02 by construction
+            assert c.gain == pytest.approx(0.02, abs=0.003) and c.band is not None and c.band < 0.003
+    assert [row.description for row in result.removable] == ["X 1"]
+    # progress: one event per run, seeds shared by every variant and far from any experiment's
+    runs = [e for e in events if isinstance(e, StudyRun)]
+    started = next(e for e in events if isinstance(e, StudyStarted))
+    assert len(runs) == 5 * 3 and runs[-1].index == runs[-1].of == 15
+    assert all(seed > STUDY_SEED_BASE for seed in started.seeds)
+    assert {r.seed for r in runs if r.variant == "incumbent"} == {r.seed for r in runs if r.variant == "without #1"}
+    finished = next(e for e in events if isinstance(e, StudyFinished))
+    assert finished.removable == (1,) and finished.applied is None and "removable: #1" in finished.summary
+    # recorded as study rows, never as experiments; nothing of the user's checkout moved
+    with Ledger(workspace / ".loopdeck") as ledger:
+        studies = ledger.studies("ablation")
+        assert len(ledger.rows()) == 5
+    assert {row.label for row in studies} == {"incumbent", "without #1", "without #2", "without #3", "without #4"}
+    assert len((workspace / ".loopdeck" / "results.tsv").read_text().splitlines()) == 1 + 5
+    assert git(workspace, "rev-parse", "HEAD") == head_before
+    assert git(workspace, "branch", "--show-current") == branch_before
+    assert git(workspace, "status", "--porcelain") == ""
+    assert "study-" not in git(workspace, "worktree", "list")
+
+
+@pytest.mark.slow
+def test_ablation_apply_keeps_a_simpler_incumbent_that_scores_the_same(chain_workspace: Path,
+                                                                      tmp_path: Path) -> None:
+    workspace = _copy(chain_workspace, tmp_path)
+    result, _ = _run_study(workspace, "ablate", apply=True)
+    applied = result.applied
+    assert applied is not None and applied.status == "keep" and applied.meta["ablation_removes"] == [1]
+    assert applied.metric == pytest.approx(synthetic_value(y=1, z=1, trick=1), abs=0.003)
+    head = git(workspace, "rev-parse", "HEAD")
+    assert head == applied.commit  # the checkout is on the research branch, which now holds the simpler code
+    source = git(workspace, "show", f"{head}:train.py")
+    assert "X = 0" in source and "Y = 1" in source and "TRICK = 1" in source
+    with Ledger(workspace / ".loopdeck") as ledger:
+        assert ledger.incumbent().id == applied.id
+    # a second ablation sees the simpler chain: X is gone, every remaining change matters
+    again, _ = _run_study(workspace, "ablate")
+    assert {c.change.description: c.verdict for c in again.contributions} == {
+        "Y 1": "matters", "Z 1": "matters", "TRICK 1": "matters"}
+
+
+@pytest.mark.slow
+def test_transfer_flags_the_change_that_helps_only_the_small_run(chain_workspace: Path, tmp_path: Path) -> None:
+    workspace = _copy(chain_workspace, tmp_path)
+    result, events = _run_study(workspace, "transfer", scale=2.0, per_change=True)
+    overall, *changes = result.lines
+    # at DEPTH 4 the incumbent beats the baseline by 0.05 (0.09 at DEPTH 2): more than half, so it holds
+    assert overall.gain == pytest.approx(synthetic_value(depth=4) - synthetic_value(1, 1, 1, 1, depth=4), abs=0.003)
+    assert overall.verdict == "holds"
+    verdicts = {line.change.description: line.verdict for line in changes}
+    assert verdicts["TRICK 1"] == "reverses" and verdicts["Y 1"] == "holds" and verdicts["Z 1"] == "holds"
+    assert verdicts["X 1"] == "shrinks"
+    assert "helps only the small run: #4" in result.summary
+    started = next(e for e in events if isinstance(e, StudyStarted))
+    assert started.scale == 2.0 and len(started.variants) == 6
+    with Ledger(workspace / ".loopdeck") as ledger:
+        rows = ledger.studies("transfer")
+    assert {row.scale for row in rows} == {2.0}
