@@ -58,7 +58,7 @@ def report_command(args: argparse.Namespace) -> int:
 
     workspace = user_path(args.dir)
     with Ledger(existing_state_dir(args.dir), create=False) as ledger:
-        rows = ledger.rows()
+        rows, studies, runs = ledger.rows(), ledger.studies(), ledger.runs()
     try:
         metric = load_config(workspace)[0].metric
         name, direction = metric.name, metric.direction
@@ -67,12 +67,28 @@ def report_command(args: argparse.Namespace) -> int:
     out = user_path(args.out) if args.out else workspace / STATE_DIR / "report"
     try:
         chart, summary = write_report(rows, out, metric_name=name, direction=direction,
-                                      title=workspace.resolve().name)
+                                      title=workspace.resolve().name, studies=studies, runs=runs,
+                                      patch=_incumbent_patch(workspace, rows))
     except OSError as exc:
         raise LoopdeckError(f"cannot write the report to {out}: {exc.strerror or exc}: choose another --out "
                             "folder") from None
     print(f"wrote {chart}\nwrote {summary}")
     return 0
+
+
+def _incumbent_patch(workspace: Path, rows: list) -> str:
+    """The incumbent against the baseline as one patch ("" without both, or when git cannot say)."""
+    from loopdeck.engine.store.gitops import ResearchRepo
+    from loopdeck.engine.store.ledger import first_baseline
+
+    baseline = first_baseline(rows)
+    incumbent = next((row for row in reversed(rows) if row.status == "keep"), None)
+    if baseline is None or incumbent is None or baseline.commit == incumbent.commit:
+        return ""
+    try:
+        return ResearchRepo(workspace).diff(baseline.commit, incumbent.commit)
+    except LoopdeckError:
+        return ""
 
 
 def try_command(args: argparse.Namespace) -> int:

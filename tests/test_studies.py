@@ -142,3 +142,97 @@ def test_transfer_flags_the_change_that_helps_only_the_small_run(chain_workspace
     with Ledger(workspace / ".loopdeck") as ledger:
         rows = ledger.studies("transfer")
     assert {row.scale for row in rows} == {2.0}
+
+
+@pytest.mark.slow
+def test_the_loop_checks_transfer_every_m_kept_experiments(tmp_path: Path) -> None:
+    from conftest import init_repo
+
+    toml = STUDY_TOML.format(seeds=2) + "transfer_every = 2\ntransfer_scale = 2.0\n"
+    root = init_repo(tmp_path / "ws", {"train.py": synthetic_source(), "program.md": "# program\n",
+                                       "loopdeck.toml": toml, ".gitignore": ".loopdeck/\n__pycache__/\n"})
+    events: list = []
+    agent = ScriptedAgent([change("Y", 1), change("Z", 1), change("Z", 2)])
+    Session(root, agent=agent, on_event=events.append).run()
+    studies = [e for e in events if isinstance(e, StudyFinished)]
+    assert len(studies) == 1 and studies[0].study_kind == "transfer" and studies[0].scale == 2.0
+    assert studies[0].incumbent == 2 and studies[0].lines[0].verdict == "holds"
+
+
+# --- the command line and the report ------------------------------------------------------------------------------
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from loopdeck.cli.main import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.slow
+def test_cli_ablate_transfer_then_report(chain_workspace: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    workspace = _copy(chain_workspace, tmp_path)
+    code, out, err = _cli(capsys, "ablate", str(workspace))
+    assert code == 0, err
+    assert "[1/15] incumbent, seed" in out and "[15/15] without #4" in out  # one line per run
+    assert "#1" in out and "nothing" in out and "removable: #1" in out
+    code, out, err = _cli(capsys, "transfer", str(workspace), "--scale", "2x", "--per-change")
+    assert code == 0, err
+    assert "at 2x" in out and "reverses" in out and "helps only the small run: #4" in out
+    code, out, err = _cli(capsys, "report", str(workspace), "--out", str(tmp_path / "report"))
+    assert code == 0, err
+    report = tmp_path / "report"
+    summary = (report / "summary.md").read_text()
+    for heading in ("## The kept chain", "## Ablation", "## Scale transfer", "## Cost"):
+        assert heading in summary
+    assert "### #4 TRICK 1" in summary and "(reverses)" in summary and "-TRICK = 0" in summary
+    assert (report / "transfer.png").stat().st_size > 0
+    patch = (report / "incumbent.patch").read_text()
+    assert "+Y = 1" in patch and "+TRICK = 1" in patch and "-X = 0" in patch
+    # the patch applies to the baseline and gives the incumbent's file
+    base = git(workspace, "rev-list", "--max-parents=0", "HEAD")
+    git(workspace, "worktree", "add", "-q", "--detach", str(tmp_path / "check"), base)
+    git(tmp_path / "check", "apply", str(report / "incumbent.patch"))
+    assert (tmp_path / "check" / "train.py").read_text() == git(workspace, "show", "HEAD:train.py") + "\n"
+
+
+def test_cli_studies_refuse_bad_input(make_workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loopdeck.engine.store.lock import WorkspaceLock
+
+    code, _, err = _cli(capsys, "ablate", str(tmp_path / "nowhere"))
+    assert code == 2 and "nothing has run there yet" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_info:
+        _cli(capsys, "transfer", str(tmp_path), "--scale", "3x")
+    assert exit_info.value.code == 2 and "choose one of 2x, 4x" in capsys.readouterr().err
+    workspace = make_workspace()
+    Session(workspace, agent=ScriptedAgent([])).run()  # the baseline only
+    for command in ("ablate", "transfer"):
+        code, _, err = _cli(capsys, command, str(workspace))
+        assert code == 2 and err.count("\n") == 1 and "no kept changes" in err or "is the baseline" in err
+    lock = WorkspaceLock(workspace / ".loopdeck")
+    lock.acquire()
+    try:
+        code, _, err = _cli(capsys, "ablate", str(workspace))
+    finally:
+        lock.release()
+    assert code == 2 and "a loopdeck session is running" in err and "ctl" in err
+
+
+def test_transfer_refuses_a_target_whose_size_cannot_grow(tmp_path: Path) -> None:
+    """A foreign repo with its budget fixed in a protected file and no declared size knob: budget only, and that
+    is not possible, so one clear line says what to declare."""
+    from conftest import init_repo
+
+    from loopdeck.engine.errors import LoopdeckError
+    from loopdeck.engine.research.study import scale_problem
+
+    root = init_repo(tmp_path / "ar", {"train.py": "X = 1\n", "prepare.py": "TIME_BUDGET = 300\n"})
+    problem = scale_problem(root, ["train.py"], ["prepare.py"], {})
+    assert "TIME_BUDGET in prepare.py" in problem and "scale_knobs" in problem
+    assert scale_problem(root, ["train.py"], ["prepare.py"], {"DEPTH": "x"}) == ""
+    with pytest.raises(LoopdeckError, match="no editable file defines"):
+        from loopdeck.engine.research.study import scaled_sources
+
+        scaled_sources(root, ["train.py"], {"DEPTH": "x"}, 2.0)

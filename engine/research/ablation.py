@@ -22,7 +22,7 @@ from loopdeck.engine.research.context import LoopContext, Tally
 from loopdeck.engine.research.noise import paired_gain
 from loopdeck.engine.research.record import Recorder
 from loopdeck.engine.research.study import WORKTREES_DIR, Measured, Study, Variant
-from loopdeck.engine.store.ledger import ExperimentRow, Ledger, StudyRow
+from loopdeck.engine.store.ledger import ExperimentRow, StudyRow
 
 REMOVABLE = frozenset({"nothing", "hurts"})
 
@@ -49,10 +49,10 @@ class Ablation:
         return [c.change for c in self.contributions if c.verdict in REMOVABLE]
 
 
-def kept_chain(ledger: Ledger, incumbent: ExperimentRow) -> list[ExperimentRow]:
+def kept_chain(rows: list[ExperimentRow], incumbent: ExperimentRow) -> list[ExperimentRow]:
     """The kept changes the incumbent is made of, oldest first: kept since its research line's baseline, minus
     those an applied ablation removed (and those simplifications themselves)."""
-    rows = [row for row in ledger.rows() if row.id <= incumbent.id]
+    rows = [row for row in rows if row.id <= incumbent.id]
     start = max((row.id for row in rows if row.is_baseline and row.status == "keep"), default=-1)
     kept = [row for row in rows if row.id > start and row.status == "keep"]
     removed = {number for row in kept for number in row.meta.get("ablation_removes", [])}
@@ -67,7 +67,7 @@ def ablate(ctx: LoopContext, apply: bool = False) -> Ablation:
     if incumbent is None:
         raise LoopdeckError("nothing to ablate: no experiment has finished in this workspace yet (run "
                             "`loopdeck run DIR` first)")
-    chain = kept_chain(ctx.ledger, incumbent)
+    chain = kept_chain(ctx.ledger.rows(), incumbent)
     if not chain:
         raise LoopdeckError(f"nothing to ablate: the incumbent #{incumbent.id} has no kept changes on top of its "
                             "baseline (let the loop keep some first: `loopdeck run DIR`)")

@@ -3,8 +3,8 @@
 The baseline commit and the incumbent run at `scale` × the budget, with the target's declared size knobs
 (`[experiment] scale_knobs`) multiplied too, on the study's shared seeds (research/study.py). The noise band there
 comes from the baseline's own spread at that scale. The gain at scale is compared with the gain the loop measured:
-it `holds` (beyond the band and at least HOLD_FRACTION of it), `shrinks` (less, or within the noise) or `reverses`
-(worse than the baseline beyond the band). `per_change` also runs the incumbent without each kept change at that
+it `holds` (beyond `confirm_multiple` bands and at least HOLD_FRACTION of it), `shrinks` (less, or within the
+noise) or `reverses` (worse than the baseline beyond `confirm_multiple` bands). `per_change` also runs the incumbent without each kept change at that
 scale: a change whose contribution reverses there helped only the small run. Rows go to the ledger's studies
 table; `loopdeck report` draws them (transfer.png) and tables them in summary.md.
 """
@@ -60,7 +60,7 @@ def transfer(ctx: LoopContext, scale: float, per_change: bool = False) -> Transf
     problem = scale_problem(ctx.workspace, experiment.editable, experiment.protected, experiment.scale_knobs)
     if problem:
         raise LoopdeckError(problem)
-    chain = kept_chain(ctx.ledger, incumbent) if per_change else []
+    chain = kept_chain(ctx.ledger.rows(), incumbent) if per_change else []
     study = Study(ctx, "transfer", incumbent, scale)
     measured = study.run([Variant("baseline", baseline.commit), Variant("incumbent", incumbent.commit),
                           *(Variant(f"without #{row.id}", incumbent.commit, (row.commit,), row.id) for row in chain)])
@@ -75,7 +75,7 @@ def transfer(ctx: LoopContext, scale: float, per_change: bool = False) -> Transf
     small = gain(incumbent.metric, baseline.metric, direction)
     small_band = delta_band(baseline.noise_std, incumbent.metric_runs, baseline.metric_runs)
     result = Transfer(study.number, scale, incumbent)
-    result.lines.append(_judge("incumbent", None, small, small_band, *paired_gain(top, base, std, direction)))
+    result.lines.append(_judge(ctx, "incumbent", None, small, small_band, *paired_gain(top, base, std, direction)))
     for row, found in zip(chain, measured[2:], strict=True):
         result.lines.append(_per_change(ctx, row, found, top, std))
     ctx.ledger.record_study(_study_rows(study, measured, result.lines))
@@ -83,7 +83,8 @@ def transfer(ctx: LoopContext, scale: float, per_change: bool = False) -> Transf
     result.summary = (f"transfer of #{incumbent.id} at {scale:g}x: the gain over the baseline {overall.verdict} "
                       f"({_shown(overall.reference_gain, overall.reference_band)} → "
                       f"{_shown(overall.gain, overall.band)})")
-    reversed_changes = [line.label for line in result.lines[1:] if line.verdict == "reverses"]
+    reversed_changes = [line.label for line in result.lines[1:] if line.verdict == "reverses"
+                        and (line.reference_gain or 0.0) > (line.reference_band or 0.0)]
     if reversed_changes:
         result.summary += f"; helps only the small run: {', '.join(reversed_changes)}"
     ctx.emit(StudyFinished(study=study.number, study_kind="transfer", incumbent=incumbent.id, scale=scale,
@@ -100,7 +101,7 @@ def _per_change(ctx: LoopContext, row: ExperimentRow, found: Measured, top: list
     values = found.values
     if values is None:
         return TransferLine(label, row, reference, band, None, None, "failed", found.problem)
-    return _judge(label, row, reference, band, *paired_gain(top, values, std, ctx.config.metric.direction))
+    return _judge(ctx, label, row, reference, band, *paired_gain(top, values, std, ctx.config.metric.direction))
 
 
 def _small_contribution(ctx: LoopContext, row: ExperimentRow) -> tuple[float | None, float | None]:
@@ -112,9 +113,10 @@ def _small_contribution(ctx: LoopContext, row: ExperimentRow) -> tuple[float | N
     return gain(row.metric, row.incumbent_metric, ctx.config.metric.direction), row.delta_band
 
 
-def _judge(label: str, change: ExperimentRow | None, reference: float | None, reference_band: float | None,
-           at_scale: float, band: float | None) -> TransferLine:
-    margin = band or 0.0
+def _judge(ctx: LoopContext, label: str, change: ExperimentRow | None, reference: float | None,
+           reference_band: float | None, at_scale: float, band: float | None) -> TransferLine:
+    # The loop's own threshold for a difference the noise cannot explain: confirm_multiple bands.
+    margin = ctx.config.evaluation.confirm_multiple * (band or 0.0)
     if at_scale < -margin:
         verdict = "reverses"
     elif at_scale > margin and (reference is None or at_scale >= HOLD_FRACTION * reference):
