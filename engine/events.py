@@ -2,7 +2,8 @@
 
 The engine emits them to an in-process callback and appends them to `.loopdeck/events.jsonl`; the console renders
 them and `loopdeck watch` replays them. Every event serialises to one flat JSON object with a `kind` field, and
-`event_from_dict` turns such an object back into the same event.
+`event_from_dict` turns such an object back into the same event. Every kind lives here (over 400 lines): the
+journal's format has one owner.
 """
 
 from __future__ import annotations

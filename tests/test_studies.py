@@ -157,6 +157,12 @@ def test_the_loop_checks_transfer_every_m_kept_experiments(tmp_path: Path) -> No
     studies = [e for e in events if isinstance(e, StudyFinished)]
     assert len(studies) == 1 and studies[0].study_kind == "transfer" and studies[0].scale == 2.0
     assert studies[0].incumbent == 2 and studies[0].lines[0].verdict == "holds"
+    # Z 1 then Z 2 touch the same line: removing Z 1 alone conflicts, and is reported as such, not guessed
+    result, _ = _run_study(root, "ablate")
+    verdicts = {c.change.description: (c.verdict, c.detail) for c in result.contributions}
+    assert verdicts["Z 1"][0] == "conflict" and "train.py" in verdicts["Z 1"][1]
+    assert verdicts["Y 1"][0] == "matters" and verdicts["Z 2"][0] == "matters"
+    assert git(root, "status", "--porcelain") == "" and "study-" not in git(root, "worktree", "list")
 
 
 # --- the command line and the report ------------------------------------------------------------------------------

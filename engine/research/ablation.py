@@ -86,11 +86,12 @@ def ablate(ctx: LoopContext, apply: bool = False) -> Ablation:
     rows = [_study_row(study, measured[0], None, "", "")]
     rows += [_study_row(study, found, c, c.verdict, c.detail) for c, found in zip(result.contributions,
                                                                                    measured[1:], strict=True)]
+    ctx.ledger.record_study(rows)  # before a simplification, which may fail (a dirty checkout on the branch)
     note = ""
     if apply and result.removable:
         result.applied, note, simplified = _simplify(ctx, study, std, result.removable, reference)
-        rows.append(_study_row(study, simplified, None, "kept" if result.applied else "not kept", note))
-    ctx.ledger.record_study(rows)
+        ctx.ledger.record_study([_study_row(study, simplified, None, "kept" if result.applied else "not kept",
+                                            note)])
     result.summary = _summary(result, note, apply)
     ctx.emit(StudyFinished(study=study.number, study_kind="ablation", incumbent=incumbent.id,
                            lines=tuple(_line(c) for c in result.contributions),

@@ -64,8 +64,11 @@ class Study:
         # σ was measured at the loop's scale; at another scale only the study's own spread counts.
         self._baseline_std = baseline.noise_std if baseline is not None and scale == 1.0 else None
         self.config = ctx.config
-        if scale != 1.0:
-            self.config = ctx.config.updated(budget_seconds=ctx.config.experiment.budget_seconds * scale)
+        if scale != 1.0:  # a longer budget and a larger model take longer to start, train and score
+            self.config = ctx.config.updated(
+                budget_seconds=ctx.config.experiment.budget_seconds * scale,
+                timeout_seconds=ctx.config.experiment.timeout_seconds * scale,
+                eval_timeout_seconds=ctx.config.evaluation.eval_timeout_seconds * scale)
         self._done = 0
         self._total = 0
 

@@ -10,7 +10,8 @@ Recovery from a corrupt ledger (the open fails with a `LoopdeckError` saying so)
 rewrites it. `loopdeck run` then starts a fresh ledger (numbering from 0, a new baseline at the current incumbent);
 `sqlite3 ledger.sqlite ".recover"` can often salvage the rows of the damaged file; events.jsonl keeps the events.
 
-The rows, their schema and the store share this module (a little over 400 lines): a new field touches all three.
+The rows (experiments, their extra runs, studies of the kept chain), their schema and the store share this module
+(about 500 lines): a new field touches all three.
 results.tsv's format is `results_tsv`'s.
 """
 
