@@ -76,7 +76,9 @@ def ablate(ctx: LoopContext, apply: bool = False) -> Ablation:
                 *(Variant(f"without #{row.id}", incumbent.commit, (row.commit,), row.id) for row in chain)]
     measured = study.run(variants, then=1 if apply else 0)
     reference = measured[0].values
-    if reference is None:
+    if reference is None:  # recorded all the same: the study's number and its runs' logs stay taken
+        ctx.ledger.record_study([_study_row(study, found, None, "failed" if found.problem else "", "")
+                                 for found in measured])
         raise LoopdeckError(f"the incumbent #{incumbent.id} could not be re-run ({measured[0].problem}): fix what "
                             "stops it (`loopdeck doctor DIR`) and ablate again")
     result = Ablation(study.number, incumbent)

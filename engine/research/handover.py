@@ -20,9 +20,10 @@ IMPROVEMENT_UNIT = 0.01  # costs are per this much improvement of the metric
 
 
 def latest(studies: list[StudyRow], kind: str, incumbent: int) -> list[StudyRow]:
-    """The rows of the latest study of `kind` of this incumbent ([] when there is none)."""
-    mine = [row for row in studies if row.kind == kind and row.incumbent == incumbent]
-    return [row for row in mine if row.study == mine[-1].study] if mine else []
+    """The rows of the latest study of `kind` of this incumbent that measured something ([] when none did)."""
+    measured = [row.study for row in studies if row.kind == kind and row.incumbent == incumbent
+                and row.gain is not None]
+    return [row for row in studies if measured and row.study == measured[-1]]
 
 
 def handover_sections(rows: list[ExperimentRow], studies: list[StudyRow], runs: list[RunRow], *,
@@ -89,7 +90,7 @@ def _transfer_section(transfers: list[StudyRow]) -> list[str]:
              "at a larger budget and model; the noise band is measured there. A gain holds, shrinks or reverses.",
              "", f"![transfer]({TRANSFER_CHART})", "",
              "| study | scale | what | gain (loop) | gain at scale | ± | verdict |", "|---:|---:|---|---:|---:|---:|---|"]
-    lines += [f"| {row.study} | {row.scale:g}x | {'#' + str(row.change) if row.change is not None else 'incumbent'} "
+    lines += [f"| {row.study} | {row.scale:g}x | {'#' + str(row.change) if row.change is not None else row.label} "
               f"| {signed(row.reference_gain)} | {signed(row.gain)} | {number(row.band)} | {row.verdict} |"
               for row in judged]
     return [*lines, ""]
@@ -113,7 +114,7 @@ def _cost_section(rows: list[ExperimentRow], runs: list[RunRow], improvement: fl
 def draw_transfer(studies: list[StudyRow], path: Path, *, metric_name: str) -> bool:
     """transfer.png: each transfer study's gain at the loop's scale and at its own, ± the band; False (nothing
     drawn) without a transfer study."""
-    overall = [row for row in studies if row.kind == "transfer" and row.label == "incumbent" and row.verdict]
+    overall = [row for row in studies if row.kind == "transfer" and row.label == "incumbent" and row.gain is not None]
     if not overall:
         return False
     from matplotlib.figure import Figure  # here: the engine starts without matplotlib

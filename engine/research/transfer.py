@@ -65,7 +65,12 @@ def transfer(ctx: LoopContext, scale: float, per_change: bool = False) -> Transf
     measured = study.run([Variant("baseline", baseline.commit), Variant("incumbent", incumbent.commit),
                           *(Variant(f"without #{row.id}", incumbent.commit, (row.commit,), row.id) for row in chain)])
     base, top = measured[0].values, measured[1].values
-    if base is None or top is None:
+    if base is None or top is None:  # recorded all the same: the study's number and its runs' logs stay taken
+        ctx.ledger.record_study([StudyRow(study=study.number, kind="transfer", incumbent=incumbent.id,
+                                          label=found.variant.label, scale=scale, change=found.variant.change,
+                                          commit=found.variant.commit, seeds=list(study.seeds),
+                                          metrics=list(found.metrics), verdict="failed" if found.problem else "",
+                                          detail=found.problem) for found in measured])
         failed = measured[0] if base is None else measured[1]
         raise LoopdeckError(f"the {failed.variant.label} could not run at {scale:g}x ({failed.problem}): a larger "
                             "model may not fit; try a smaller --scale")
