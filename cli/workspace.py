@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loopdeck.cli.options import CTL_ACTIONS
 from loopdeck.cli.paths import existing_state_dir, typed_text, user_path, workspace_path_errors
@@ -15,6 +16,9 @@ from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.session import RunOptions, Session
 from loopdeck.engine.store.lock import is_locked
 from loopdeck.engine.store.workspace import init_workspace, is_workspace
+
+if TYPE_CHECKING:
+    from loopdeck.engine.store.ledger import ExperimentRow
 
 
 def init_command(args: argparse.Namespace) -> int:
@@ -76,7 +80,7 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _incumbent_patch(workspace: Path, rows: list) -> str:
+def _incumbent_patch(workspace: Path, rows: list[ExperimentRow]) -> str:
     """The incumbent against the baseline as one patch ("" without both, or when git cannot say)."""
     from loopdeck.engine.store.gitops import ResearchRepo
     from loopdeck.engine.store.ledger import first_baseline
