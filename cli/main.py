@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
-from loopdeck.cli.options import CTL_ACTIONS, add_agent_option, add_run_options, positive_float
+from loopdeck.cli.options import CTL_ACTIONS, add_agent_option, add_run_options, parse_scale, positive_float
 from loopdeck.engine.config import APPROVALS, Config
 
 DIR_HELP = "the workspace (default: the current directory)"
@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"loopdeck {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
-    for add in (_add_train, _add_init, _add_run, _add_watch, _add_status, _add_try, _add_report, _add_ctl,
-                _add_migrate, _add_doctor, _add_agents):
+    for add in (_add_train, _add_init, _add_run, _add_watch, _add_status, _add_try, _add_report, _add_ablate,
+                _add_transfer, _add_ctl, _add_migrate, _add_doctor, _add_agents):
         add(sub.add_parser)
     return parser
 
@@ -136,6 +136,34 @@ def _add_report(add_parser: AddParser) -> None:
     report.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
     report.add_argument("--out", metavar="DIR", help="output folder (default: DIR/.loopdeck/report)")
     report.set_defaults(handler=_target("loopdeck.cli.workspace:report_command"))
+
+
+def _add_ablate(add_parser: AddParser) -> None:
+    ablate = add_parser("ablate", help="measure what each kept change contributes to the incumbent",
+                        description="Remove each kept change alone from the incumbent (a three-way revert in a "
+                        "scratch checkout: your branch and working tree are not touched), run each on the same "
+                        "seeds as the incumbent's re-runs ([research] study_seeds), and print each change's "
+                        "contribution ± the noise. Changes that contribute nothing are offered for removal. "
+                        "The table goes to the ledger and `loopdeck report`.")
+    ablate.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
+    ablate.add_argument("--apply", action="store_true", help="also remove the changes that contribute nothing: "
+                        "the simpler incumbent is re-run and kept (a new experiment on the research branch) "
+                        "only if it scores the same within the noise")
+    ablate.set_defaults(handler=_target("loopdeck.cli.research:ablate_command"))
+
+
+def _add_transfer(add_parser: AddParser) -> None:
+    transfer = add_parser("transfer", help="check whether the incumbent's gain holds at a larger scale",
+                          description="Run the baseline commit and the incumbent with a longer budget and a larger "
+                          "model ([experiment] scale_knobs, DEPTH for the built-in target), on shared seeds, with "
+                          "the noise band measured at that scale, and report whether the gain holds, shrinks or "
+                          "reverses. Your branch and working tree are not touched.")
+    transfer.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
+    transfer.add_argument("--scale", type=parse_scale, default=2.0, metavar="2x|4x",
+                          help="budget and size knobs multiplied by this (default: 2x)")
+    transfer.add_argument("--per-change", action="store_true", help="also run the incumbent without each kept "
+                          "change at that scale: which changes help only the small run (one variant per change)")
+    transfer.set_defaults(handler=_target("loopdeck.cli.research:transfer_command"))
 
 
 def _add_ctl(add_parser: AddParser) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from loopdeck.engine.config import AGENT_KINDS, APPROVALS, PIPELINE_MODES
+from loopdeck.engine.config import AGENT_KINDS, APPROVALS, PIPELINE_MODES, SCALES
 
 if TYPE_CHECKING:  # the engine's session is imported when a run starts, not for `loopdeck --help`
     from loopdeck.engine.session import RunOptions
@@ -23,6 +23,17 @@ CTL_ACTIONS = {"approve": ("decide", {"approve": True}), "veto": ("decide", {"ap
                "note": ("note", {}), "pause": ("pause", {}), "resume": ("resume", {}), "stop": ("stop", {}),
                "abort": ("abort", {}), "autonomous": ("approval", {"policy": "auto"}),
                "supervised": ("approval", {"policy": "ask"})}
+
+
+def parse_scale(text: str) -> float:
+    """`2x`, `4x` (or `2`, `4`) as a number; argparse shows the error's message."""
+    try:
+        scale = float(text.strip().lower().removesuffix("x"))
+    except ValueError:
+        scale = 0.0
+    if scale not in SCALES:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose one of {', '.join(f'{s:g}x' for s in SCALES)}")
+    return scale
 
 
 def positive_float(text: str) -> float:

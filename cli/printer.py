@@ -16,6 +16,9 @@ from loopdeck.engine.events import (
     SessionFinished,
     SessionStarted,
     StateChanged,
+    StudyFinished,
+    StudyRun,
+    StudyStarted,
 )
 
 
@@ -57,6 +60,8 @@ class HeadlessPrinter:
             return f"loopdeck: {event.level}: {event.message}"
         if isinstance(event, SessionFinished):
             return self.summary(event)
+        if isinstance(event, StudyStarted | StudyRun | StudyFinished):
+            return study_line(event)
         return ""
 
     def summary(self, event: SessionFinished) -> str:
@@ -81,3 +86,33 @@ def experiment_line(event: ExperimentFinished) -> str:
     if event.status not in ("keep", "discard") and event.reason:
         parts.append(f"— {event.reason}")
     return " ".join(parts)
+
+
+def study_line(event: StudyStarted | StudyRun | StudyFinished) -> str:
+    """A study's start, one line per run, and at the end its table (`loopdeck ablate`, `transfer`, the loop's
+    automatic transfer check)."""
+    if isinstance(event, StudyStarted):
+        at = f" at {event.scale:g}x" if event.scale != 1.0 else ""
+        return (f"loopdeck: {event.study_kind} study {event.study} of #{event.incumbent}{at}: "
+                f"{len(event.variants)} variants × {len(event.seeds)} seeds")
+    if isinstance(event, StudyRun):
+        metric = f"{event.metric:.6f}" if event.metric is not None else f"{event.status} {event.reason}".strip()
+        return f"[{event.index}/{event.of}] {event.variant}, seed {event.seed}: {metric}"
+    return study_table(event)
+
+
+def study_table(event: StudyFinished) -> str:
+    """The study's result as aligned text: one line per change (or gain), then its summary."""
+    transfer = event.study_kind == "transfer"
+    head = f"{'change':<9} {'contribution':>14}"
+    if transfer:
+        head = f"{'':<9} {'gain (loop)':>14} {'at ' + format(event.scale, 'g') + 'x':>14}"
+    lines = [f"{head} {'± band':>10}  {'verdict':<9} description"]
+    for line in event.lines:
+        gain = "-" if line.gain is None else f"{line.gain:+.6f}"
+        band = "-" if line.band is None else f"{line.band:.6f}"
+        what = line.description + (f" ({line.detail})" if line.detail else "")
+        reference = "-" if line.reference_gain is None else f"{line.reference_gain:+.6f}"
+        values = f"{reference:>14} {gain:>14}" if transfer else f"{gain:>14}"
+        lines.append(f"{line.label:<9} {values} {band:>10}  {line.verdict:<9} {what}")
+    return "\n".join([*lines, f"loopdeck: {event.summary}"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loopdeck.cli.options import CTL_ACTIONS
 from loopdeck.cli.paths import existing_state_dir, typed_text, user_path, workspace_path_errors
@@ -15,6 +16,9 @@ from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.session import RunOptions, Session
 from loopdeck.engine.store.lock import is_locked
 from loopdeck.engine.store.workspace import init_workspace, is_workspace
+
+if TYPE_CHECKING:
+    from loopdeck.engine.store.ledger import ExperimentRow
 
 
 def init_command(args: argparse.Namespace) -> int:
@@ -58,7 +62,7 @@ def report_command(args: argparse.Namespace) -> int:
 
     workspace = user_path(args.dir)
     with Ledger(existing_state_dir(args.dir), create=False) as ledger:
-        rows = ledger.rows()
+        rows, studies, runs = ledger.rows(), ledger.studies(), ledger.runs()
     try:
         metric = load_config(workspace)[0].metric
         name, direction = metric.name, metric.direction
@@ -67,12 +71,28 @@ def report_command(args: argparse.Namespace) -> int:
     out = user_path(args.out) if args.out else workspace / STATE_DIR / "report"
     try:
         chart, summary = write_report(rows, out, metric_name=name, direction=direction,
-                                      title=workspace.resolve().name)
+                                      title=workspace.resolve().name, studies=studies, runs=runs,
+                                      patch=_incumbent_patch(workspace, rows))
     except OSError as exc:
         raise LoopdeckError(f"cannot write the report to {out}: {exc.strerror or exc}: choose another --out "
                             "folder") from None
     print(f"wrote {chart}\nwrote {summary}")
     return 0
+
+
+def _incumbent_patch(workspace: Path, rows: list[ExperimentRow]) -> str:
+    """The incumbent against the baseline as one patch ("" without both, or when git cannot say)."""
+    from loopdeck.engine.store.gitops import ResearchRepo
+    from loopdeck.engine.store.ledger import first_baseline
+
+    baseline = first_baseline(rows)
+    incumbent = next((row for row in reversed(rows) if row.status == "keep"), None)
+    if baseline is None or incumbent is None or baseline.commit == incumbent.commit:
+        return ""
+    try:
+        return ResearchRepo(workspace).diff(baseline.commit, incumbent.commit)
+    except LoopdeckError:
+        return ""
 
 
 def try_command(args: argparse.Namespace) -> int:

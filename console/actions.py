@@ -63,6 +63,8 @@ ACTIONS: tuple[ConsoleAction, ...] = (
                   palette="Show the loss curve and hardware"),
     ConsoleAction("show_pane('experiments')", "4", "Experiments", "Show the experiments table", show=False,
                   palette="Show the experiments table"),
+    ConsoleAction("show_studies", "b", "Studies", "Show the ablation and scale-transfer results of the kept chain",
+                  show=False, palette="Show the studies: what each kept change contributes, and whether it transfers"),
     ConsoleAction("help", "f1,question_mark", "Help", "Show every key and what it does", key_display="?",
                   palette="Help: keys"),
     ConsoleAction("quit", "q", "Quit", "Quit the console (a supervised session asks first: the loop stops)"),

@@ -23,6 +23,7 @@ from loopdeck.console.messages import EventsPending
 from loopdeck.console.screens.experiment import ExperimentScreen
 from loopdeck.console.screens.help import HelpScreen
 from loopdeck.console.screens.main import MainScreen
+from loopdeck.console.screens.studies import StudiesScreen
 from loopdeck.console.settings import load_settings, save_settings
 from loopdeck.console.state import SessionView
 from loopdeck.engine import events as ev
@@ -190,6 +191,8 @@ class LoopdeckApp(App[None]):
             top = self.screen_stack[-1] if self.screen_stack else None  # the app may have closed meanwhile
             if isinstance(top, ExperimentScreen) and dirty & {st.TABLE, st.LOG, st.CURVE}:
                 top.show(self.view)
+            if isinstance(top, StudiesScreen) and st.STUDIES in dirty:
+                top.show(self.view)
 
     def _theme_changed(self, theme: Theme) -> None:
         if theme.name != self._saved_theme:
@@ -312,6 +315,12 @@ class LoopdeckApp(App[None]):
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
+
+    def action_show_studies(self) -> None:
+        if not isinstance(self.screen, StudiesScreen):
+            screen = StudiesScreen()
+            self.push_screen(screen)
+            self.call_after_refresh(partial(screen.show, self.view))
 
     def action_show_experiment(self, experiment_id: int) -> None:
         screen = ExperimentScreen(experiment_id)

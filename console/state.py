@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from loopdeck.console.views import Curve, ExperimentView, ReasoningBlock, Telemetry
+from loopdeck.console.views import Curve, ExperimentView, ReasoningBlock, StudyBoard, Telemetry
 from loopdeck.engine import events as ev
 
 LIVE_LOG_LINES = 200
@@ -20,8 +20,8 @@ REASONING_BLOCKS = 80  # each block is a few widgets in the Markdown pane: their
 _NOT_WAITING = frozenset({"proposing", "committing", "training", "evaluating", "stopping", "stopped"})
 
 # Topics: which widgets must redraw.
-STATUS, TABLE, REASONING, DIFF, CURVE, HARDWARE, APPROVAL, LOG = (
-    "status", "table", "reasoning", "diff", "curve", "hardware", "approval", "log",
+STATUS, TABLE, REASONING, DIFF, CURVE, HARDWARE, APPROVAL, LOG, STUDIES = (
+    "status", "table", "reasoning", "diff", "curve", "hardware", "approval", "log", "studies",
 )
 
 
@@ -58,6 +58,7 @@ class SessionView:
         self.reasoning_generation = 0  # bumped when blocks are dropped or reset (the pane must redraw fully)
         self.log: deque[str] = deque(maxlen=LIVE_LOG_LINES)
         self.telemetry = Telemetry()
+        self.studies = StudyBoard()  # ablation and scale-transfer studies of the kept chain
         self.finished: ev.SessionFinished | None = None
         self.pause_intent: bool | None = None  # asked to pause (True) or resume (False), not yet in effect
         self.failure = ""  # a console-side failure (a worker died), shown until the session ends
@@ -368,6 +369,10 @@ class SessionView:
         self.noise_std = e.std
         self.dirty.add(STATUS)
 
+    def _on_study(self, e: ev.StudyStarted | ev.StudyRun | ev.StudyFinished) -> None:
+        self.studies.apply(e)
+        self.dirty |= {STUDIES, STATUS}
+
     def _on_telemetry(self, e: ev.TelemetrySample) -> None:
         self.telemetry.add(e)
         self.dirty.add(HARDWARE)
@@ -396,4 +401,7 @@ _HANDLERS = {
     ev.ExperimentReverted: SessionView._on_reverted,
     ev.TelemetrySample: SessionView._on_telemetry,
     ev.NoiseEstimated: SessionView._on_noise,
+    ev.StudyStarted: SessionView._on_study,
+    ev.StudyRun: SessionView._on_study,
+    ev.StudyFinished: SessionView._on_study,
 }

@@ -111,3 +111,31 @@ class Telemetry:
                                ("power", gpu.power_watts), ("temp", gpu.temperature_c)):
                 if value is not None:
                     history[key].append(value)
+
+
+@dataclass
+class StudyBoard:
+    """The studies of the kept chain (ablation, scale transfer): the one running now, the latest result of each."""
+
+    running: ev.StudyStarted | None = None
+    last_run: ev.StudyRun | None = None
+    results: dict[str, ev.StudyFinished] = field(default_factory=dict)  # by study kind: the latest
+
+    def apply(self, event: ev.StudyStarted | ev.StudyRun | ev.StudyFinished) -> None:
+        if isinstance(event, ev.StudyStarted):
+            self.running, self.last_run = event, None
+        elif isinstance(event, ev.StudyRun):
+            self.last_run = event
+        else:
+            self.running, self.last_run = None, None
+            self.results[event.study_kind] = event
+
+    def progress(self) -> str:
+        """One line on the running study ("" when none runs)."""
+        if self.running is None:
+            return ""
+        at = f" at {self.running.scale:g}x" if self.running.scale != 1.0 else ""
+        text = f"{self.running.study_kind} of #{self.running.incumbent}{at}"
+        if self.last_run is not None:
+            text += f": run {self.last_run.index}/{self.last_run.of} ({self.last_run.variant})"
+        return text

@@ -2,7 +2,8 @@
 
 The engine emits them to an in-process callback and appends them to `.loopdeck/events.jsonl`; the console renders
 them and `loopdeck watch` replays them. Every event serialises to one flat JSON object with a `kind` field, and
-`event_from_dict` turns such an object back into the same event.
+`event_from_dict` turns such an object back into the same event. Every kind lives here (over 400 lines): the
+journal's format has one owner.
 """
 
 from __future__ import annotations
@@ -316,6 +317,69 @@ class HoldoutScored(Event):
     baseline_holdout: float | None = None
     baseline_val: float | None = None
     transfer: float | None = None  # holdout gain / validation gain since the baseline (1 = gains transfer fully)
+
+
+# --- studies of the kept chain (ablation, scale transfer) --------------------------------------------------------
+
+
+StudyKind = Literal["ablation", "transfer"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyStarted(Event):
+    """An ablation or transfer study began: `variants` each run once per seed, in scratch checkouts."""
+
+    kind: ClassVar[str] = "study_started"
+    study: int
+    study_kind: StudyKind
+    incumbent: int
+    scale: float = 1.0
+    variants: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyRun(Event):
+    """One run of a study's variant finished (never an experiment; the study's rows record it)."""
+
+    kind: ClassVar[str] = "study_run"
+    study: int
+    variant: str
+    index: int  # 1-based, of `of` runs in the whole study
+    of: int
+    seed: int
+    status: str  # "ok" or what went wrong
+    metric: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyLine:
+    """One line of a study's table: a kept change's contribution (ablation), or a gain at scale (transfer)."""
+
+    label: str
+    change: int | None = None
+    description: str = ""
+    gain: float | None = None  # at the study's scale
+    band: float | None = None
+    reference_gain: float | None = None  # transfer: the same gain at the loop's scale
+    verdict: str = ""  # ablation: matters | nothing | hurts | conflict | failed; transfer: holds | shrinks | reverses
+    detail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyFinished(Event):
+    """A study's result: its table, what it offers (changes to remove) and what it did (a simpler incumbent)."""
+
+    kind: ClassVar[str] = "study_finished"
+    study: int
+    study_kind: StudyKind
+    incumbent: int
+    scale: float = 1.0
+    lines: tuple[StudyLine, ...] = ()
+    removable: tuple[int, ...] = ()  # ablation: kept changes that contribute nothing (or hurt)
+    applied: int | None = None  # ablation --apply: the experiment that made the simpler incumbent
+    summary: str = ""
 
 
 # --- telemetry ---------------------------------------------------------------------------------------------------

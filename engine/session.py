@@ -30,7 +30,10 @@ from loopdeck.engine.events import (
     SessionFinished,
     StateChanged,
 )
+from loopdeck.engine.research.ablation import Ablation, ablate
+from loopdeck.engine.research.context import LoopStopped
 from loopdeck.engine.research.loop import LoopContext, ResearchLoop
+from loopdeck.engine.research.transfer import Transfer, transfer
 from loopdeck.engine.run.preflight import preflight
 from loopdeck.engine.run.sandbox import check_sandbox
 from loopdeck.engine.run.telemetry import TelemetrySampler
@@ -74,7 +77,10 @@ class Session:
     state: EngineState
 
     def __init__(self, workspace: Path | str, options: RunOptions | None = None,
-                 on_event: Callable[[Event], None] | None = None, agent: Agent | None = None) -> None:
+                 on_event: Callable[[Event], None] | None = None, agent: Agent | None = None,
+                 study: bool = False) -> None:
+        """`study`: for `ablate` / `transfer`, which run in scratch checkouts: the checkout, its branch and its
+        tree are left as they are (no research branch is made or checked out)."""
         options = options or RunOptions()
         path = Path(workspace).expanduser()
         if not path.is_dir():
@@ -108,11 +114,14 @@ class Session:
         self._lock.acquire()
         try:
             self.ledger = Ledger(self.state_dir)
-            self._check_tree()
             self.user_branch = self.repo.current_branch()  # where the checkout goes back to when nothing is kept
             self._kept_at_start = _kept(self.ledger)
-            self.branch = self.repo.ensure_branch(self._tag())
-            if budget is not None:
+            if study:
+                self.branch = self._incumbent_branch()
+            else:
+                self._check_tree()
+                self.branch = self.repo.ensure_branch(self._tag())
+            if budget is not None and not study:
                 seconds, notes = budget_in_force(self.repo, budget, options.budget_seconds,
                                                  resumed=bool(self.ledger.rows()))
                 self.config_notes += notes
@@ -151,6 +160,13 @@ class Session:
             branch = self.repo.current_branch() or ""
             if not (branch.startswith(BRANCH_PREFIX) and self.ledger.unfinished()):
                 raise
+
+    def _incumbent_branch(self) -> str:
+        """The research branch that holds the incumbent (the checked-out one first), where a study's simpler
+        incumbent goes; the current branch when none does."""
+        incumbent = self.ledger.incumbent()
+        found = self.repo.branches_containing(incumbent.commit) if incumbent and incumbent.commit else []
+        return found[0] if found else self.repo.current_branch() or ""
 
     def _tag(self) -> str:
         """--tag, else loopdeck.toml's tag, else the research branch already checked out, else today's date."""
@@ -245,6 +261,16 @@ class Session:
                 return loop.run_patch(patch_text, description)
             finally:
                 self.finished = loop.finished
+
+    def ablate(self, apply: bool = False) -> Ablation:
+        """`loopdeck ablate`: each kept change's contribution to the incumbent (research/ablation.py)."""
+        with self._running(), _stopped_as_error():
+            return ablate(self._context(), apply)
+
+    def transfer(self, scale: float, per_change: bool = False) -> Transfer:
+        """`loopdeck transfer`: does the incumbent's gain hold at `scale` (research/transfer.py)."""
+        with self._running(), _stopped_as_error():
+            return transfer(self._context(), scale, per_change)
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
@@ -344,6 +370,16 @@ class Session:
         if policy not in APPROVALS:
             raise LoopdeckError(f"approval policy must be one of {', '.join(APPROVALS)}, got {policy!r}")
         self._send("approval", policy=policy)
+
+
+@contextlib.contextmanager
+def _stopped_as_error() -> Iterator[None]:
+    """A study stopped by a person (Ctrl-C, `loopdeck ctl DIR stop`) ends its command with one line."""
+    try:
+        yield
+    except LoopStopped as stop:
+        raise LoopdeckError(stop.message or f"the study was {stop.reason} before it finished: nothing was "
+                            "recorded (its runs' logs are in .loopdeck/studies/)") from None
 
 
 def _kept(ledger: Ledger) -> int:

@@ -174,3 +174,65 @@ def change(name: str, value: object, description: str | None = None, path: str =
 def write_files(files: dict[str, str], description: str = "scripted edit") -> Callable[[AgentTurn], Proposal]:
     """A script step that returns these exact file contents."""
     return lambda turn: Proposal(description=description, rationale="scripted", files=files)
+
+
+# A target whose metric is a known function of its constants, with interactions, a scale effect and seeded noise
+# (for ablation and the scale-transfer check). Y makes X redundant (X helps only without Y); TRICK helps at
+# DEPTH <= 2 and hurts above it; DEPTH itself helps. Each constant sits in its own paragraph, so reverting one
+# kept change never touches the lines of another (a clean three-way revert).
+SYNTHETIC_TRAIN = '''\
+"""Synthetic fake target: val_bpb is a known function of the constants below, plus seeded noise."""
+
+import os
+import random
+import time
+
+X = {x}  # helps only without Y
+
+# ---
+
+Y = {y}  # helps, and makes X redundant
+
+# ---
+
+Z = {z}  # helps
+
+# ---
+
+TRICK = {trick}  # helps at DEPTH <= 2, hurts above
+
+# ---
+
+DEPTH = {depth}  # the size knob
+
+# ---
+
+SIGMA = {sigma}
+STEP_SECONDS = {step_seconds}
+
+
+def main():
+    seed = int(os.environ.get("LOOPDECK_SEED", "0"))
+    label = f"{{X}}:{{Y}}:{{Z}}:{{TRICK}}:{{DEPTH}}"
+    value = 1.0 - 0.03 * X * (1 - Y) - 0.05 * Y - 0.02 * Z - 0.02 * TRICK * (1 if DEPTH <= 2 else -1) - 0.01 * DEPTH
+    val_bpb = value + SIGMA * random.Random(f"{{seed}}:{{label}}").gauss(0.0, 1.0)
+    time.sleep(STEP_SECONDS)
+    print("---")
+    print(f"val_bpb:          {{val_bpb:.6f}}")
+    print(f"training_seconds: {{STEP_SECONDS:.1f}}")
+    print(f"depth:            {{DEPTH}}")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def synthetic_source(x: int = 0, y: int = 0, z: int = 0, trick: int = 0, depth: int = 2, sigma: float = 0.001,
+                     step_seconds: float = 0.05) -> str:
+    return SYNTHETIC_TRAIN.format(x=x, y=y, z=z, trick=trick, depth=depth, sigma=sigma, step_seconds=step_seconds)
+
+
+def synthetic_value(x: int = 0, y: int = 0, z: int = 0, trick: int = 0, depth: int = 2) -> float:
+    """The synthetic target's metric without its noise."""
+    return 1.0 - 0.03 * x * (1 - y) - 0.05 * y - 0.02 * z - 0.02 * trick * (1 if depth <= 2 else -1) - 0.01 * depth

@@ -71,7 +71,7 @@ def test_the_trusted_score_decides_and_the_holdout_never_does(make_workspace, ru
 
     png, summary = write_report(rows, session.state_dir / "report")
     text = summary.read_text()
-    assert "## Holdout" in text and "transfer.png" in text and (png.parent / "transfer.png").stat().st_size > 0
+    assert "## Holdout" in text and "holdout.png" in text and (png.parent / "holdout.png").stat().st_size > 0
 
 
 def test_an_old_ledger_gains_the_new_columns_and_runs_table(tmp_path):

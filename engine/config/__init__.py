@@ -26,6 +26,7 @@ from loopdeck.engine.config.schema import (
     CONFIG_FILE,
     DEFAULT_PATTERN,
     PIPELINE_MODES,
+    SCALES,
     STATE_DIR,
     AgentKind,
     AgentSettings,
@@ -37,14 +38,15 @@ from loopdeck.engine.config.schema import (
     LoopSettings,
     MetricSettings,
     PipelineMode,
+    ResearchSettings,
     SandboxSettings,
     validate,
 )
 
 __all__ = [
-    "AGENT_KINDS", "APPROVALS", "AUTORESEARCH_BUDGET", "BUDGET_CONSTANT", "BUDGET_VARIABLE", "CONFIG_FILE", "SEED_VARIABLE", "DEFAULT_PATTERN", "PIPELINE_MODES", "STATE_DIR",
+    "AGENT_KINDS", "APPROVALS", "AUTORESEARCH_BUDGET", "BUDGET_CONSTANT", "BUDGET_VARIABLE", "CONFIG_FILE", "SEED_VARIABLE", "DEFAULT_PATTERN", "PIPELINE_MODES", "SCALES", "STATE_DIR",
     "AgentKind", "AgentSettings", "ApprovalPolicy", "ClaudeSettings", "Config", "EvaluationSettings",
-    "ExperimentSettings", "LoopSettings", "MetricSettings", "PipelineMode", "SandboxSettings", "BudgetConstant",
+    "ExperimentSettings", "LoopSettings", "MetricSettings", "PipelineMode", "ResearchSettings", "SandboxSettings", "BudgetConstant",
     "budget_location", "default_toml", "find_budget_constant", "load_config", "parse_config", "pin_protected_file",
     "reads_variable", "seedable", "toml_value", "validate",
 ]

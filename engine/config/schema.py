@@ -26,6 +26,8 @@ PipelineMode = Literal["auto", "on", "off"]
 AGENT_KINDS: tuple[str, ...] = get_args(AgentKind)
 APPROVALS: tuple[str, ...] = get_args(ApprovalPolicy)
 PIPELINE_MODES: tuple[str, ...] = get_args(PipelineMode)
+SCALES = (2.0, 4.0)  # what `loopdeck transfer --scale` offers: 2x, 4x
+SCALE_RULES = ("x",)  # how a scale knob grows: "x" = multiplied by the scale
 
 
 def _relative_path(value: str) -> str:
@@ -70,6 +72,10 @@ class ExperimentSettings(_Section):
     protected_sha256: dict[str, str] = Field(default={}, description="pinned sha256 of protected files: a session "
                                              "refuses to start when one differs (written by loopdeck init)")
 
+    scale_knobs: dict[str, str] = Field(
+        default={}, description='size constants `loopdeck transfer` scales with the budget, e.g. { DEPTH = "x" } '
+        '("x": multiplied by the scale); {} = the budget only. `loopdeck init` declares DEPTH')
+
     @field_validator("editable", "protected")
     @classmethod
     def _paths(cls, paths: list[str]) -> list[str]:
@@ -95,6 +101,15 @@ class ExperimentSettings(_Section):
             raise ValueError(f"protected_sha256 pins {', '.join(unlisted)}, which [experiment] protected does not "
                              "list")
         return self
+
+    @field_validator("scale_knobs")
+    @classmethod
+    def _scale_knobs(cls, knobs: dict[str, str]) -> dict[str, str]:
+        for name, rule in knobs.items():
+            if not name.isidentifier() or rule not in SCALE_RULES:
+                raise ValueError(f'each entry is NAME = "x" (a module-level constant of an editable file, multiplied '
+                                 f'by the scale), got {name} = {rule!r}')
+        return knobs
 
     @field_validator("command")
     @classmethod
@@ -273,9 +288,27 @@ class EvaluationSettings(_Section):
                                     "baseline is below this fraction of the validation gain")
 
 
+class ResearchSettings(_Section):
+    """Studies of the kept chain: ablation (`loopdeck ablate`) and the scale-transfer check (`loopdeck transfer`)."""
+
+    study_seeds: int = Field(default=3, ge=1, description="runs per variant in an ablation or transfer study, the "
+                             "same seeds for every variant (compared run by run)")
+    transfer_every: int = Field(default=0, ge=0, description="run the scale-transfer check every this many kept "
+                                "experiments (0 = only when asked: `loopdeck transfer`)")
+    transfer_scale: float = Field(default=2.0, gt=1, description="the scale of the automatic transfer check: "
+                                  "budget and scale_knobs multiplied by it")
+
+    @field_validator("transfer_scale")
+    @classmethod
+    def _scale(cls, scale: float) -> float:
+        if scale not in SCALES:
+            raise ValueError(f"must be one of {', '.join(f'{s:g}' for s in SCALES)}, got {scale:g}")
+        return scale
+
+
 class Config(_Section):
     """Root of loopdeck.toml: `.experiment`, `.metric`, `.loop`, `.agent` (with `.agent.claude`, `.agent.openai`),
-    `.sandbox`, `.evaluation`."""
+    `.sandbox`, `.evaluation`, `.research`."""
 
     experiment: ExperimentSettings = Field(default_factory=ExperimentSettings)
     metric: MetricSettings = Field(default_factory=MetricSettings)
@@ -283,6 +316,7 @@ class Config(_Section):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    research: ResearchSettings = Field(default_factory=ResearchSettings)
 
     def timeout(self) -> float:
         """Hard per-run timeout in seconds: timeout_seconds, or budget*2 + 120 when it is 0."""

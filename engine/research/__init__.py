@@ -8,7 +8,9 @@
   the final ledger row.
 - `pipeline`: drafting the next proposal while an experiment trains (depends on turns and the gate only).
 - `integrity`, `budget_check`, `noise`, `early_abort`, `guard`: the rules a result and a change must pass;
-  `history`, `report`.
+  `history`, `report` (with `handover` and `markdown`).
+- `study`, `ablation`, `transfer`: studies of the kept chain in scratch worktrees (`ablate(ctx, apply)`,
+  `transfer(ctx, scale, per_change)`), for `loopdeck ablate` / `transfer`, the planner and `transfer_every`.
 
 It may import `agents`, `run`, `store` and everything below them; nothing above (`session`).
 """

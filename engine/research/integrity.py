@@ -82,6 +82,18 @@ class _Score:
     log_tail: str = ""
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """An extra run's outcome: its status ("ok", a failure, or "aborted" by a stop request) and metric."""
+
+    status: str
+    metric: float | None
+    reason: str = ""
+    reported: float | None = None
+    training_seconds: float | None = None
+    wall_seconds: float | None = None
+
+
 class _Interrupted(Exception):
     """A stop request killed an extra run: the experiment is interrupted."""
 
@@ -284,25 +296,30 @@ class Integrity:
         run_dir = self.ctx.run_dir(row.id) / f"{role}-{seed}"
         what = {"noise": "noise run", "confirm": "confirmation run", "incumbent": "incumbent re-run"}[role]
         self.ctx.emit(StateChanged(state="training", experiment=row.id, detail=f"{what} {index}/{of}, seed {seed}"))
-        result, _ = self._execute(row.id, commit or row.commit, run_dir, seed=seed, stream=False)
+        run = self.measure(row.id, commit or row.commit, run_dir, seed, reference=role == "noise")
+        if run.status == "aborted":
+            raise _Interrupted
+        self.ctx.ledger.record_run(RunRow(
+            experiment=row.id, role=role, seed=seed, status=run.status, commit=commit or row.commit,
+            metric=run.metric, reported_metric=run.reported, training_seconds=run.training_seconds,
+            wall_seconds=run.wall_seconds, reason=run.reason, log_path=str(run_dir / LOG_FILE)))
+        self.ctx.emit(RunRepeated(experiment=row.id, role=role, index=index, of=of, seed=seed, status=run.status,
+                                  metric=run.metric, reason=run.reason))
+        return run.metric
+
+    def measure(self, number: int, commit: str, run_dir: Path, seed: int, *, reference: bool = False) -> Measurement:
+        """One run of the checkout as it is, scored like every run (budget checked, trusted score where it
+        applies); records nothing. `reference`: the unchanged code, which is never rejected for its budget."""
+        result, _ = self._execute(number, commit, run_dir, seed=seed, stream=False)
         reported = metric_from_log(self.ctx.config.metric.pattern, result.read_log())
         status, reason = self.classify(result, reported)
         score = _Score(status, reason)
         if status == "ok":
-            problem = self._over_budget(result, run_dir, row.id, baseline=role == "noise")
-            score = _Score("rejected", problem) if problem else self._score(row.id, commit or row.commit, run_dir,
-                                                                            reported)
+            problem = self._over_budget(result, run_dir, number, baseline=reference)
+            score = _Score("rejected", problem) if problem else self._score(number, commit, run_dir, reported)
         (run_dir / WEIGHTS).unlink(missing_ok=True)  # an extra run's weights are scored once, not kept
-        if score.status == "aborted":
-            raise _Interrupted
-        metric = score.metric if score.status == "ok" else None
-        self.ctx.ledger.record_run(RunRow(
-            experiment=row.id, role=role, seed=seed, status=score.status, commit=commit or row.commit,
-            metric=metric, reported_metric=reported, training_seconds=reported_seconds(result),
-            wall_seconds=result.wall_seconds, reason=score.reason, log_path=str(run_dir / LOG_FILE)))
-        self.ctx.emit(RunRepeated(experiment=row.id, role=role, index=index, of=of, seed=seed, status=score.status,
-                                  metric=metric, reason=score.reason))
-        return metric
+        return Measurement(score.status, score.metric if score.status == "ok" else None, score.reason, reported,
+                           reported_seconds(result), result.wall_seconds)
 
     # --- the holdout split -------------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from loopdeck.engine.research.guard import GuardRejection
 from loopdeck.engine.research.judge import Judge, feedback
 from loopdeck.engine.research.pipeline import Pipeline, Review
 from loopdeck.engine.research.record import Recorder
+from loopdeck.engine.research.transfer import transfer
 from loopdeck.engine.research.turns import Turns, usage_fields
 from loopdeck.engine.run.executor import LOG_FILE
 from loopdeck.engine.run.processes import kill_orphan
@@ -257,7 +258,22 @@ class ResearchLoop:
         outcome = self.judge.run(row, incumbent)
         self.turns.feedback = feedback(outcome, self.config.metric.name)
         self.integrity.after_record(outcome)
+        self._check_transfer(outcome)
         return outcome
+
+    def _check_transfer(self, outcome: ExperimentFinished) -> None:
+        """The scale-transfer check every `[research] transfer_every` kept experiments; a check that cannot run
+        is a warning, never the end of the session."""
+        every = self.config.research.transfer_every
+        if not every or outcome.status != "keep":
+            return
+        kept = sum(row.status == "keep" and not row.is_baseline for row in self.ctx.ledger.rows())
+        if kept == 0 or kept % every:
+            return
+        try:
+            transfer(self.ctx, self.config.research.transfer_scale)
+        except LoopdeckError as exc:
+            self.ctx.emit(Notice(level="warning", message=f"the scale-transfer check did not run: {exc}"))
 
 
 def _json_safe(meta: object) -> dict:

@@ -13,9 +13,11 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Seeds of extra runs: the baseline's are 1, 2, …; experiment n's confirmations are n*SEED_STRIDE + 1, + 2, …
+# Seeds of extra runs: the baseline's are 1, 2, …; experiment n's confirmations are n*SEED_STRIDE + 1, + 2, …;
+# study s's (ablation, transfer) STUDY_SEED_BASE + s*SEED_STRIDE + 1, + 2, … — past any experiment's.
 SEED_STRIDE = 1000
 MAIN_SEED = 0
+STUDY_SEED_BASE = 1_000_000_000
 
 
 def gain(metric: float, reference: float, direction: str) -> float:
@@ -52,6 +54,30 @@ def confirmation_seeds(experiment: int, count: int) -> list[int]:
     return [experiment * SEED_STRIDE + i for i in range(1, count + 1)]
 
 
+def study_seeds(study: int, count: int) -> list[int]:
+    """Seeds shared by every variant of one ablation or transfer study: never a baseline's or an experiment's."""
+    return [STUDY_SEED_BASE + study * SEED_STRIDE + i for i in range(1, count + 1)]
+
+
+def pooled_std(groups: Sequence[Sequence[float]]) -> float | None:
+    """One run's standard deviation estimated from several groups of runs (each around its own mean), or None
+    without two runs in any group: a study's variants, each run on the same seeds, measure the noise together."""
+    residuals = [(value - statistics.fmean(group)) ** 2 for group in groups if len(group) >= 2 for value in group]
+    freedom = sum(len(group) - 1 for group in groups if len(group) >= 2)
+    return math.sqrt(sum(residuals) / freedom) if freedom else None
+
+
+def paired_gain(values: Sequence[float], paired: Sequence[float], std: float | None,
+                direction: str) -> tuple[float, float | None]:
+    """Mean gain of `values` over `paired` (run i against run i, same seed) and its band: σ·√(2/n) with the
+    measured noise σ, else the spread of the differences themselves (None with a single pair)."""
+    gains = [gain(v, p, direction) for v, p in zip(values, paired, strict=True)]
+    if std is not None:
+        return statistics.fmean(gains), std * math.sqrt(2 / len(gains))
+    spread = run_std(gains)
+    return statistics.fmean(gains), None if spread is None else spread / math.sqrt(len(gains))
+
+
 @dataclass(frozen=True)
 class Verdict:
     keep: bool
@@ -68,9 +94,8 @@ def confirm(values: Sequence[float], incumbent_metric: float, incumbent_runs: in
     `paired`, when given, the incumbent's metrics on the same fresh seeds as values[1:]."""
     mean = statistics.fmean(values)
     if paired:
-        gains = [gain(v, p, direction) for v, p in zip(values[1:], paired, strict=True)]
-        improvement = statistics.fmean(gains)
-        band = std * math.sqrt(2 / len(gains)) if std is not None else None
+        improvement, band = paired_gain(values[1:], paired, std, direction)
+        band = band if std is not None else None
     else:
         improvement = gain(mean, incumbent_metric, direction)
         band = delta_band(std, len(values), incumbent_runs)

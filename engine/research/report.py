@@ -1,8 +1,9 @@
 """`loopdeck report`: a progress chart (PNG) and a Markdown summary of a session's ledger.
 
-When the incumbent was scored on the holdout split, a second chart (transfer.png) plots the gains since the baseline
+When the incumbent was scored on the holdout split, a second chart (holdout.png) plots the gains since the baseline
 on validation and on holdout side by side: the "transfer gap" that shows whether gains hold beyond the text they
-were selected on.
+were selected on. The sections a researcher hands on — the kept chain with its diffs and studies, the cost per
+improvement, transfer.png and incumbent.patch — are research/handover.py's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loopdeck.engine.store.ledger import ExperimentRow, first_baseline
+from loopdeck.engine.research.handover import PATCH_FILE, TRANSFER_CHART, draw_transfer, handover_sections
+from loopdeck.engine.research.markdown import cell, fixed, number, signed
+from loopdeck.engine.store.ledger import ExperimentRow, RunRow, StudyRow, first_baseline
 from loopdeck.engine.store.results_tsv import shown_metric
 
 if TYPE_CHECKING:
@@ -22,7 +25,7 @@ CRASH_STATUSES = frozenset({"crash", "timeout", "nan", "interrupted"})
 NOT_RUN_STATUSES = frozenset({"rejected", "vetoed", "running"})
 NEAR_MISSES = 5
 ANNOTATION_CHARS = 40
-TRANSFER_CHART = "transfer.png"
+HOLDOUT_CHART = "holdout.png"
 
 
 @dataclass
@@ -63,8 +66,13 @@ def write_report(
     metric_name: str = "val_bpb",
     direction: str = "minimize",
     title: str = "",
+    studies: list[StudyRow] | None = None,
+    runs: list[RunRow] | None = None,
+    patch: str = "",
 ) -> tuple[Path, Path]:
-    """Write out_dir/progress.png and out_dir/summary.md; return their paths."""
+    """Write out_dir/progress.png and out_dir/summary.md (and holdout.png, transfer.png, incumbent.patch when
+    there is something to show); return the first two paths. `studies` and `runs` are the ledger's; `patch` the
+    incumbent against the baseline."""
     outcome = _outcome(rows, minimize=_minimize(direction))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -72,9 +80,15 @@ def write_report(
     summary = out_dir / "summary.md"
     _progress_figure(outcome, metric_name=metric_name, title=title).savefig(png, format="png")
     if _holdout_rows(outcome):
-        _draw_transfer(outcome, out_dir / TRANSFER_CHART, metric_name=metric_name)
-    summary.write_text(_summary_markdown(outcome, metric_name=metric_name, title=title, chart=png.name),
-                       encoding="utf-8")
+        _draw_transfer(outcome, out_dir / HOLDOUT_CHART, metric_name=metric_name)
+    draw_transfer(studies or [], out_dir / TRANSFER_CHART, metric_name=metric_name)
+    if patch:
+        (out_dir / PATCH_FILE).write_text(patch, encoding="utf-8")
+    text = _summary_markdown(outcome, metric_name=metric_name, title=title, chart=png.name)
+    if outcome.rows:
+        text += "\n".join(handover_sections(outcome.rows, studies or [], runs or [],
+                                            improvement=outcome.improvement(), patch=bool(patch)))
+    summary.write_text(text, encoding="utf-8")
     return png, summary
 
 
@@ -251,12 +265,12 @@ def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart:
     facts = [
         ("metric", f"{metric_name}, {'lower' if outcome.minimize else 'higher'} is better"),
         ("baseline", _metric_with_id(baseline)),
-        ("best", _metric_with_id(best) + (f": {_cell(best.description)}" if best and not best.is_baseline else "")),
+        ("best", _metric_with_id(best) + (f": {cell(best.description)}" if best and not best.is_baseline else "")),
     ]
     improvement = outcome.improvement()
     if improvement is not None and baseline is not None and baseline.metric:
         share = 100 * improvement / abs(baseline.metric)
-        facts.append(("improvement", f"{_fixed(improvement, 6)} ({_fixed(share, 2)}%)"))
+        facts.append(("improvement", f"{fixed(improvement, 6)} ({fixed(share, 2)}%)"))
     facts.append(("kept", f"{kept_count}/{_count(len(experiments), 'experiment')} (baseline not counted)"))
     crashed, rejected, failed_baselines = _failures(outcome)
     # Each count is the number of rows of its table below: a failed baseline run is not an experiment.
@@ -277,14 +291,14 @@ def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart:
     lines += [f"![progress]({chart})", ""]
 
     lines += ["## Kept experiments", "", "| # | metric | delta | description |", "|---:|---:|---:|---|"]
-    lines += [f"| {r.id} | {r.metric:.6f} | {_signed(r.delta)} | {_cell(r.description)} |" for r in outcome.kept]
+    lines += [f"| {r.id} | {r.metric:.6f} | {signed(r.delta)} | {cell(r.description)} |" for r in outcome.kept]
     lines.append("")
 
     if outcome.discarded:
         misses = sorted(outcome.discarded, key=lambda r: _closeness(r, outcome.minimize))[:NEAR_MISSES]
         lines += ["## Near misses", "", "The discarded experiments that came closest to the incumbent.", "",
                   "| # | metric | delta | description |", "|---:|---:|---:|---|"]
-        lines += [f"| {r.id} | {r.metric:.6f} | {_signed(r.delta)} | {_cell(r.description)} |" for r in misses]
+        lines += [f"| {r.id} | {r.metric:.6f} | {signed(r.delta)} | {cell(r.description)} |" for r in misses]
         lines.append("")
 
     lines += _failure_sections(crashed, rejected, failed_baselines)
@@ -305,19 +319,19 @@ def _failure_sections(crashed: list[ExperimentRow], rejected: list[ExperimentRow
     lines: list[str] = []
     if crashed:
         lines += ["## Crashes", "", "| # | status | reason | description |", "|---:|---|---|---|"]
-        lines += [f"| {r.id} | {r.status} | {_cell(r.reason)} | {_cell(r.description)} |" for r in crashed]
+        lines += [f"| {r.id} | {r.status} | {cell(r.reason)} | {cell(r.description)} |" for r in crashed]
         lines.append("")
     if rejected:
         lines += ["## Rejected", "", "Runs that finished and were then refused; the metric is the one they printed.",
                   "", "| # | printed metric | reason | description |", "|---:|---:|---|---|"]
-        lines += [f"| {r.id} | {_number(shown_metric(r))} | {_cell(r.reason)} | {_cell(r.description)} |"
+        lines += [f"| {r.id} | {number(shown_metric(r))} | {cell(r.reason)} | {cell(r.description)} |"
                   for r in rejected]
         lines.append("")
     if failed_baselines:
         lines += ["## Failed baseline runs", "", "Runs of the unchanged code that gave no baseline; the next "
                   "baseline run was measured instead.", "", "| # | status | printed metric | reason |",
                   "|---:|---|---:|---|"]
-        lines += [f"| {r.id} | {r.status} | {_number(shown_metric(r))} | {_cell(r.reason)} |"
+        lines += [f"| {r.id} | {r.status} | {number(shown_metric(r))} | {cell(r.reason)} |"
                   for r in failed_baselines]
         lines.append("")
     return lines
@@ -330,7 +344,7 @@ def _holdout_section(outcome: _Outcome) -> list[str]:
         return []
     lines = ["## Holdout", "", "The incumbent's weights scored on the holdout split, which never decides what is "
              "kept. Transfer = holdout gain / validation gain since the baseline; well below 1, the gains fit "
-             "the validation text rather than the task.", "", f"![transfer]({TRANSFER_CHART})", "",
+             "the validation text rather than the task.", "", f"![transfer]({HOLDOUT_CHART})", "",
              "| # | validation | holdout | validation gain | holdout gain | transfer |",
              "|---:|---:|---:|---:|---:|---:|"]
     for row in holdout:
@@ -370,22 +384,5 @@ def _metric_with_id(row: ExperimentRow | None) -> str:
     return "-" if row is None or row.metric is None else f"{row.metric:.6f} (#{row.id})"
 
 
-def _signed(value: float | None) -> str:
-    return "-" if value is None else _fixed(value, 6, sign="+")
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else _fixed(value, 6)
-
-
-def _fixed(value: float, digits: int, sign: str = "") -> str:
-    """`value` with `digits` decimals, never as a negative zero (-0.000000 reads as a loss that is not there)."""
-    return f"{round(value, digits) + 0.0:{sign}.{digits}f}"
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
-def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+def _count(amount: int, noun: str) -> str:
+    return f"{amount} {noun}" if amount == 1 else f"{amount} {noun}s"

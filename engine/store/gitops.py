@@ -7,11 +7,13 @@ resets refuse to run on any branch that is not a `loopdeck/<tag>` research branc
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
+import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import git
@@ -124,6 +126,49 @@ class ResearchRepo:
         self._git("reset", "-q", "--hard", sha)
         self._git("clean", "-q", "-f", "-d", "-e", f"/{STATE_DIR}/")
 
+    def move_research_branch(self, branch: str, new_sha: str, old_sha: str) -> None:
+        """Point research branch `branch` from `old_sha` to `new_sha` (a study's simpler incumbent): with the
+        checkout on it, a reset of a clean tree; otherwise the ref alone moves, and no checkout changes."""
+        if not branch.startswith(BRANCH_PREFIX):
+            raise LoopdeckError(f"refusing to move {branch}: loopdeck only moves its own research branches "
+                                f"({BRANCH_PREFIX}<tag>)")
+        if self.current_branch() == branch:
+            self.check_clean()
+            self.reset_to(new_sha)
+            return
+        self._git("update-ref", "-m", "loopdeck: simpler incumbent", f"refs/heads/{branch}", new_sha, old_sha)
+
+    @contextlib.contextmanager
+    def scratch_checkout(self, dest: Path, at: str, revert: Sequence[str] = ()) -> Iterator[Scratch]:
+        """A detached worktree at `at` in `dest` with `revert` (commits, newest last) reverted three-way on top,
+        uncommitted; removed afterwards. The user's checkout, branch and index are never touched. A revert that
+        conflicts leaves `Scratch.conflict` saying where, and nothing is guessed."""
+        dest = Path(dest)
+        if dest.exists():  # a killed study's leftover
+            self._run("worktree", "remove", "--force", str(dest))
+            shutil.rmtree(dest, ignore_errors=True)
+        self._run("worktree", "prune")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._git("worktree", "add", "-q", "--detach", str(dest), at)
+        scratch = Scratch(dest)
+        try:
+            if revert:
+                result = scratch.run("revert", "--no-commit", *reversed(revert))
+                if result.returncode != 0:
+                    scratch.conflict = _conflict_text(scratch, result)
+            yield scratch
+        finally:
+            self._run("worktree", "remove", "--force", str(dest))
+            shutil.rmtree(dest, ignore_errors=True)
+            self._run("worktree", "prune")
+
+    def branches_containing(self, sha: str) -> list[str]:
+        """The research branches (`loopdeck/<tag>`) whose history holds `sha`, the checked-out one first."""
+        names = self._git("branch", "--list", f"{BRANCH_PREFIX}*", "--contains", sha,
+                          "--format=%(refname:short)").split()
+        current = self.current_branch()
+        return sorted(names, key=lambda name: name != current)
+
     # --- reads -------------------------------------------------------------------------------------------------
 
     def diff(self, old_sha: str, new_sha: str) -> str:
@@ -200,6 +245,34 @@ class ResearchRepo:
              config: tuple[str, ...] = (), strip: bool = True) -> str:
         text = self._git_bytes(*args, env=env, stdin=stdin, config=config).decode("utf-8", errors="replace")
         return text.strip() if strip else text
+
+
+class Scratch:
+    """A study's scratch worktree: where a variant's files are written and run, and committed when it is kept."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conflict = ""  # why the reverts did not apply cleanly ("" = they did)
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["git", *_COMMIT_CONFIG, *args], cwd=self.path, capture_output=True,
+                              env={**os.environ, **_IDENTITY_ENV})
+
+    def commit(self, message: str) -> str:
+        """Commit every tracked change as loopdeck; returns the new sha."""
+        result = self.run("commit", "-q", "--no-verify", "-a", "-m", message)
+        if result.returncode != 0:
+            error = (result.stderr or result.stdout).decode("utf-8", errors="replace").strip()
+            raise LoopdeckError(f"git commit failed in the scratch checkout {self.path}: {error}")
+        return self.run("rev-parse", "HEAD").stdout.decode().strip()
+
+
+def _conflict_text(scratch: Scratch, result: subprocess.CompletedProcess[bytes]) -> str:
+    files = scratch.run("diff", "--name-only", "--diff-filter=U").stdout.decode().split()
+    if files:
+        return f"the revert conflicts with later changes in {', '.join(files)}"
+    error = result.stderr.decode("utf-8", errors="replace").strip().splitlines()
+    return f"the revert failed: {error[0] if error else 'git revert exited with ' + str(result.returncode)}"
 
 
 def _disposable(status_line: str) -> bool:

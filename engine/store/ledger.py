@@ -10,7 +10,8 @@ Recovery from a corrupt ledger (the open fails with a `LoopdeckError` saying so)
 rewrites it. `loopdeck run` then starts a fresh ledger (numbering from 0, a new baseline at the current incumbent);
 `sqlite3 ledger.sqlite ".recover"` can often salvage the rows of the damaged file; events.jsonl keeps the events.
 
-The rows, their schema and the store share this module (a little over 400 lines): a new field touches all three.
+The rows (experiments, their extra runs, studies of the kept chain), their schema and the store share this module
+(about 500 lines): a new field touches all three.
 results.tsv's format is `results_tsv`'s.
 """
 
@@ -107,11 +108,37 @@ class RunRow:
     id: int | None = None
 
 
+@dataclass
+class StudyRow:
+    """One variant of an ablation or transfer study (engine/research/ablation.py, transfer.py): the incumbent
+    with one kept change reverted, the baseline or incumbent at a larger scale. Not an experiment: never in
+    results.tsv or the agent's history."""
+
+    study: int  # rows of one study share it
+    kind: str  # "ablation" | "transfer"
+    incumbent: int  # the experiment the study examined
+    label: str  # "incumbent", "without #3", "baseline", "simplified"
+    scale: float = 1.0  # budget and size knobs × this (1 = as the loop runs)
+    change: int | None = None  # the kept experiment this variant is about
+    commit: str = ""
+    seeds: list = field(default_factory=list)
+    metrics: list = field(default_factory=list)  # one per seed; None for a failed run
+    gain: float | None = None  # ablation: the change's contribution; transfer: the gain at this scale
+    band: float | None = None  # ± on gain
+    reference_gain: float | None = None  # the same gain as the loop measured it (transfer)
+    verdict: str = ""  # ablation: matters | nothing | hurts | conflict | failed; transfer: holds | shrinks | …
+    detail: str = ""
+    created_at: float = 0.0
+    id: int | None = None
+
+
 _FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentRow))
 _JSON_FIELDS = frozenset({"env", "meta"})
 _BOOL_FIELDS = frozenset({"self_reported", "metric_mismatch"})
 _COLUMNS = ", ".join(f'"{name}"' for name in _FIELDS)
 _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRow))
+_STUDY_FIELDS = tuple(f.name for f in dataclasses.fields(StudyRow))
+_STUDY_JSON = frozenset({"seeds", "metrics"})
 
 # MIGRATIONS[v] takes a ledger from schema version v to v+1 (PRAGMA user_version). A new ExperimentRow field
 # gets a new entry (`ALTER TABLE experiments ADD COLUMN …`); existing entries never change.
@@ -172,6 +199,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             "id" INTEGER PRIMARY KEY AUTOINCREMENT
         )""",
         'CREATE INDEX runs_experiment ON runs ("experiment")',
+    ),
+    (
+        """CREATE TABLE IF NOT EXISTS studies (
+            "study" INTEGER NOT NULL,
+            "kind" TEXT NOT NULL,
+            "incumbent" INTEGER NOT NULL,
+            "label" TEXT NOT NULL,
+            "scale" REAL NOT NULL DEFAULT 1,
+            "change" INTEGER,
+            "commit" TEXT NOT NULL DEFAULT '',
+            "seeds" TEXT NOT NULL DEFAULT '[]',
+            "metrics" TEXT NOT NULL DEFAULT '[]',
+            "gain" REAL,
+            "band" REAL,
+            "reference_gain" REAL,
+            "verdict" TEXT NOT NULL DEFAULT '',
+            "detail" TEXT NOT NULL DEFAULT '',
+            "created_at" REAL NOT NULL DEFAULT 0,
+            "id" INTEGER PRIMARY KEY AUTOINCREMENT
+        )""",
+        'CREATE INDEX IF NOT EXISTS studies_study ON studies ("study")',
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -290,6 +338,37 @@ class Ledger:
         with self._lock:
             found = self._conn.execute(f"SELECT {columns} FROM runs {where} ORDER BY id", args).fetchall()
         return [RunRow(**dict(zip(_RUN_FIELDS, row, strict=True))) for row in found]
+
+    def next_study(self) -> int:
+        """The number of the next ablation or transfer study (1 on a ledger without one)."""
+        with self._lock:
+            (top,) = self._conn.execute("SELECT MAX(study) FROM studies").fetchone()
+        return 1 if top is None else top + 1
+
+    def record_study(self, rows: Iterable[StudyRow]) -> None:
+        """Record the variants of one finished study in one transaction."""
+        now = time.time()
+        with self._transaction("record a study"):
+            for row in rows:
+                values = {name: value for name, value in dataclasses.asdict(row).items() if name != "id"}
+                values["created_at"] = values["created_at"] or now
+                for name in _STUDY_JSON:
+                    values[name] = json.dumps(values[name])
+                columns = ", ".join(f'"{name}"' for name in values)
+                self._conn.execute(f"INSERT INTO studies ({columns}) VALUES ({', '.join('?' for _ in values)})",
+                                   tuple(values.values()))
+
+    def studies(self, kind: str | None = None) -> list[StudyRow]:
+        """Study rows, oldest first: all of them, or those of one kind."""
+        columns = ", ".join(f'"{name}"' for name in _STUDY_FIELDS)
+        where, args = ("", ()) if kind is None else ("WHERE kind = ?", (kind,))
+        with self._lock:
+            found = self._conn.execute(f"SELECT {columns} FROM studies {where} ORDER BY id", args).fetchall()
+        rows = []
+        for values in found:
+            row = dict(zip(_STUDY_FIELDS, values, strict=True))
+            rows.append(StudyRow(**{**row, **{name: json.loads(row[name]) for name in _STUDY_JSON}}))
+        return rows
 
     def close(self) -> None:
         with self._lock:

@@ -74,7 +74,8 @@ def init_workspace(directory: Path | str, *, budget: float | None = None, data: 
     train_template, harness_template, harness_file = _gpt_templates()
     harness = harness_template.read_text(encoding="utf-8")
     overrides = {"budget_seconds": budget, "data": data, "kind": agent, "approval": approval,
-                 "protected": [harness_file], "protected_sha256": {harness_file: _sha256(harness)}}
+                 "protected": [harness_file], "protected_sha256": {harness_file: _sha256(harness)},
+                 "scale_knobs": {"DEPTH": "x"}}  # the template's size dial (`loopdeck transfer`)
     toml = default_toml(**{name: value for name, value in overrides.items() if value is not None})
     created = not path.exists()
     try:
