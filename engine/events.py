@@ -196,6 +196,7 @@ class DecisionMade(Event):
     approved: bool
     note: str = ""
     by: Literal["auto", "human"] = "human"
+    client: str = ""  # the console that decided (user@host:pid); "" for `loopdeck ctl` or automatic
 
 
 # --- experiments -------------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ takes the workspace's lock, and opens the ledger and the events journal. `run()`
 background thread) runs the loop. Every event goes through one `emit`: appended to `.loopdeck/events.jsonl`, then
 handed to `on_event`. The control methods are thread-safe and never block; commands appended to
 `.loopdeck/control.jsonl` by other processes reach the same controller (polled about 5 times a second).
+A background engine also `serve()`s the channel (engine/channel/): consoles replay and follow its events and send
+commands over a Unix socket, straight to the controller.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 
 from loopdeck.engine.agents.base import Agent
 from loopdeck.engine.agents.cli.agent import CLI_KINDS, CodingCliAgent, cli_problem
+from loopdeck.engine.channel.protocol import REPLAY_LIMIT, socket_path_for
+from loopdeck.engine.channel.server import ChannelServer
 from loopdeck.engine.config import AGENT_KINDS, APPROVALS, Config, load_config
 from loopdeck.engine.control import Controller, ControlReader, control_path, make_command
 from loopdeck.engine.errors import LoopdeckError
@@ -36,7 +40,7 @@ from loopdeck.engine.run.sandbox import check_sandbox
 from loopdeck.engine.run.telemetry import TelemetrySampler
 from loopdeck.engine.store.budget import budget_constant, budget_in_force
 from loopdeck.engine.store.gitops import BRANCH_PREFIX, ResearchRepo
-from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal
+from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal, read_tail
 from loopdeck.engine.store.ledger import Ledger
 from loopdeck.engine.store.lock import WorkspaceLock
 from loopdeck.engine.store.workspace import check_not_legacy, pinned_hashes, state_dir
@@ -136,6 +140,12 @@ class Session:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._used = False
+        self.channel: ChannelServer | None = None
+
+    @property
+    def kept_at_start(self) -> int:
+        """Experiments the workspace had kept when this session began."""
+        return self._kept_at_start
 
     @property
     def approval(self) -> str:
@@ -161,6 +171,17 @@ class Session:
             return branch.removeprefix(BRANCH_PREFIX)
         return time.strftime("%Y%m%d")
 
+    def serve(self) -> ChannelServer:
+        """Open the channel for consoles (a background engine); it closes with the session."""
+        history = read_tail(self.state_dir / JOURNAL_FILE, REPLAY_LIMIT)
+        self.channel = ChannelServer(socket_path_for(self.state_dir), self.controller.put, self._hello, history)
+        self.channel.start()
+        return self.channel
+
+    def _hello(self) -> dict[str, object]:
+        return {"pid": os.getpid(), "workspace": str(self.workspace), "approval": self.approval,
+                "state": self.state, "notes": list(self.config_notes)}
+
     # --- events ------------------------------------------------------------------------------------------------
 
     def emit(self, event: Event) -> None:
@@ -181,6 +202,8 @@ class Session:
                     self.error = (f"{exc}: the session stopped. Free disk space (or make {self.state_dir} "
                                   "writable) and run again: it resumes where it stopped")
                     self.controller.interrupt("error")
+            if self.channel is not None:
+                self.channel.publish(event)
             if self._on_event is not None:
                 try:
                     self._on_event(event)
@@ -272,6 +295,8 @@ class Session:
                 return
             self._closed = True
             self._journal.close()
+            if self.channel is not None:
+                self.channel.close()
         self.ledger.close()
         self._lock.release()
 
