@@ -21,7 +21,7 @@ from pathlib import Path
 
 from loopdeck.engine.agents.base import Agent
 from loopdeck.engine.agents.cli.agent import CLI_KINDS, CodingCliAgent, cli_problem
-from loopdeck.engine.channel.protocol import REPLAY_LIMIT, socket_path_for
+from loopdeck.engine.channel.protocol import POINTER_FILE, REPLAY_LIMIT, socket_path_for
 from loopdeck.engine.channel.server import ChannelServer
 from loopdeck.engine.config import AGENT_KINDS, APPROVALS, Config, load_config
 from loopdeck.engine.control import Controller, ControlReader, control_path, make_command
@@ -174,7 +174,8 @@ class Session:
     def serve(self) -> ChannelServer:
         """Open the channel for consoles (a background engine); it closes with the session."""
         history = read_tail(self.state_dir / JOURNAL_FILE, REPLAY_LIMIT)
-        self.channel = ChannelServer(socket_path_for(self.state_dir), self.controller.put, self._hello, history)
+        self.channel = ChannelServer(socket_path_for(self.state_dir), self.controller.put, self._hello, history,
+                                     pointer=self.state_dir / POINTER_FILE)
         self.channel.start()
         return self.channel
 

@@ -69,21 +69,23 @@ class ChannelClient:
         """Deliver frames until the engine hangs up (or `cancelled()`); events come in batches, in order."""
         assert self._sock is not None
         self._sock.settimeout(0.25)
+        chunk = b""  # frames that came with the hello are already in the buffer
         while not cancelled():
-            try:
-                chunk = self._sock.recv(1 << 16)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not chunk:
-                return
             *lines, self._buffer = (self._buffer + chunk).split(b"\n")
             events: list[Event] = []
             for line in lines:
                 self._dispatch(line, events, on_reply)
             if events:
                 on_events(events)
+            try:
+                chunk = self._sock.recv(1 << 16)
+            except TimeoutError:
+                chunk = b""
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
 
     def _dispatch(self, line: bytes, events: list[Event], on_reply: Callable[[dict[str, Any]], None]) -> None:
         try:

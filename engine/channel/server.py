@@ -20,7 +20,6 @@ from typing import Any
 
 from loopdeck.engine.channel.protocol import (
     MAX_FRAME_BYTES,
-    POINTER_FILE,
     REPLAY_LIMIT,
     ROLES,
     decode,
@@ -70,8 +69,11 @@ class ChannelServer:
     """Serves one session's events and control on a Unix socket; `start`, `publish` (any thread), `close`."""
 
     def __init__(self, path: Path, put: Callable[[ControlCommand], str], hello: Callable[[], dict[str, Any]],
-                 history: Iterable[Event] = (), uid_of: Callable[[socket.socket], int] = peer_uid) -> None:
+                 history: Iterable[Event] = (), uid_of: Callable[[socket.socket], int] = peer_uid,
+                 pointer: Path | None = None) -> None:
+        """`pointer`: the workspace's file naming a socket kept elsewhere (a long path), removed with the socket."""
         self.path = Path(path)
+        self.pointer = pointer
         self._put = put
         self._hello = hello
         self._uid_of = uid_of
@@ -109,7 +111,8 @@ class ChannelServer:
             listener.close()
             with contextlib.suppress(OSError):
                 self.path.unlink()
-                (self.path.parent / POINTER_FILE).unlink(missing_ok=True)
+            if self.pointer is not None:
+                self.pointer.unlink(missing_ok=True)
         with self._lock:
             clients, self._clients = self._clients, []
         for client in clients:
