@@ -38,8 +38,9 @@ class ChannelClient:
         sock.settimeout(timeout)
         try:
             sock.connect(str(self.path))
-            sock.sendall(encode({"t": "hello", "client": self.name, "role": self.role, "after": after}))
             self._sock, self._buffer, self.live = sock, b"", False
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused: its reply says why
+                sock.sendall(encode({"t": "hello", "client": self.name, "role": self.role, "after": after}))
             frame = self._next_frame()
         except BaseException:
             sock.close()
