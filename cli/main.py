@@ -178,8 +178,10 @@ def _add_report(add_parser: AddParser) -> None:
 
 
 def _add_ctl(add_parser: AddParser) -> None:
-    ctl = add_parser("ctl", help="send a control command to a running headless session",
-                     description="Control a session started with `loopdeck run --headless`.")
+    ctl = add_parser("ctl", help="send a control command to a running session (scripts, headless)",
+                     description="Control the session running on DIR (background, headless or --foreground) "
+                     "by appending a command to DIR/.loopdeck/control.jsonl, which the engine reads within a "
+                     "fraction of a second. A console (`loopdeck attach DIR`) does the same interactively.")
     ctl.add_argument("dir", metavar="DIR", help="the workspace the session runs in")
     ctl.add_argument("action", choices=CTL_ACTIONS, metavar="ACTION",
                      help="approve / veto: decide on the pending change; note: add TEXT as a note; pause / resume; "

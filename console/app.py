@@ -324,33 +324,27 @@ class LoopdeckApp(App[None]):
         await self._after_control()
 
     def action_stop_after_current(self) -> None:
-        self.push_screen(
-            ChoiceDialog("Stop the session after this experiment?", "The running experiment finishes and is "
-                         "recorded, then the loop stops. Resume later with `loopdeck run`.",
-                         [("stop", "Stop after this experiment", "warning")]),
-            callback=self._stop_confirmed,
-        )
-
-    async def _stop_confirmed(self, choice: str | None) -> None:
-        if choice == "stop" and self.check_action("stop_after_current", ()):
-            self._control().stop_after_current()
-            self._stop_requested = True
-            self.notify("The session stops once the current experiment is recorded.", timeout=6)
-            await self._after_control()
+        self._confirm_then("stop_after_current", "Stop the session after this experiment?",
+                           "The running experiment finishes and is recorded, then the loop stops. Resume later "
+                           "with `loopdeck run`.", ("Stop after this experiment", "warning"),
+                           "The session stops once the current experiment is recorded.")
 
     def action_abort(self) -> None:
-        self.push_screen(
-            ChoiceDialog("Abort the session?", "The running experiment is killed, recorded as interrupted and "
-                         "reverted; the loop stops. Resume later with `loopdeck run`.",
-                         [("abort", "Abort now", "error")]),
-            callback=self._abort_confirmed,
-        )
+        self._confirm_then("abort", "Abort the session?", "The running experiment is killed, recorded as "
+                           "interrupted and reverted; the loop stops. Resume later with `loopdeck run`.",
+                           ("Abort now", "error"), "Aborting…")
 
-    async def _abort_confirmed(self, choice: str | None) -> None:
-        if choice == "abort" and self.check_action("abort", ()):
-            self._control().abort()
-            self.notify("Aborting…", timeout=4)
-            await self._after_control()
+    def _confirm_then(self, action: str, title: str, message: str, button: tuple[str, str], done: str) -> None:
+        """Ending the research is never one stray key: ask, then call the session's `action` if still sensible."""
+
+        async def confirmed(choice: str | None) -> None:
+            if choice == action and self.check_action(action, ()):
+                getattr(self._control(), action)()
+                self._stop_requested = True
+                self.notify(done, timeout=6)
+                await self._after_control()
+
+        self.push_screen(ChoiceDialog(title, message, [(action, *button)]), callback=confirmed)
 
     def action_show_pane(self, pane: str) -> None:
         self.main.show_pane(pane)

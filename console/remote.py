@@ -15,14 +15,14 @@ from typing import Any
 
 from loopdeck.console.bridge import EventBridge
 from loopdeck.engine.channel.client import ChannelClient
-from loopdeck.engine.control import make_command
+from loopdeck.engine.control import ControlCalls, ControlCommand
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.events import Event, Notice
 
 Restart = Callable[[], Path]  # starts a new engine on the workspace and returns its socket path
 
 
-class RemoteSession:
+class RemoteSession(ControlCalls):
     """A console attached to a background engine (role "control"), or watching one (role "watch")."""
 
     def __init__(self, socket_path: Path, bridge: EventBridge, *, role: str = "control",
@@ -97,29 +97,8 @@ class RemoteSession:
         self.connect()
         self.start()
 
-    def _send(self, action: str, **fields: object) -> None:
+    def deliver(self, command: ControlCommand) -> None:
         try:
-            self.client.send(make_command(action, **fields))
+            self.client.send(command)
         except OSError:
-            self.bridge(Notice(level="error", message=f"the engine is gone: {action} not sent"))
-
-    def decide(self, approve: bool, note: str = "", experiment: int | None = None) -> None:
-        self._send("decide", approve=approve, note=note, experiment=experiment)
-
-    def send_note(self, text: str) -> None:
-        self._send("note", note=text)
-
-    def pause(self) -> None:
-        self._send("pause")
-
-    def resume(self) -> None:
-        self._send("resume")
-
-    def stop_after_current(self) -> None:
-        self._send("stop")
-
-    def abort(self) -> None:
-        self._send("abort")
-
-    def set_approval(self, policy: str) -> None:
-        self._send("approval", policy=policy)
+            self.bridge(Notice(level="error", message=f"the engine is gone: {command.action} not sent"))

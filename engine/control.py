@@ -104,6 +104,40 @@ def send_command(workspace: Path | str, action: str, **fields: Any) -> ControlCo
     return command
 
 
+class ControlCalls:
+    """A session's control API, one command per call, for whatever carries commands to the engine (`deliver`:
+    the in-process controller, or a console's channel)."""
+
+    def deliver(self, command: ControlCommand) -> None:
+        raise NotImplementedError
+
+    def _send(self, action: str, **fields: Any) -> None:
+        self.deliver(make_command(action, **fields))
+
+    def decide(self, approve: bool, note: str = "", experiment: int | None = None) -> None:
+        self._send("decide", approve=approve, note=note, experiment=experiment)
+
+    def send_note(self, text: str) -> None:
+        self._send("note", note=text)
+
+    def pause(self) -> None:
+        self._send("pause")
+
+    def resume(self) -> None:
+        self._send("resume")
+
+    def stop_after_current(self) -> None:
+        self._send("stop")
+
+    def abort(self) -> None:
+        self._send("abort")
+
+    def set_approval(self, policy: str) -> None:
+        if policy not in POLICIES:
+            raise LoopdeckError(f"approval policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        self._send("approval", policy=policy)
+
+
 class ControlReader:
     """Follows control.jsonl from the end it had when the reader was made; `poll()` returns the new commands."""
 

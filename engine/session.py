@@ -24,7 +24,7 @@ from loopdeck.engine.agents.cli.agent import CLI_KINDS, CodingCliAgent, cli_prob
 from loopdeck.engine.channel.protocol import POINTER_FILE, REPLAY_LIMIT, socket_path_for
 from loopdeck.engine.channel.server import ChannelServer
 from loopdeck.engine.config import AGENT_KINDS, APPROVALS, Config, load_config
-from loopdeck.engine.control import Controller, ControlReader, control_path, make_command
+from loopdeck.engine.control import ControlCalls, ControlCommand, Controller, ControlReader, control_path
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.events import (
     EngineState,
@@ -71,7 +71,7 @@ def resolve_agent_kind(kind: str) -> str:
     return kind
 
 
-class Session:
+class Session(ControlCalls):
     workspace: Path
     state_dir: Path
     config: Config
@@ -339,37 +339,14 @@ class Session:
             for command in commands:
                 self.controller.put(command)
 
-    # --- control (thread-safe, never blocks) -------------------------------------------------------------------
+    # --- control (thread-safe, never blocks): the calls themselves are ControlCalls' ----------------------------
 
-    def _send(self, action: str, **fields: object) -> None:
-        self.controller.put(make_command(action, **fields))
-
-    def decide(self, approve: bool, note: str = "", experiment: int | None = None) -> None:
-        self._send("decide", approve=approve, note=note, experiment=experiment)
-
-    def send_note(self, text: str) -> None:
-        self._send("note", note=text)
-
-    def pause(self) -> None:
-        self._send("pause")
-
-    def resume(self) -> None:
-        self._send("resume")
-
-    def stop_after_current(self) -> None:
-        self._send("stop")
-
-    def abort(self) -> None:
-        self._send("abort")
+    def deliver(self, command: ControlCommand) -> None:
+        self.controller.put(command)
 
     def interrupt(self) -> None:
         """SIGTERM / Ctrl-C: kill the running training now, record it interrupted, finish as "stopped"."""
         self.controller.interrupt()
-
-    def set_approval(self, policy: str) -> None:
-        if policy not in APPROVALS:
-            raise LoopdeckError(f"approval policy must be one of {', '.join(APPROVALS)}, got {policy!r}")
-        self._send("approval", policy=policy)
 
 
 def _kept(ledger: Ledger) -> int:

@@ -147,7 +147,7 @@ def test_note_autonomous_toggle_pause_resume_stop_and_abort(tmp_path: Path) -> N
             assert "stop_after_current" not in session.names()
             await pilot.press("s")
             await pilot.pause()
-            await pilot.click("#choice-stop")
+            await pilot.click("#choice-stop_after_current")
             await settle(app, pilot)
             assert session.calls[-1][0] == "stop_after_current"
             assert app.check_action("stop_after_current", ()) is False
