@@ -28,7 +28,7 @@ ERROR_PREFIX = "loopdeck: error: "
 
 def engine_argv(workspace: Path, options: RunOptions) -> list[str]:
     """The `loopdeck engine` arguments that run `workspace` with `options` (flags only where one was given)."""
-    argv = ["engine", str(workspace)]
+    argv = ["engine", str(workspace.resolve())]  # absolute: a restart may come from another directory
     for option in fields(options):
         value = getattr(options, option.name)
         if value is not None:

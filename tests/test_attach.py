@@ -91,12 +91,16 @@ def wait_until(condition: Callable[[], bool], timeout: float = 40.0) -> None:
 
 
 def test_detach_with_q_then_attach_again_and_approve(engines, tmp_path: Path) -> None:
+    from conftest import ledger_rows
+
     workspace, record = engines()
     first = console(workspace, record, tmp_path)
 
     async def detach() -> None:
         async with first.run_test(size=(120, 40)) as pilot:
             await until(pilot, lambda: first.view.pending == 1)
+            await pilot.press("t")  # autonomous: the loop goes on by itself once we are gone
+            await until(pilot, lambda: first.view.approval == "auto")
             await pilot.press("q")
             await pilot.pause()
             assert isinstance(first.screen, ChoiceDialog)
@@ -106,20 +110,25 @@ def test_detach_with_q_then_attach_again_and_approve(engines, tmp_path: Path) ->
             assert not first.is_running
 
     run(detach())
-    assert find_engine(workspace) is not None and alive(record.pid)  # the research goes on without a console
+    detached = len(ledger_rows(workspace))
+    wait_until(lambda: len(ledger_rows(workspace)) >= detached + 2)  # it keeps training with no console
+    assert find_engine(workspace) is not None and alive(record.pid)
 
     second = console(workspace, record, tmp_path)
 
     async def approve() -> None:
         async with second.run_test(size=(120, 40)) as pilot:
-            await until(pilot, lambda: second.view.pending == 1)  # the replay brings the waiting change back
+            await until(pilot, lambda: second.view.events_applied > 0 and second.view.approval == "auto")
+            await pilot.press("t")  # supervised again: the next change waits for this console
+            await until(pilot, lambda: second.view.pending is not None)
+            pending = second.view.pending
             await pilot.press("a")
-            await until(pilot, lambda: second.view.experiments[1].status in ("keep", "discard"))
+            await until(pilot, lambda: second.view.experiments[pending].status in ("keep", "discard"))
+            decisions = [e for e in read_events(workspace / ".loopdeck/events.jsonl")
+                         if isinstance(e, DecisionMade) and e.experiment == pending]
+            assert decisions[-1].approved and decisions[-1].client == second.remote.name  # type: ignore[union-attr]
 
     run(approve())
-    decisions = [e for e in read_events(workspace / ".loopdeck/events.jsonl") if isinstance(e, DecisionMade)]
-    assert decisions[0].experiment == 1 and decisions[0].approved
-    assert decisions[0].client == second.remote.name  # type: ignore[union-attr]
 
 
 def test_two_consoles_one_approves_the_other_sees_it(engines, tmp_path: Path) -> None:
@@ -251,3 +260,25 @@ def test_run_on_a_running_engine_attaches_instead_of_starting_another(engines) -
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "another loopdeck engine" in result.stderr
     assert find_engine(workspace).pid == record.pid  # type: ignore[union-attr]
+
+
+def test_watch_follows_a_background_engine_read_only(engines, tmp_path: Path) -> None:
+    workspace, record = engines()
+    bridge = EventBridge()
+    session = RemoteSession(Path(record.socket), bridge, role="watch")
+    app = LoopdeckApp(bridge=bridge, session=session, workspace=str(workspace), settings_file=tmp_path / "c.json")
+
+    async def scenario() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.view.pending == 1)  # it sees the session…
+            assert app.view.mode == "watch"
+            assert not any(app.check_action(action, ()) for action in ("approve", "veto", "pause", "abort"))
+            session.decide(True, experiment=1)  # …and the engine refuses a watcher's command even if sent
+            await pilot.pause(0.5)
+            assert app.view.pending == 1
+            await pilot.press("q")  # nothing to ask: watching never stops anything
+            await pilot.pause()
+            assert not app.is_running
+
+    run(scenario())
+    assert alive(record.pid)
