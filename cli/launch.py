@@ -91,8 +91,9 @@ def _attach(path: Path, record: EngineRecord, notes: Sequence[str], role: str = 
     bridge = EventBridge()
 
     def restart() -> Path:
+        """A new engine with the dead one's arguments (or whichever engine another console started meanwhile)."""
         argv = (last_record(path / STATE_DIR) or record).argv
-        return Path(start_engine(path, argv).socket)
+        return Path((find_engine(path) or start_engine(path, argv)).socket)
 
     session = RemoteSession(Path(record.socket), bridge, role=role, restart=restart if role == "control" else None)
     from loopdeck.console.app import LoopdeckApp

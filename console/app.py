@@ -374,8 +374,9 @@ class LoopdeckApp(App[None]):
                 ChoiceDialog(
                     "Detach from the session?",
                     f"The research goes on in the background engine (pid {self.remote.engine_pid}). Attach again "
-                    "with `loopdeck attach DIR`; `loopdeck ls` lists running sessions. To end the research, "
-                    "press s (stop after this experiment) or x (abort now) instead, or run `loopdeck stop DIR`.",
+                    f"with `loopdeck attach {self.workspace}`; `loopdeck ls` lists running sessions. To end the "
+                    "research, press s (stop after this experiment) or x (abort now) instead, or run "
+                    f"`loopdeck stop {self.workspace}`.",
                     [("detach", "Detach", "primary")],
                 ),
                 callback=self._detach_confirmed,

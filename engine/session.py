@@ -174,10 +174,16 @@ class Session(ControlCalls):
     def serve(self) -> ChannelServer:
         """Open the channel for consoles (a background engine); it closes with the session."""
         history = read_tail(self.state_dir / JOURNAL_FILE, REPLAY_LIMIT)
-        self.channel = ChannelServer(socket_path_for(self.state_dir), self.controller.put, self._hello, history,
-                                     pointer=self.state_dir / POINTER_FILE)
-        self.channel.start()
-        return self.channel
+        try:
+            path = socket_path_for(self.state_dir)
+            channel = ChannelServer(path, self.controller.put, self._hello, history,
+                                    pointer=self.state_dir / POINTER_FILE)
+            channel.start()
+        except OSError as exc:
+            raise LoopdeckError(f"cannot open the consoles' channel in {self.state_dir}: {exc.strerror or exc} "
+                                "(`loopdeck run --foreground` runs without one)") from None
+        self.channel = channel
+        return channel
 
     def _hello(self) -> dict[str, object]:
         return {"pid": os.getpid(), "workspace": str(self.workspace), "approval": self.approval,

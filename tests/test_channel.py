@@ -117,6 +117,13 @@ def test_the_socket_admits_only_its_owner(served, tmp_path: Path, monkeypatch: p
     assert server.refused == 1 and server.clients == []
 
 
+def test_a_console_refuses_a_socket_of_another_user(served, monkeypatch: pytest.MonkeyPatch) -> None:
+    server, _, _ = served
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(server.path).st_uid + 1)
+    with pytest.raises(LoopdeckError, match="belongs to another user"):
+        ChannelClient(server.path, name="ann@a:1").connect()
+
+
 def test_the_peer_uid_is_read_from_the_kernel(served) -> None:
     import socket
 

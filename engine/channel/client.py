@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -33,7 +34,12 @@ class ChannelClient:
         self._send_lock = threading.Lock()
 
     def connect(self, after: float | None = None, timeout: float = CONNECT_TIMEOUT) -> dict[str, Any]:
-        """Connect and exchange hellos; OSError when no engine listens, LoopdeckError when it refuses us."""
+        """Connect and exchange hellos; OSError when no engine listens, LoopdeckError when it refuses us or the
+        socket is not this user's own (someone else's socket in its place would see our decisions and notes)."""
+        owner = os.stat(self.path).st_uid
+        if owner != os.getuid():
+            raise LoopdeckError(f"{self.path} belongs to another user (uid {owner}): refusing to connect; remove "
+                                "it if no engine of yours runs there")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
