@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from textual.app import App
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.theme import Theme
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -22,6 +23,7 @@ from loopdeck.console import state as st
 from loopdeck.console.bridge import EventBridge, follow_journal
 from loopdeck.console.commands import ConsoleCommands
 from loopdeck.console.dialogs.confirm import ChoiceDialog
+from loopdeck.console.dialogs.leave import abort_dialog, detach_dialog, quit_foreground_dialog, stop_dialog
 from loopdeck.console.dialogs.note import NoteDialog
 from loopdeck.console.messages import EventsPending
 from loopdeck.console.remote import RemoteSession
@@ -220,7 +222,10 @@ class LoopdeckApp(App[None]):
         if dirty & {st.APPROVAL, st.STATUS}:
             self.refresh_bindings()
         with self.batch_update():
-            await self.main.render_view(dirty, self.clock())
+            try:
+                await self.main.render_view(dirty, self.clock())
+            except NoMatches:  # the app is closing: its widgets go before its render timer stops
+                return
             top = self.screen_stack[-1] if self.screen_stack else None  # the app may have closed meanwhile
             if isinstance(top, ExperimentScreen) and dirty & {st.TABLE, st.LOG, st.CURVE}:
                 top.show(self.view)
@@ -324,17 +329,13 @@ class LoopdeckApp(App[None]):
         await self._after_control()
 
     def action_stop_after_current(self) -> None:
-        self._confirm_then("stop_after_current", "Stop the session after this experiment?",
-                           "The running experiment finishes and is recorded, then the loop stops. Resume later "
-                           "with `loopdeck run`.", ("Stop after this experiment", "warning"),
+        self._confirm_then("stop_after_current", stop_dialog(),
                            "The session stops once the current experiment is recorded.")
 
     def action_abort(self) -> None:
-        self._confirm_then("abort", "Abort the session?", "The running experiment is killed, recorded as "
-                           "interrupted and reverted; the loop stops. Resume later with `loopdeck run`.",
-                           ("Abort now", "error"), "Aborting…")
+        self._confirm_then("abort", abort_dialog(), "Aborting…")
 
-    def _confirm_then(self, action: str, title: str, message: str, button: tuple[str, str], done: str) -> None:
+    def _confirm_then(self, action: str, dialog: ChoiceDialog, done: str) -> None:
         """Ending the research is never one stray key: ask, then call the session's `action` if still sensible."""
 
         async def confirmed(choice: str | None) -> None:
@@ -344,7 +345,7 @@ class LoopdeckApp(App[None]):
                 self.notify(done, timeout=6)
                 await self._after_control()
 
-        self.push_screen(ChoiceDialog(title, message, [(action, *button)]), callback=confirmed)
+        self.push_screen(dialog, callback=confirmed)
 
     def action_show_pane(self, pane: str) -> None:
         self.main.show_pane(pane)
@@ -370,29 +371,9 @@ class LoopdeckApp(App[None]):
             self.exit()
             return
         if self.remote is not None:
-            self.push_screen(
-                ChoiceDialog(
-                    "Detach from the session?",
-                    f"The research goes on in the background engine (pid {self.remote.engine_pid}). Attach again "
-                    f"with `loopdeck attach {self.workspace}`; `loopdeck ls` lists running sessions. To end the "
-                    "research, press s (stop after this experiment) or x (abort now) instead, or run "
-                    f"`loopdeck stop {self.workspace}`.",
-                    [("detach", "Detach", "primary")],
-                ),
-                callback=self._detach_confirmed,
-            )
+            self.push_screen(detach_dialog(self.remote.engine_pid, self.workspace), callback=self._detach_confirmed)
             return
-        self.push_screen(
-            ChoiceDialog(
-                "Quit and stop the research loop?",
-                "The loop runs inside this console (--foreground), so quitting stops it. Either let the current experiment "
-                "finish and be recorded, or abort it now (it is recorded as interrupted and reverted). "
-                "Resume later with `loopdeck run`. To leave a loop running, start it without --foreground: "
-                "`loopdeck run DIR` runs it in the background and `q` detaches.",
-                [("stop", "Finish experiment, then quit", "primary"), ("abort", "Abort now and quit", "error")],
-            ),
-            callback=self._quit_confirmed,
-        )
+        self.push_screen(quit_foreground_dialog(), callback=self._quit_confirmed)
 
     def _detach_confirmed(self, choice: str | None) -> None:
         if choice == "detach":
