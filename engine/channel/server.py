@@ -59,6 +59,13 @@ class _Client:
                 break
         self.close()
 
+    def finish(self) -> None:
+        """Hang up once what is queued is written; at once if the outbox is full (never blocks)."""
+        try:
+            self.outbox.put_nowait(None)
+        except queue.Full:
+            self.close()
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -116,7 +123,7 @@ class ChannelServer:
         with self._lock:
             clients, self._clients = self._clients, []
         for client in clients:
-            client.outbox.put(None)
+            client.finish()
         for client in clients:
             if client.writer.is_alive():
                 client.writer.join(flush_seconds)
@@ -158,7 +165,7 @@ class ChannelServer:
             with self._lock:
                 if client in self._clients:
                     self._clients.remove(client)
-            client.outbox.put(None)
+            client.finish()
 
     def _greet(self, sock: socket.socket, reader: Any) -> _Client | None:
         """Read the client's hello, then queue our hello, the replay and "live" ahead of any new event."""
