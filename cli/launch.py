@@ -30,6 +30,7 @@ from loopdeck.engine.channel.registry import EngineRecord, last_record
 from loopdeck.engine.config import STATE_DIR
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.session import JOURNAL_FILE, RunOptions, Session
+from loopdeck.engine.store.lock import is_locked
 
 if TYPE_CHECKING:
     from loopdeck.console.app import LoopdeckApp
@@ -56,6 +57,10 @@ def run_console_command(args: argparse.Namespace) -> int:
 def attach_command(args: argparse.Namespace) -> int:
     path = _existing_workspace(args.dir, "attach")
     record = find_engine(path)
+    if record is None and is_locked(path / STATE_DIR):
+        raise LoopdeckError(f"the session on {path} runs without a channel (started with --headless or "
+                            f"--foreground): follow it with `loopdeck watch {path}`, control it with `loopdeck ctl "
+                            f"{path} ACTION`")
     if record is None:
         raise LoopdeckError(f"no engine runs on {path}: start one with `loopdeck run {path}` (`loopdeck ls` lists "
                             "the running sessions)")

@@ -282,3 +282,19 @@ def test_watch_follows_a_background_engine_read_only(engines, tmp_path: Path) ->
 
     run(scenario())
     assert alive(record.pid)
+
+
+def test_attach_to_a_session_without_a_channel_says_what_works(make_workspace, capsys) -> None:
+    from loopdeck.engine.store.lock import WorkspaceLock
+
+    workspace = make_workspace(TRAIN)
+    lock = WorkspaceLock(workspace / ".loopdeck")
+    lock.acquire()  # as a headless session holds it
+    try:
+        assert main(["attach", str(workspace)]) == 2
+    finally:
+        lock.release()
+    error = capsys.readouterr().err
+    assert "runs without a channel" in error and f"loopdeck watch {workspace}" in error
+    assert main(["attach", str(workspace)]) == 2
+    assert "no engine runs on" in capsys.readouterr().err
