@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"loopdeck {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
-    for add in (_add_train, _add_init, _add_run, _add_watch, _add_status, _add_try, _add_report, _add_ablate,
-                _add_transfer, _add_ctl, _add_migrate, _add_doctor, _add_agents):
+    for add in (_add_train, _add_init, _add_run, _add_attach, _add_watch, _add_ls, _add_stop, _add_status, _add_try,
+                _add_report, _add_ablate, _add_transfer, _add_ctl, _add_migrate, _add_doctor, _add_agents,
+                _add_engine):
         add(sub.add_parser)
     return parser
 
@@ -86,8 +87,11 @@ def _add_init(add_parser: AddParser) -> None:
 
 
 def _add_run(add_parser: AddParser) -> None:
-    run = add_parser("run", help="run the research loop (console, or --headless)",
-                     description="Run the research loop on DIR. DIR may be a loopdeck workspace, an existing "
+    run = add_parser("run", help="run the research loop in the background and open its console",
+                     description="Run the research loop on DIR in a background engine and open a console "
+                     "attached to it: `q` detaches (the research goes on; closing the terminal or losing SSH "
+                     "does the same), `loopdeck attach DIR` comes back, `loopdeck stop DIR` ends it. If an engine "
+                     "already runs on DIR, this attaches to it. DIR may be a loopdeck workspace, an existing "
                      "autoresearch-style repository (train.py, prepare.py, program.md), or a path that does "
                      "not exist yet, which becomes a new workspace with the embedded default (--budget, "
                      "--agent and --approve are then written into its loopdeck.toml). Each option overrides "
@@ -96,15 +100,51 @@ def _add_run(add_parser: AddParser) -> None:
     run.add_argument("--headless", action="store_true", help="no UI: one line per experiment, then a summary; "
                      "exit status 0 when the session ends normally, 1 after too many crashes (or refusals) in a row, 2 on "
                      "an error")
+    run.add_argument("--foreground", action="store_true", help="run the loop inside the console's own process: "
+                     "quitting the console (or losing the terminal) stops the research")
     add_run_options(run)
     run.set_defaults(handler=_run_handler)
 
 
+def _add_attach(add_parser: AddParser) -> None:
+    attach = add_parser("attach", help="open a console on a session running in the background",
+                        description="Attach a console with full control (approve, veto, notes, pause, stop, …) "
+                        "to the engine running on DIR (started by `loopdeck run DIR`). Several consoles may be "
+                        "attached at once; a change is decided once, by the first decision. `q` detaches.")
+    attach.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
+    attach.set_defaults(handler=_target("loopdeck.cli.launch:attach_command"))
+
+
+def _add_ls(add_parser: AddParser) -> None:
+    ls = add_parser("ls", help="list the sessions running on this machine",
+                    description="List the background engines of this user on this machine: workspace, pid, "
+                    "state, current experiment, experiments kept, uptime.")
+    ls.set_defaults(handler=_target("loopdeck.cli.sessions:ls_command"))
+
+
+def _add_stop(add_parser: AddParser) -> None:
+    stop = add_parser("stop", help="stop the session running on DIR",
+                      description="Ask the session running on DIR to stop once its current experiment is "
+                      "recorded (--now: abort the running experiment, recorded as interrupted). Resume later "
+                      "with `loopdeck run DIR`.")
+    stop.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
+    stop.add_argument("--now", action="store_true", help="abort now instead of after the current experiment")
+    stop.set_defaults(handler=_target("loopdeck.cli.sessions:stop_command"))
+
+
+def _add_engine(add_parser: AddParser) -> None:
+    """Hidden (no help=): the background engine that `loopdeck run` starts; people never type it."""
+    engine = add_parser("engine", description="The background engine of `loopdeck run` (internal).")
+    engine.add_argument("dir", metavar="DIR")
+    add_run_options(engine)
+    engine.set_defaults(handler=_target("loopdeck.cli.engine:engine_command"))
+
+
 def _add_watch(add_parser: AddParser) -> None:
     watch = add_parser("watch", help="watch a running session, read-only",
-                       description="Attach to a session (e.g. `loopdeck run --headless` in another terminal): "
-                       "replay its history from the events journal and follow it live. Nothing here changes "
-                       "the run, and closing it never stops the run.")
+                       description="Follow a session read-only: a background engine's over its channel, a "
+                       "headless or --foreground one's from the events journal; its history replays first. "
+                       "Nothing here changes the run, and closing it never stops the run.")
     watch.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
     watch.set_defaults(handler=_target("loopdeck.cli.launch:watch_command"))
 
@@ -167,8 +207,10 @@ def _add_transfer(add_parser: AddParser) -> None:
 
 
 def _add_ctl(add_parser: AddParser) -> None:
-    ctl = add_parser("ctl", help="send a control command to a running headless session",
-                     description="Control a session started with `loopdeck run --headless`.")
+    ctl = add_parser("ctl", help="send a control command to a running session (scripts, headless)",
+                     description="Control the session running on DIR (background, headless or --foreground) "
+                     "by appending a command to DIR/.loopdeck/control.jsonl, which the engine reads within a "
+                     "fraction of a second. A console (`loopdeck attach DIR`) does the same interactively.")
     ctl.add_argument("dir", metavar="DIR", help="the workspace the session runs in")
     ctl.add_argument("action", choices=CTL_ACTIONS, metavar="ACTION",
                      help="approve / veto: decide on the pending change; note: add TEXT as a note; pause / resume; "

@@ -55,6 +55,9 @@ ACTIONS: tuple[ConsoleAction, ...] = (
                   palette="Stop after the current experiment"),
     ConsoleAction("abort", "x", "Abort", "Stop now: the running experiment is killed and recorded as interrupted",
                   True, palette="Abort the session now"),
+    ConsoleAction("restart_engine", "r", "Restart engine",
+                  "Start the background engine again after it died; it resumes where it stopped",
+                  palette="Restart the background engine"),
     ConsoleAction("show_pane('agent')", "1", "Agent", "Show the agent's reasoning", show=False,
                   palette="Show the agent's reasoning"),
     ConsoleAction("show_pane('diff')", "2", "Change", "Show the change under review", show=False,
@@ -67,7 +70,8 @@ ACTIONS: tuple[ConsoleAction, ...] = (
                   show=False, palette="Show the studies: what each kept change contributes, and whether it transfers"),
     ConsoleAction("help", "f1,question_mark", "Help", "Show every key and what it does", key_display="?",
                   palette="Help: keys"),
-    ConsoleAction("quit", "q", "Quit", "Quit the console (a supervised session asks first: the loop stops)"),
+    ConsoleAction("quit", "q", "Quit", "Leave the console: detaches from a background engine (the research goes "
+                  "on); with --foreground the loop stops, so it asks first"),
 )
 
 CONTROL_ACTIONS = frozenset(a.action for a in ACTIONS if a.controls_run)

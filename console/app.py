@@ -1,4 +1,8 @@
-"""The loopdeck console app: themes, keys, the event pump, and the actions that talk to the engine."""
+"""The loopdeck console app: themes, keys, the event pump, and the actions that talk to the engine.
+
+The engine is either in this process (`loopdeck run --foreground`, tests) or a background process reached through
+its channel (`RemoteSession`): then `q` detaches, and an engine that dies can be restarted from here.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from textual.app import App
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.theme import Theme
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -18,8 +23,10 @@ from loopdeck.console import state as st
 from loopdeck.console.bridge import EventBridge, follow_journal
 from loopdeck.console.commands import ConsoleCommands
 from loopdeck.console.dialogs.confirm import ChoiceDialog
+from loopdeck.console.dialogs.leave import abort_dialog, detach_dialog, quit_foreground_dialog, stop_dialog
 from loopdeck.console.dialogs.note import NoteDialog
 from loopdeck.console.messages import EventsPending
+from loopdeck.console.remote import RemoteSession
 from loopdeck.console.screens.experiment import ExperimentScreen
 from loopdeck.console.screens.help import HelpScreen
 from loopdeck.console.screens.main import MainScreen
@@ -74,7 +81,9 @@ class LoopdeckApp(App[None]):
         self.journal = journal
         self.workspace = workspace
         self.clock = clock
-        self.view = SessionView(watch=session is None, approval=getattr(session, "approval", "ask"))
+        self.remote = session if isinstance(session, RemoteSession) else None
+        read_only = session is None or (self.remote is not None and self.remote.read_only)
+        self.view = SessionView(watch=read_only, approval=getattr(session, "approval", "ask"))
         self.sub_title = workspace
         self._settings_file = settings_file
         self._notes = tuple(notes)
@@ -82,6 +91,7 @@ class LoopdeckApp(App[None]):
         self._saved_theme = ""
         self._stop_requested = False
         self._exit_when_engine_stops = False
+        self._engine_lost = False  # a background engine hung up before its session finished
         self._last_second = -1
         for theme in LOOPDECK_THEMES:
             self.register_theme(theme)
@@ -104,9 +114,12 @@ class LoopdeckApp(App[None]):
         if self.session is not None and self._start_session:
             self.session.start()
         if self.session is not None:
-            self.run_worker(self._await_engine, thread=True, exit_on_error=False, name="engine")
+            self._watch_engine()
         if self.journal is not None:
             self.run_worker(self._follow_journal, thread=True, exit_on_error=False, name="journal")
+
+    def _watch_engine(self) -> None:
+        self.run_worker(self._await_engine, thread=True, exit_on_error=False, name="engine")
 
     def _await_engine(self) -> None:
         worker = get_current_worker()
@@ -123,18 +136,32 @@ class LoopdeckApp(App[None]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
         if event.state == WorkerState.ERROR:
-            what = {"engine": "the engine", "journal": "following the journal"}.get(worker.name, worker.name)
+            what = {"engine": "the engine", "journal": "following the journal",
+                    "restart": "restarting the engine"}.get(worker.name, worker.name)
             message = f"{what} failed: {type(worker.error).__name__}: {worker.error}"
             self.view.fail(message)
             self.notify(message, severity="error", timeout=30)
             self.refresh_bindings()
         elif event.state == WorkerState.SUCCESS and worker.name == "engine":
             self._engine_returned()
+        elif event.state == WorkerState.SUCCESS and worker.name == "restart":
+            self._engine_lost = False
+            self.view.recover()
+            self.notify("The engine is back: the session resumes where it stopped.", timeout=8)
+            self._watch_engine()
+            self.refresh_bindings()
 
     def _engine_returned(self) -> None:
         self._pump_all()
         if self._exit_when_engine_stops:
             self.exit()
+        elif self.view.finished is None and self.remote is not None:
+            self._engine_lost = True
+            pid = self.remote.engine_pid
+            hint = "press r to restart it: it resumes where it stopped" if self.remote.can_restart else \
+                "run `loopdeck run DIR` to restart it"
+            self.view.fail(f"the engine (pid {pid}) is gone without finishing the session; {hint} "
+                           "(its log: .loopdeck/engine.log)")
         elif self.view.finished is None:
             self.view.fail("the engine stopped without finishing the session; its logs are in .loopdeck/")
         self.refresh_bindings()
@@ -168,11 +195,20 @@ class LoopdeckApp(App[None]):
                 lifecycle = True
             if isinstance(event, ev.Notice):
                 notices.append(event)
+            elif isinstance(event, ev.DecisionMade) and event.client:
+                notices.append(self._decision_notice(event))
         now = self.clock()
         for notice in [n for n in notices if now - n.ts < NOTICE_MAX_AGE][-3:]:
             severity = {"info": "information"}.get(notice.level, notice.level)
             self.notify(notice.message, severity=severity, timeout=10 if notice.level == "info" else 20)  # type: ignore[arg-type]
         return more, lifecycle
+
+    def _decision_notice(self, event: ev.DecisionMade) -> ev.Notice:
+        """Who decided, for every attached console (this one's own decision included, as the engine saw it)."""
+        who = "you" if self.remote is not None and event.client == self.remote.name else event.client
+        verdict = "approved" if event.approved else "vetoed"
+        note = f": {event.note}" if event.note else ""
+        return ev.Notice(level="info", message=f"#{event.experiment} {verdict} by {who}{note}", ts=event.ts)
 
     async def _tick(self) -> None:
         second = int(self.clock())
@@ -187,7 +223,10 @@ class LoopdeckApp(App[None]):
         if dirty & {st.APPROVAL, st.STATUS}:
             self.refresh_bindings()
         with self.batch_update():
-            await self.main.render_view(dirty, self.clock())
+            try:
+                await self.main.render_view(dirty, self.clock())
+            except NoMatches:  # the app is closing: its widgets go before its render timer stops
+                return
             top = self.screen_stack[-1] if self.screen_stack else None  # the app may have closed meanwhile
             if isinstance(top, ExperimentScreen) and dirty & {st.TABLE, st.LOG, st.CURVE}:
                 top.show(self.view)
@@ -203,10 +242,13 @@ class LoopdeckApp(App[None]):
     # --- which actions make sense now ---------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "restart_engine":
+            return self._engine_lost and self.remote is not None and self.remote.can_restart
         if action not in actions.CONTROL_ACTIONS:
             return True
         view = self.view
-        if self.session is None or not view.active or self._exit_when_engine_stops:
+        if self.session is None or view.watch or not view.active or self._exit_when_engine_stops \
+                or self._engine_lost:
             return False
         if action in actions.DECISION_ACTIONS:
             return view.pending is not None
@@ -289,25 +331,24 @@ class LoopdeckApp(App[None]):
         self.view.request_pause(False)
         await self._after_control()
 
-    async def action_stop_after_current(self) -> None:
-        self._control().stop_after_current()
-        self._stop_requested = True
-        self.notify("The session stops once the current experiment is recorded.", timeout=6)
-        await self._after_control()
+    def action_stop_after_current(self) -> None:
+        self._confirm_then("stop_after_current", stop_dialog(),
+                           "The session stops once the current experiment is recorded.")
 
     def action_abort(self) -> None:
-        self.push_screen(
-            ChoiceDialog("Abort the session?", "The running experiment is killed, recorded as interrupted and "
-                         "reverted; the loop stops. Resume later with `loopdeck run`.",
-                         [("abort", "Abort now", "error")]),
-            callback=self._abort_confirmed,
-        )
+        self._confirm_then("abort", abort_dialog(), "Aborting…")
 
-    async def _abort_confirmed(self, choice: str | None) -> None:
-        if choice == "abort" and self.check_action("abort", ()):
-            self._control().abort()
-            self.notify("Aborting…", timeout=4)
-            await self._after_control()
+    def _confirm_then(self, action: str, dialog: ChoiceDialog, done: str) -> None:
+        """Ending the research is never one stray key: ask, then call the session's `action` if still sensible."""
+
+        async def confirmed(choice: str | None) -> None:
+            if choice == action and self.check_action(action, ()):
+                getattr(self._control(), action)()
+                self._stop_requested = True
+                self.notify(done, timeout=6)
+                await self._after_control()
+
+        self.push_screen(dialog, callback=confirmed)
 
     def action_show_pane(self, pane: str) -> None:
         self.main.show_pane(pane)
@@ -327,22 +368,25 @@ class LoopdeckApp(App[None]):
         self.push_screen(screen)
         self.call_after_refresh(partial(screen.show, self.view))
 
+    def action_restart_engine(self) -> None:
+        assert self.remote is not None  # check_action offers it only for a lost background engine
+        self.view.fail("restarting the engine…")
+        self.run_worker(self.remote.restart, thread=True, exit_on_error=False, name="restart")
+
     async def action_quit(self) -> None:
-        """The engine runs inside this process: quitting a live session stops the loop, so ask first."""
-        if self.session is None or not self.view.active or self.view.failure or self._exit_when_engine_stops:
+        """An attached console detaches (the engine goes on); an in-process one stops the loop, so it asks."""
+        if self.session is None or self.view.watch or not self.view.active or self.view.failure \
+                or self._exit_when_engine_stops:
             self.exit()
             return
-        self.push_screen(
-            ChoiceDialog(
-                "Quit and stop the research loop?",
-                "The loop runs inside this console, so quitting stops it. Either let the current experiment "
-                "finish and be recorded, or abort it now (it is recorded as interrupted and reverted). "
-                "Resume later with `loopdeck run`. To leave a loop running, start it with "
-                "`loopdeck run --headless` and attach with `loopdeck watch`.",
-                [("stop", "Finish experiment, then quit", "primary"), ("abort", "Abort now and quit", "error")],
-            ),
-            callback=self._quit_confirmed,
-        )
+        if self.remote is not None:
+            self.push_screen(detach_dialog(self.remote.engine_pid, self.workspace), callback=self._detach_confirmed)
+            return
+        self.push_screen(quit_foreground_dialog(), callback=self._quit_confirmed)
+
+    def _detach_confirmed(self, choice: str | None) -> None:
+        if choice == "detach":
+            self.exit()
 
     async def _quit_confirmed(self, choice: str | None) -> None:
         if choice is None:

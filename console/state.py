@@ -128,6 +128,10 @@ class SessionView:
         self.failure = message
         self.dirty |= {APPROVAL, STATUS}
 
+    def recover(self) -> None:
+        """The failure is over (a restarted engine is back)."""
+        self.fail("")
+
     # --- the reducer ---------------------------------------------------------------------------------------
 
     def apply(self, event: ev.Event) -> None:
@@ -290,7 +294,8 @@ class SessionView:
                 row.status = "approved"
         else:
             row.status, row.note = "vetoed", e.note
-            row.reason = row.reason or (f"vetoed: {e.note}" if e.note else "vetoed")
+            vetoed = f"vetoed by {e.client}" if e.client else "vetoed"
+            row.reason = row.reason or (f"{vetoed}: {e.note}" if e.note else vetoed)
         if self.pending == e.experiment:
             self._clear_pending()
         self.dirty |= {TABLE, APPROVAL, STATUS}

@@ -7,7 +7,8 @@ Each line is written with a single `write` on an `O_APPEND` descriptor, so concu
 and a reader never sees half a command (it keeps a partial last line buffered until it is complete).
 
 Actions and their fields:
-  decide    approve: bool, note: str = "", experiment: int | None (None = whatever is pending)
+  decide    approve: bool, note: str = "", experiment: int | None (None = whatever is pending); the first
+            decision on a change wins, a later one is refused with who decided it
   note      note: str                      a note delivered to the agent in its next turn
   pause     holds the loop before its next proposal (or before committing a change just approved); a run in
             progress finishes
@@ -15,6 +16,7 @@ Actions and their fields:
   stop      stop after the current experiment
   abort     stop now: the running training process group is killed, the experiment recorded `interrupted`
   approval  policy: "ask" | "auto"
+Every command may say who sent it (`client`, e.g. "ann@gpu1:4242"; the channel fills it in), shown with decisions.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class ControlCommand:
     policy: str = ""
     id: str = ""
     ts: float = 0.0
+    client: str = ""  # who sent it: user@host:pid of a console, "" for control.jsonl
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ControlCommand:
@@ -67,11 +70,12 @@ class ControlCommand:
             policy=policy,
             id=str(data.get("id", "")),
             ts=float(data.get("ts", 0.0)),
+            client=str(data.get("client", "")),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "ts": self.ts, "action": self.action, "approve": self.approve, "note": self.note,
-                "experiment": self.experiment, "policy": self.policy}
+                "experiment": self.experiment, "policy": self.policy, "client": self.client}
 
 
 def control_path(state_dir: Path) -> Path:
@@ -98,6 +102,40 @@ def send_command(workspace: Path | str, action: str, **fields: Any) -> ControlCo
     finally:
         os.close(fd)
     return command
+
+
+class ControlCalls:
+    """A session's control API, one command per call, for whatever carries commands to the engine (`deliver`:
+    the in-process controller, or a console's channel)."""
+
+    def deliver(self, command: ControlCommand) -> None:
+        raise NotImplementedError
+
+    def _send(self, action: str, **fields: Any) -> None:
+        self.deliver(make_command(action, **fields))
+
+    def decide(self, approve: bool, note: str = "", experiment: int | None = None) -> None:
+        self._send("decide", approve=approve, note=note, experiment=experiment)
+
+    def send_note(self, text: str) -> None:
+        self._send("note", note=text)
+
+    def pause(self) -> None:
+        self._send("pause")
+
+    def resume(self) -> None:
+        self._send("resume")
+
+    def stop_after_current(self) -> None:
+        self._send("stop")
+
+    def abort(self) -> None:
+        self._send("abort")
+
+    def set_approval(self, policy: str) -> None:
+        if policy not in POLICIES:
+            raise LoopdeckError(f"approval policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        self._send("approval", policy=policy)
 
 
 class ControlReader:
@@ -142,6 +180,14 @@ class Decision:
     approved: bool
     note: str = ""
     by: str = "human"  # "human" | "auto" (the policy switched to auto while the gate waited)
+    client: str = ""  # who decided (a console's user@host:pid), when a person did
+
+    def describe(self) -> str:
+        """'approved by ann@gpu1:4242', 'vetoed', 'approved automatically'."""
+        verdict = "approved" if self.approved else "vetoed"
+        if self.by == "auto":
+            return f"{verdict} automatically"
+        return f"{verdict} by {self.client}" if self.client else verdict
 
 
 class Controller:
@@ -165,12 +211,17 @@ class Controller:
         self._notes: list[str] = []
         self._pending: int | None = None
         self._decision: Decision | None = None
+        self._decided: dict[int, Decision] = {}  # experiment -> its decision, to answer a late second one
 
-    def put(self, command: ControlCommand) -> None:
+    def put(self, command: ControlCommand) -> str:
+        """Apply one command; returns why it was refused ("" when taken), for a sender that waits for an answer."""
         events: list[Event] = []
+        refusal = ""
         with self._cond:
             if command.action == "decide":
-                events += self._decide(command)
+                refusal = self._decide(command)
+                if refusal:
+                    events.append(Notice(level="warning", message=refusal, experiment=command.experiment))
             elif command.action == "note":
                 if command.note.strip():
                     self._notes.append(command.note.strip())
@@ -188,6 +239,7 @@ class Controller:
             self._cond.notify_all()
         for event in events:
             self._emit(event)
+        return refusal
 
     def interrupt(self, reason: str = "stopped") -> None:
         """SIGTERM / Ctrl-C: stop now like `abort`, but the session ends as `reason` ("stopped", a normal way to
@@ -201,15 +253,23 @@ class Controller:
             self.abort_reason = reason
             self.abort_event.set()
 
-    def _decide(self, command: ControlCommand) -> list[Event]:
-        if self._pending is None or self._decision is not None:
-            return [Notice(level="warning", message="no change is awaiting approval: decision ignored",
-                           experiment=command.experiment)]
+    def _decide(self, command: ControlCommand) -> str:
+        """Take the first decision on the pending change; any other is refused, saying why."""
+        sender = f" from {command.client}" if command.client else ""
+        earlier = self._decided.get(command.experiment if command.experiment is not None else -1)
+        if earlier is None and command.experiment is None and self._pending is not None:
+            earlier = self._decision
+        if earlier is not None:
+            number = command.experiment if command.experiment is not None else self._pending
+            return f"decision{sender} on #{number} ignored: already {earlier.describe()}"
+        if self._pending is None:
+            return f"no change is awaiting approval: decision{sender} ignored"
         if command.experiment is not None and command.experiment != self._pending:
-            return [Notice(level="warning", message=f"decision for #{command.experiment} ignored: the change "
-                           f"awaiting approval is #{self._pending}", experiment=command.experiment)]
-        self._decision = Decision(approved=command.approve, note=command.note.strip())
-        return []
+            return (f"decision{sender} for #{command.experiment} ignored: the change awaiting approval is "
+                    f"#{self._pending}")
+        self._decision = Decision(approved=command.approve, note=command.note.strip(), client=command.client)
+        self._decided[self._pending] = self._decision
+        return ""
 
     @property
     def halted(self) -> bool:
@@ -225,6 +285,7 @@ class Controller:
         """Block until a person decides on `experiment`, the policy turns auto, or a stop/abort (→ None)."""
         with self._cond:
             self._pending, self._decision = experiment, None
+            self._decided.pop(experiment, None)  # asked again (e.g. after a pause): a fresh decision is due
             try:
                 while True:
                     if self._decision is not None:
@@ -232,7 +293,8 @@ class Controller:
                     if self.halted:
                         return None
                     if self.approval == "auto":
-                        return Decision(approved=True, by="auto")
+                        self._decided[experiment] = Decision(approved=True, by="auto")
+                        return self._decided[experiment]
                     self._cond.wait(0.5)
             finally:
                 self._pending = None

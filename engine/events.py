@@ -9,6 +9,7 @@ journal's format has one owner.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import types
 import typing
@@ -197,6 +198,7 @@ class DecisionMade(Event):
     approved: bool
     note: str = ""
     by: Literal["auto", "human"] = "human"
+    client: str = ""  # the console that decided (user@host:pid); "" for `loopdeck ctl` or automatic
 
 
 # --- experiments -------------------------------------------------------------------------------------------------
@@ -424,12 +426,16 @@ def event_from_dict(data: dict[str, Any]) -> Event:
     cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ValueError(f"unknown event kind: {kind!r}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            kwargs[f.name] = _decode(hints[f.name], data[f.name])
+    kwargs = {name: _decode(hint, data[name]) for name, hint in _field_hints(cls) if name in data}
     return cls(**kwargs)
+
+
+@functools.cache
+def _field_hints(cls: type[Event]) -> tuple[tuple[str, Any], ...]:
+    """(field, type) of an event class, resolved once: `get_type_hints` costs more than decoding an event, and a
+    console attaching to a long session decodes thousands."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls))
 
 
 def _decode(hint: Any, value: Any) -> Any:

@@ -5,6 +5,8 @@ takes the workspace's lock, and opens the ledger and the events journal. `run()`
 background thread) runs the loop. Every event goes through one `emit`: appended to `.loopdeck/events.jsonl`, then
 handed to `on_event`. The control methods are thread-safe and never block; commands appended to
 `.loopdeck/control.jsonl` by other processes reach the same controller (polled about 5 times a second).
+A background engine also `serve()`s the channel (engine/channel/): consoles replay and follow its events and send
+commands over a Unix socket, straight to the controller.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from pathlib import Path
 
 from loopdeck.engine.agents.base import Agent
 from loopdeck.engine.agents.cli.agent import CLI_KINDS, CodingCliAgent, cli_problem
+from loopdeck.engine.channel.protocol import POINTER_FILE, REPLAY_LIMIT, socket_path_for
+from loopdeck.engine.channel.server import ChannelServer
 from loopdeck.engine.config import AGENT_KINDS, APPROVALS, Config, load_config
-from loopdeck.engine.control import Controller, ControlReader, control_path, make_command
+from loopdeck.engine.control import ControlCalls, ControlCommand, Controller, ControlReader, control_path
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.events import (
     EngineState,
@@ -39,7 +43,7 @@ from loopdeck.engine.run.sandbox import check_sandbox
 from loopdeck.engine.run.telemetry import TelemetrySampler
 from loopdeck.engine.store.budget import budget_constant, budget_in_force
 from loopdeck.engine.store.gitops import BRANCH_PREFIX, ResearchRepo
-from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal
+from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal, read_tail
 from loopdeck.engine.store.ledger import Ledger
 from loopdeck.engine.store.lock import WorkspaceLock
 from loopdeck.engine.store.workspace import check_not_legacy, pinned_hashes, state_dir
@@ -70,7 +74,7 @@ def resolve_agent_kind(kind: str) -> str:
     return kind
 
 
-class Session:
+class Session(ControlCalls):
     workspace: Path
     state_dir: Path
     config: Config
@@ -145,6 +149,12 @@ class Session:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._used = False
+        self.channel: ChannelServer | None = None
+
+    @property
+    def kept_at_start(self) -> int:
+        """Experiments the workspace had kept when this session began."""
+        return self._kept_at_start
 
     @property
     def approval(self) -> str:
@@ -177,6 +187,24 @@ class Session:
             return branch.removeprefix(BRANCH_PREFIX)
         return time.strftime("%Y%m%d")
 
+    def serve(self) -> ChannelServer:
+        """Open the channel for consoles (a background engine); it closes with the session."""
+        history = read_tail(self.state_dir / JOURNAL_FILE, REPLAY_LIMIT)
+        try:
+            path = socket_path_for(self.state_dir)
+            channel = ChannelServer(path, self.controller.put, self._hello, history,
+                                    pointer=self.state_dir / POINTER_FILE)
+            channel.start()
+        except OSError as exc:
+            raise LoopdeckError(f"cannot open the consoles' channel in {self.state_dir}: {exc.strerror or exc} "
+                                "(`loopdeck run --foreground` runs without one)") from None
+        self.channel = channel
+        return channel
+
+    def _hello(self) -> dict[str, object]:
+        return {"pid": os.getpid(), "workspace": str(self.workspace), "approval": self.approval,
+                "state": self.state, "notes": list(self.config_notes)}
+
     # --- events ------------------------------------------------------------------------------------------------
 
     def emit(self, event: Event) -> None:
@@ -197,6 +225,8 @@ class Session:
                     self.error = (f"{exc}: the session stopped. Free disk space (or make {self.state_dir} "
                                   "writable) and run again: it resumes where it stopped")
                     self.controller.interrupt("error")
+            if self.channel is not None:
+                self.channel.publish(event)
             if self._on_event is not None:
                 try:
                     self._on_event(event)
@@ -298,6 +328,8 @@ class Session:
                 return
             self._closed = True
             self._journal.close()
+            if self.channel is not None:
+                self.channel.close()
         self.ledger.close()
         self._lock.release()
 
@@ -339,37 +371,14 @@ class Session:
             for command in commands:
                 self.controller.put(command)
 
-    # --- control (thread-safe, never blocks) -------------------------------------------------------------------
+    # --- control (thread-safe, never blocks): the calls themselves are ControlCalls' ----------------------------
 
-    def _send(self, action: str, **fields: object) -> None:
-        self.controller.put(make_command(action, **fields))
-
-    def decide(self, approve: bool, note: str = "", experiment: int | None = None) -> None:
-        self._send("decide", approve=approve, note=note, experiment=experiment)
-
-    def send_note(self, text: str) -> None:
-        self._send("note", note=text)
-
-    def pause(self) -> None:
-        self._send("pause")
-
-    def resume(self) -> None:
-        self._send("resume")
-
-    def stop_after_current(self) -> None:
-        self._send("stop")
-
-    def abort(self) -> None:
-        self._send("abort")
+    def deliver(self, command: ControlCommand) -> None:
+        self.controller.put(command)
 
     def interrupt(self) -> None:
         """SIGTERM / Ctrl-C: kill the running training now, record it interrupted, finish as "stopped"."""
         self.controller.interrupt()
-
-    def set_approval(self, policy: str) -> None:
-        if policy not in APPROVALS:
-            raise LoopdeckError(f"approval policy must be one of {', '.join(APPROVALS)}, got {policy!r}")
-        self._send("approval", policy=policy)
 
 
 @contextlib.contextmanager

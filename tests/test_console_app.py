@@ -140,6 +140,14 @@ def test_note_autonomous_toggle_pause_resume_stop_and_abort(tmp_path: Path) -> N
             assert session.calls[-1][0] == "resume"
 
             await pilot.press("s")
+            await pilot.pause()
+            assert isinstance(app.screen, ChoiceDialog)  # stopping the research is confirmed first
+            await pilot.press("escape")
+            await pilot.pause()
+            assert "stop_after_current" not in session.names()
+            await pilot.press("s")
+            await pilot.pause()
+            await pilot.click("#choice-stop_after_current")
             await settle(app, pilot)
             assert session.calls[-1][0] == "stop_after_current"
             assert app.check_action("stop_after_current", ()) is False

@@ -83,7 +83,7 @@ class Gate:
         decision = ctl.wait_decision(experiment)
         if decision is not None:
             self.ctx.emit(DecisionMade(experiment=experiment, approved=decision.approved, note=decision.note,
-                                       by=decision.by))
+                                       by=decision.by, client=decision.client))
         return decision
 
 

@@ -131,6 +131,31 @@ def check_journal(path: Path, tail_bytes: int = 1 << 20) -> JournalRead:
     return result
 
 
+def read_tail(path: Path, limit: int, block: int = 1 << 20) -> list[Event]:
+    """The last `limit` events of a journal, reading backwards only as far as they reach (a night's journal can
+    hold millions of training steps); a torn last line and damaged lines are skipped as by `read_journal`."""
+    try:
+        journal = open(path, "rb")  # noqa: SIM115 - closed below; a regular file is checked first
+    except FileNotFoundError:
+        return []
+    with journal:
+        info = os.fstat(journal.fileno())
+        end = info.st_size if stat.S_ISREG(info.st_mode) else 0
+        start, data = end, b""
+        while start > 0 and data.count(b"\n") <= limit:
+            start = max(0, start - block)
+            journal.seek(start)
+            data = journal.read(end - start)
+    lines = data.split(b"\n")
+    lines.pop()  # b"" after the last newline, or a torn line
+    if start > 0:
+        lines.pop(0)  # begins mid-line
+    found = JournalRead()
+    for number, line in enumerate(lines[-limit:], start=1):
+        _decode_line(line, number, found)
+    return found.events
+
+
 class JournalFollower:
     """Tails a journal that another process (or thread) appends to.
 

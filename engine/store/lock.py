@@ -43,7 +43,8 @@ class WorkspaceLock:
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
             raise LoopdeckError(
                 f"another loopdeck engine (pid {holder.get('pid', '?')}, started {since}) is running on this "
-                "workspace; stop it first (`loopdeck ctl DIR stop`), or attach to it with `loopdeck watch DIR`"
+                "workspace; attach to it with `loopdeck attach DIR` (or `loopdeck watch DIR`), or stop it with "
+                "`loopdeck stop DIR`"
             ) from None
         record = json.dumps({"pid": os.getpid(), "started": time.time()}).encode()
         os.ftruncate(fd, 0)

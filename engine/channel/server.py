@@ -1,0 +1,208 @@
+"""The engine's end of the channel: accepts consoles of this user, replays recent events, then streams them live.
+
+`publish` is called for every event from the engine's threads and never blocks: each client has a bounded outbox
+drained by its own writer thread, and a client too slow to keep up is disconnected (it reattaches and replays)
+rather than holding the engine back. Commands from a client go straight to the controller (no polling), and the
+client gets a reply saying whether the command was taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from loopdeck.engine.channel.protocol import (
+    MAX_FRAME_BYTES,
+    REPLAY_LIMIT,
+    ROLES,
+    decode,
+    encode,
+    event_frame,
+    peer_uid,
+)
+from loopdeck.engine.control import ControlCommand
+from loopdeck.engine.events import Event
+
+OUTBOX_LIMIT = 2 * REPLAY_LIMIT  # frames waiting for one client before it counts as stuck
+HELLO_TIMEOUT = 5.0  # seconds a new connection has to say who it is
+
+
+class _Client:
+    """One connected console: its socket, outbox and identity."""
+
+    def __init__(self, sock: socket.socket, name: str, role: str) -> None:
+        self.sock = sock
+        self.name = name
+        self.role = role
+        self.outbox: queue.Queue[bytes | None] = queue.Queue(OUTBOX_LIMIT)
+        self.writer = threading.Thread(target=self.write_loop, name="loopdeck-channel-writer", daemon=True)
+
+    def send(self, frame: bytes) -> bool:
+        try:
+            self.outbox.put_nowait(frame)
+            return True
+        except queue.Full:
+            return False
+
+    def write_loop(self) -> None:
+        while (frame := self.outbox.get()) is not None:
+            try:
+                self.sock.sendall(frame)
+            except OSError:
+                break
+        self.close()
+
+    def finish(self) -> None:
+        """Hang up once what is queued is written; at once if the outbox is full (never blocks)."""
+        try:
+            self.outbox.put_nowait(None)
+        except queue.Full:
+            self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+class ChannelServer:
+    """Serves one session's events and control on a Unix socket; `start`, `publish` (any thread), `close`."""
+
+    def __init__(self, path: Path, put: Callable[[ControlCommand], str], hello: Callable[[], dict[str, Any]],
+                 history: Iterable[Event] = (), uid_of: Callable[[socket.socket], int] = peer_uid,
+                 pointer: Path | None = None) -> None:
+        """`pointer`: the workspace's file naming a socket kept elsewhere (a long path), removed with the socket."""
+        self.path = Path(path)
+        self.pointer = pointer
+        self._put = put
+        self._hello = hello
+        self._uid_of = uid_of
+        self._lock = threading.Lock()
+        self._recent: deque[tuple[float, bytes]] = deque(((e.ts, event_frame(e)) for e in history),
+                                                          maxlen=REPLAY_LIMIT)
+        self._clients: list[_Client] = []
+        self._listener: socket.socket | None = None
+        self.refused = 0  # connections from another user, for tests and the log
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)  # a killed engine's socket file; the workspace lock says we are the one
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(self.path))
+        os.chmod(self.path, 0o600)  # before listen(): nobody can connect in between
+        listener.listen(16)
+        self._listener = listener
+        threading.Thread(target=self._accept_loop, name="loopdeck-channel", daemon=True).start()
+
+    def publish(self, event: Event) -> None:
+        frame = event_frame(event)
+        with self._lock:
+            self._recent.append((event.ts, frame))
+            stuck = [client for client in self._clients if not client.send(frame)]
+            for client in stuck:
+                self._clients.remove(client)
+        for client in stuck:
+            client.close()
+
+    def close(self, flush_seconds: float = 2.0) -> None:
+        """Stop listening and hang up on every client once what it was sent (the session's end) is written."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            if self.pointer is not None:
+                self.pointer.unlink(missing_ok=True)
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.finish()
+        for client in clients:
+            if client.writer.is_alive():
+                client.writer.join(flush_seconds)
+
+    @property
+    def clients(self) -> list[str]:
+        with self._lock:
+            return [client.name for client in self._clients]
+
+    def _accept_loop(self) -> None:
+        while (listener := self._listener) is not None:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(sock,), name="loopdeck-channel-client", daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        try:
+            uid = self._uid_of(sock)
+        except OSError:
+            uid = -1
+        if uid != os.getuid():
+            self.refused += 1
+            with contextlib.suppress(OSError):
+                sock.sendall(encode({"t": "reply", "id": "", "ok": False,
+                                     "message": "refused: this engine belongs to another user"}))
+            sock.close()
+            return
+        reader = sock.makefile("rb")
+        client = self._greet(sock, reader)
+        if client is None:
+            sock.close()
+            return
+        client.writer.start()
+        try:
+            self._read_commands(client, reader)
+        finally:
+            with self._lock:
+                if client in self._clients:
+                    self._clients.remove(client)
+            client.finish()
+
+    def _greet(self, sock: socket.socket, reader: Any) -> _Client | None:
+        """Read the client's hello, then queue our hello, the replay and "live" ahead of any new event."""
+        sock.settimeout(HELLO_TIMEOUT)
+        try:
+            frame = decode(reader.readline(MAX_FRAME_BYTES))
+        except (OSError, ValueError):
+            return None
+        sock.settimeout(None)
+        if frame.get("t") != "hello" or frame.get("role") not in ROLES:
+            return None
+        client = _Client(sock, str(frame.get("client", "?")), str(frame["role"]))
+        after = frame.get("after")
+        after = float(after) if isinstance(after, int | float) else None
+        with self._lock:
+            replay = [data for ts, data in self._recent if after is None or ts > after]
+            client.send(encode({**self._hello(), "t": "hello", "replay": len(replay)}))
+            for data in replay:
+                client.send(data)
+            client.send(encode({"t": "live"}))
+            self._clients.append(client)
+        return client
+
+    def _read_commands(self, client: _Client, reader: Any) -> None:
+        for line in iter(lambda: reader.readline(MAX_FRAME_BYTES), b""):
+            if not line.endswith(b"\n"):
+                return  # over-long or cut off: not a command we can trust
+            try:
+                frame = decode(line)
+                if frame["t"] != "command" or not isinstance(frame.get("command"), dict):
+                    raise ValueError("expected a command frame")
+                command = ControlCommand.from_dict({**frame["command"], "client": client.name})
+            except (ValueError, TypeError) as exc:
+                client.send(encode({"t": "reply", "id": "", "ok": False, "message": f"bad command: {exc}"}))
+                continue
+            if client.role != "control":
+                refusal = "this console is read-only (`loopdeck watch`): use `loopdeck attach DIR` to control"
+            else:
+                refusal = self._put(command)
+            client.send(encode({"t": "reply", "id": command.id, "ok": not refusal, "message": refusal}))
