@@ -35,6 +35,7 @@ from loopdeck.engine.events import (
     NoiseEstimated,
     Notice,
     RunRepeated,
+    RunRepeatStarted,
     StateChanged,
 )
 from loopdeck.engine.research.budget_check import BudgetCheck, reported_seconds
@@ -282,9 +283,12 @@ class Integrity:
     def _repeat(self, row: ExperimentRow, role: str, seed: int, index: int, of: int, commit: str = "") -> float | None:
         """One extra run of the tree as it is, recorded in the runs table; its metric, or None if it failed."""
         run_dir = self.ctx.run_dir(row.id) / f"{role}-{seed}"
-        what = {"noise": "noise run", "confirm": "confirmation run", "incumbent": "incumbent re-run"}[role]
-        self.ctx.emit(StateChanged(state="training", experiment=row.id, detail=f"{what} {index}/{of}, seed {seed}"))
-        result, _ = self._execute(row.id, commit or row.commit, run_dir, seed=seed, stream=False)
+        label = repeat_label(role, index, of)
+        self.ctx.emit(StateChanged(state="training", experiment=row.id, detail=f"{label}, seed {seed}"))
+        self.ctx.emit(RunRepeatStarted(experiment=row.id, role=role, index=index, of=of, seed=seed, label=label,
+                                       budget_seconds=self.ctx.config.experiment.budget_seconds))
+        # Streamed like a first run: a person sees which run trains, its loss curve and its time left.
+        result, _ = self._execute(row.id, commit or row.commit, run_dir, seed=seed)
         reported = metric_from_log(self.ctx.config.metric.pattern, result.read_log())
         status, reason = self.classify(result, reported)
         score = _Score(status, reason)
@@ -301,7 +305,7 @@ class Integrity:
             metric=metric, reported_metric=reported, training_seconds=reported_seconds(result),
             wall_seconds=result.wall_seconds, reason=score.reason, log_path=str(run_dir / LOG_FILE)))
         self.ctx.emit(RunRepeated(experiment=row.id, role=role, index=index, of=of, seed=seed, status=score.status,
-                                  metric=metric, reason=score.reason))
+                                  metric=metric, reason=score.reason, label=label))
         return metric
 
     # --- the holdout split -------------------------------------------------------------------------------------
@@ -362,6 +366,16 @@ class Integrity:
 
     def _baseline(self) -> ExperimentRow | None:
         return first_baseline(self.ctx.ledger.rows())
+
+
+def repeat_label(role: str, index: int, of: int) -> str:
+    """How a person reads an extra run (renderers put the experiment's number before it). The first run of a
+    baseline or of a candidate is run 1 of the series `of` counts, so a candidate's confirmations count from 1."""
+    if role == "noise":
+        return f"baseline seed {index}/{of}"
+    if role == "confirm":
+        return f"confirmation run {index - 1}/{of - 1}"
+    return f"incumbent re-run {index}/{of}"
 
 
 def _overhead(wall: float | None, trained: float | None) -> float | None:

@@ -19,8 +19,10 @@ person made during n stands if the diff that finally runs changes the same lines
 saw; a rebase or revision that changes the diff opens the gate again. A veto made during n is final.
 
 `[loop] pipeline`: "on", "off", or "auto" (the default): on once the agent's measured proposal time (an
-exponential moving average over its turns, the first one measured sequentially) exceeds AUTO_FRACTION of the
-training budget. A fast agent gains nothing from drafting ahead and would only compete with training for the CPU.
+exponential moving average over its turns) exceeds AUTO_FRACTION of the training budget. A fast agent gains nothing
+from drafting ahead and would only compete with training for the CPU. The baseline is the exception: "auto" always
+drafts the first proposal while it trains, because the baseline and its noise runs take several budgets and a new
+user should review a diff as soon as the baseline is measured; that draft's time is the clock's first measurement.
 """
 
 from __future__ import annotations
@@ -193,7 +195,8 @@ class Pipeline:
         ctx, settings, agent = self.ctx, self.ctx.config.loop, self.turns.agent
         if self._draft is not None or agent is None or ctx.controller.halted:
             return
-        if not self.clock.wanted(self.mode, ctx.config.experiment.budget_seconds):
+        first_draft = row.is_baseline and self.mode == "auto"
+        if not first_draft and not self.clock.wanted(self.mode, ctx.config.experiment.budget_seconds):
             return
         if settings.max_experiments and self.tally.numbers_used >= settings.max_experiments:
             return
