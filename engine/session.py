@@ -30,6 +30,7 @@ from loopdeck.engine.events import (
     SessionFinished,
     StateChanged,
 )
+from loopdeck.engine.notify import Notifier
 from loopdeck.engine.research.loop import LoopContext, ResearchLoop
 from loopdeck.engine.run.preflight import preflight
 from loopdeck.engine.run.sandbox import check_sandbox
@@ -98,6 +99,8 @@ class Session:
         # A workspace of an earlier loopdeck first: preflight would call its old harness import a missing module.
         check_not_legacy(self.workspace, self.config.experiment)
         self.config_notes += _preflight_notes(self.workspace, self.config)
+        # Messages when you are away ([notify]; None when no URL is set): a missing extra fails before anything runs.
+        self._notifier = Notifier.for_session(self.config.notify, self.workspace, self.emit)
         self._agent = agent
         self._on_event = on_event
         self.state = "starting"
@@ -181,6 +184,8 @@ class Session:
                     self.error = (f"{exc}: the session stopped. Free disk space (or make {self.state_dir} "
                                   "writable) and run again: it resumes where it stopped")
                     self.controller.interrupt("error")
+            if self._notifier is not None:
+                self._notifier.observe(event)
             if self._on_event is not None:
                 try:
                     self._on_event(event)
@@ -257,12 +262,16 @@ class Session:
         try:
             self._sampler.start()
             poller.start()
+            if self._notifier is not None:
+                self._notifier.start()
             yield
         finally:
             self._stopped.set()
             if poller.is_alive():
                 poller.join()
             self._sampler.stop()
+            if self._notifier is not None:
+                self._notifier.close()
             self.close()
 
     def close(self) -> None:
