@@ -1,7 +1,8 @@
 """The console's view of a session, folded from engine events in one place (plain Python, no Textual).
 
-`SessionView.apply(event)` is the only code that turns events into state. Every history it keeps is bounded, so a
-night of experiments costs the same memory as the first hour. `apply` records which parts of the screen changed
+`SessionView.apply(event)` is the only code that turns events into state (so this module is longer than most: one
+reducer for every kind of event, kept in one place). Every history it keeps is bounded, so a night of experiments
+costs the same memory as the first hour. `apply` records which parts of the screen changed
 (`dirty` topics) so the UI redraws only those.
 """
 

@@ -299,11 +299,9 @@ class RunRepeatStarted(Event):
 
     kind: ClassVar[str] = "run_repeat_started"
     experiment: int
-    role: str  # "noise" | "confirm" | "incumbent"
-    index: int  # 1-based, of `of`
-    of: int
-    seed: int
+    role: str  # as in RunRepeated
     label: str  # what a person reads after the experiment's number: "baseline seed 2/3", "confirmation run 1/2"
+    seed: int
     budget_seconds: float
 
 

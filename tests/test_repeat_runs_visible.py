@@ -51,7 +51,8 @@ def test_the_baseline_noise_runs_stream_their_steps_between_start_and_finish(mak
     journal = read_journal(workspace / ".loopdeck" / "events.jsonl").events
     view = SessionView(watch=True)
     second = next(i for i, e in enumerate(journal) if isinstance(e, ev.RunRepeatStarted))
-    for event in journal[: second + 3]:  # its start and two steps
+    steps = [i for i, e in enumerate(journal) if isinstance(e, ev.TrainStep) and i > second]
+    for event in journal[: steps[1] + 1]:  # up to its second step
         view.apply(event)
     shown = run_progress(view, now=journal[second].ts)
     assert shown.startswith("#0 baseline seed 2/3 · ") and shown.endswith(" left")
@@ -87,8 +88,8 @@ def session_events() -> list[ev.Event]:
     events += [ev.TrainStep(ts=T0 + 2 + i, experiment=7, step=i, elapsed_seconds=20.0 * (i + 1), loss=3.0 - i * 0.5)
                for i in range(3)]
     events += [ev.StateChanged(ts=T0 + 70, state="training", experiment=7, detail="confirmation run 1/2, seed 7001"),
-               ev.RunRepeatStarted(ts=T0 + 70, experiment=7, role="confirm", index=2, of=3, seed=7001,
-                                   label="confirmation run 1/2", budget_seconds=60.0)]
+               ev.RunRepeatStarted(ts=T0 + 70, experiment=7, role="confirm", label="confirmation run 1/2",
+                                   seed=7001, budget_seconds=60.0)]
     return events
 
 

@@ -285,7 +285,7 @@ class Integrity:
         run_dir = self.ctx.run_dir(row.id) / f"{role}-{seed}"
         label = repeat_label(role, index, of)
         self.ctx.emit(StateChanged(state="training", experiment=row.id, detail=f"{label}, seed {seed}"))
-        self.ctx.emit(RunRepeatStarted(experiment=row.id, role=role, index=index, of=of, seed=seed, label=label,
+        self.ctx.emit(RunRepeatStarted(experiment=row.id, role=role, label=label, seed=seed,
                                        budget_seconds=self.ctx.config.experiment.budget_seconds))
         # Streamed like a first run: a person sees which run trains, its loss curve and its time left.
         result, _ = self._execute(row.id, commit or row.commit, run_dir, seed=seed)
