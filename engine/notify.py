@@ -114,7 +114,7 @@ class Notifier:
 
     def __init__(self, settings: NotifySettings, workspace: Path, emit: Callable[[Event], None], sender: Any) -> None:
         self.settings = settings
-        self.name = workspace.name
+        self.workspace, self.name = workspace, workspace.name
         self._emit, self._sender = emit, sender
         self._secrets = _secrets()
         self._queue: queue.Queue[object] = queue.Queue(QUEUE_SIZE)
@@ -216,7 +216,7 @@ class Notifier:
                 del self._waiting[number]
         return [Message(f"loopdeck {self.name}: #{number} waits for your approval",
                         f"#{number} {what} has waited {self.settings.approval_wait_minutes:g} min: approve or veto "
-                        "it in the console, or with `loopdeck ctl DIR approve|veto`", "warning")
+                        f"it in the console, or with `loopdeck ctl {self.workspace} approve|veto`", "warning")
                 for number, what in due]
 
     # --- sending (the sender thread) ---------------------------------------------------------------------------

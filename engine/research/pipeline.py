@@ -191,9 +191,10 @@ class Pipeline:
     # --- drafting while n trains -----------------------------------------------------------------------------
 
     def start(self, row: ExperimentRow) -> None:
-        """Experiment `row` is about to train: draft the next one now if pipelining pays and it may run at all."""
+        """Experiment `row` is about to train: draft the next one now if pipelining pays and it may run at all (not
+        while a person holds the loop with pause: pause stops proposals)."""
         ctx, settings, agent = self.ctx, self.ctx.config.loop, self.turns.agent
-        if self._draft is not None or agent is None or ctx.controller.halted:
+        if self._draft is not None or agent is None or ctx.controller.halted or ctx.controller.paused:
             return
         first_draft = row.is_baseline and self.mode == "auto"
         if not first_draft and not self.clock.wanted(self.mode, ctx.config.experiment.budget_seconds):
