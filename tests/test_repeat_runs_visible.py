@@ -117,3 +117,47 @@ def test_pilot_shows_the_label_its_curve_and_a_moving_time_left(tmp_path: Path) 
             assert "#7 confirmation run 1/2 · 25s/1m00s · 35s left" in screen_text(app)
 
     run(scenario())
+
+
+@pytest.mark.slow
+def test_the_console_on_the_real_engine_names_the_noise_run_while_the_first_diff_waits(make_workspace,
+                                                                                         tmp_path: Path) -> None:
+    """A new user's first minutes: the baseline's seeds train with their label and a moving time left, and the
+    first diff, drafted meanwhile, is already up for review."""
+    from fake_targets import change
+    from test_console_engine import until
+
+    from loopdeck.console.app import LoopdeckApp
+    from loopdeck.console.bridge import EventBridge
+    from loopdeck.engine.session import RunOptions, Session
+
+    workspace = make_workspace(fake_train_source(steps=30, step_seconds=0.1), approval="ask",
+                               evaluation={"baseline_seeds": 3})
+    bridge = EventBridge()
+    session = Session(workspace, RunOptions(max_experiments=1, budget_seconds=4.0), on_event=bridge,
+                      agent=ScriptedAgent([change("LR", 0.3, "lower LR to 0.3")]))
+    app = LoopdeckApp(bridge=bridge, session=session, workspace=str(workspace),
+                      settings_file=tmp_path / "console.json")
+
+    async def scenario() -> None:
+        async with app.run_test(size=(160, 40)) as pilot:
+            # Events keep coming while runs train, so the screen is drawn now rather than waited on to settle.
+            await until(pilot, lambda: app.view.repeat is not None and app.view.repeat.step >= 2
+                        and app.view.repeat.label == "baseline seed 2/3")
+            await app._render()
+            first = screen_text(app)
+            assert "#0 baseline seed 2/3 · " in first and "Loss · #0 baseline seed 2/3" in first
+            assert app.view.pending == 1 and "waiting for your decision on #1" in first  # drafted meanwhile
+            shown = app.view.repeat.elapsed_seconds
+            await until(pilot, lambda: app.view.repeat is not None and app.view.repeat.label == "baseline seed 2/3"
+                        and app.view.repeat.elapsed_seconds > shown + 0.3)
+            await app._render()
+            later = screen_text(app)
+            line = next(row for row in later.splitlines() if "#0 baseline seed" in row and " left" in row)
+            assert line not in first.splitlines()  # the time left moved
+            await pilot.press("a")
+            await until(pilot, lambda: app.view.finished is not None, timeout=60)
+            assert app.view.experiments[1].status == "keep"
+
+    run(scenario())
+    assert session.wait(10)
