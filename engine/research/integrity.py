@@ -16,7 +16,8 @@ watcher, `after_record` and `session_ending` score the incumbent on the holdout 
    only if the mean over its runs clears the threshold. Extra runs are rows of the ledger's runs table, never
    experiments: results.tsv stays one line per experiment. A target whose files never read LOOPDECK_SEED cannot
    be seeded: unless its settings ask otherwise it gets one baseline run (engine/config/files.py), and σ is
-   unknown, so nothing is re-run for confirmation.
+   unknown, so nothing is re-run for confirmation. Each extra run is announced (`RunRepeatStarted`, with a label
+   such as "baseline seed 2/3") and streams its training steps, so a person sees which run trains and its time left.
 """
 
 from __future__ import annotations
