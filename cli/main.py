@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"loopdeck {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     for add in (_add_train, _add_init, _add_run, _add_attach, _add_watch, _add_ls, _add_stop, _add_status, _add_try,
-                _add_report, _add_ablate, _add_transfer, _add_ctl, _add_migrate, _add_doctor, _add_agents,
-                _add_engine):
+                _add_report, _add_ablate, _add_transfer, _add_ctl, _add_migrate, _add_doctor, _add_notify_test,
+                _add_agents, _add_engine):
         add(sub.add_parser)
     return parser
 
@@ -248,6 +248,15 @@ def _add_agents(add_parser: AddParser) -> None:
                         "only: no network request is made.")
     agents.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
     agents.set_defaults(handler=_target("loopdeck.cli.agents:agents_command"))
+
+
+def _add_notify_test(add_parser: AddParser) -> None:
+    test = add_parser("notify-test", help="send a test notification to the [notify] URLs",
+                      description="Send one test message to every URL in [notify] urls of DIR's loopdeck.toml "
+                      "and in LOOPDECK_NOTIFY_URLS (apprise URLs: ntfy, Slack, Discord, Telegram, e-mail, …), "
+                      "so you know the messages of a session will reach you. Needs pip install 'loopdeck[notify]'.")
+    test.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
+    test.set_defaults(handler=_target("loopdeck.cli.notify:notify_test_command"))
 
 
 def _run_handler(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from loopdeck.engine.events import (
     Event,
     ExperimentFinished,
     Notice,
+    RunRepeated,
     SessionFinished,
     SessionStarted,
     StateChanged,
@@ -50,6 +51,8 @@ class HeadlessPrinter:
             return text
         if isinstance(event, ExperimentFinished):
             return experiment_line(event)
+        if isinstance(event, RunRepeated):
+            return repeat_line(event)
         if isinstance(event, ApprovalRequested):
             return f"#{event.experiment} awaiting approval: {event.description}"
         if isinstance(event, DecisionMade) and event.by == "human" and event.approved:  # a veto is a result line
@@ -116,3 +119,9 @@ def study_table(event: StudyFinished) -> str:
         values = f"{reference:>14} {gain:>14}" if transfer else f"{gain:>14}"
         lines.append(f"{line.label:<9} {values} {band:>10}  {line.verdict:<9} {what}")
     return "\n".join([*lines, f"loopdeck: {event.summary}"])
+def repeat_line(event: RunRepeated) -> str:
+    """`#0 baseline seed 2/3: 2.915012`, or `#7 confirmation run 1/2: crash — why`."""
+    label = event.label or f"{event.role} run {event.index}/{event.of}"
+    if event.status == "ok" and event.metric is not None:
+        return f"#{event.experiment} {label}: {event.metric:.6f}"
+    return f"#{event.experiment} {label}: {event.status}" + (f" — {event.reason}" if event.reason else "")

@@ -1,7 +1,8 @@
 """The console's view of a session, folded from engine events in one place (plain Python, no Textual).
 
-`SessionView.apply(event)` is the only code that turns events into state. Every history it keeps is bounded, so a
-night of experiments costs the same memory as the first hour. `apply` records which parts of the screen changed
+`SessionView.apply(event)` is the only code that turns events into state (so this module is longer than most: one
+reducer for every kind of event, kept in one place). Every history it keeps is bounded, so a night of experiments
+costs the same memory as the first hour. `apply` records which parts of the screen changed
 (`dirty` topics) so the UI redraws only those.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from loopdeck.console.views import Curve, ExperimentView, ReasoningBlock, StudyBoard, Telemetry
+from loopdeck.console.views import Curve, ExperimentView, ReasoningBlock, RepeatRunView, StudyBoard, Telemetry
 from loopdeck.engine import events as ev
 
 LIVE_LOG_LINES = 200
@@ -51,6 +52,7 @@ class SessionView:
         self.session_cost_usd = 0.0
         self.curve = Curve()  # the running (or last run) experiment's loss against training seconds
         self.curve_experiment: int | None = None
+        self.repeat: RepeatRunView | None = None  # an extra run of the running experiment, while it trains
         self.incumbent_curve = Curve()
         self._incumbent_curve_id: int | None = None
         self.reasoning_experiment: int | None = None
@@ -171,7 +173,7 @@ class SessionView:
         self.finished = e
         self.engine_state = "stopped"
         self.pause_intent = None
-        self.running = None
+        self.running = self.repeat = None
         if e.baseline_metric is not None:
             self.baseline_metric = e.baseline_metric
         self._clear_pending()
@@ -312,7 +314,7 @@ class SessionView:
         self._set_current(e.experiment)
         if self.pending == e.experiment:
             self._clear_pending()
-        self.curve, self.curve_experiment = Curve(), e.experiment
+        self.curve, self.curve_experiment, self.repeat = Curve(), e.experiment, None
         if e.incumbent_curve:
             self.incumbent_curve, self._incumbent_curve_id = Curve(points=e.incumbent_curve), self.incumbent_id
         elif self._incumbent_curve_id != self.incumbent_id:
@@ -326,6 +328,10 @@ class SessionView:
             self.dirty.add(LOG)
 
     def _on_train_step(self, e: ev.TrainStep) -> None:
+        if self.repeat is not None and e.experiment == self.repeat.experiment:
+            self.repeat.add(e)
+            self.dirty |= {CURVE, STATUS}
+            return
         row = self._experiment(e.experiment)
         row.step, row.elapsed_seconds, row.progress = e.step, e.elapsed_seconds, e.progress
         row.loss = e.loss
@@ -348,7 +354,7 @@ class SessionView:
         if e.status == "keep" and e.metric is not None:
             self._keep(e.experiment, e.metric)
         if self.running == e.experiment:
-            self.running = None
+            self.running = self.repeat = None
         if self.pending == e.experiment:
             self._clear_pending()
         self.dirty |= {TABLE, STATUS, CURVE}
@@ -369,6 +375,21 @@ class SessionView:
         row = self._experiment(e.experiment)
         row.reason = row.reason or e.reason
         self.dirty.add(TABLE)
+
+    def _on_repeat_started(self, e: ev.RunRepeatStarted) -> None:
+        """The first run's curve stays as the reference of every extra run of the same experiment."""
+        if self.repeat is not None and self.repeat.experiment == e.experiment:
+            first = self.repeat.first_run
+        else:
+            first = Curve(points=tuple(self.curve.points)) if self.curve_experiment == e.experiment else Curve()
+        self.repeat = RepeatRunView(e.experiment, e.label, e.budget_seconds, e.ts, first)
+        self.log.clear()
+        self.dirty |= {STATUS, CURVE, LOG}
+
+    def _on_repeat_finished(self, e: ev.RunRepeated) -> None:
+        if self.repeat is not None and self.repeat.experiment == e.experiment:
+            self.repeat = None
+            self.dirty |= {STATUS, CURVE}
 
     def _on_noise(self, e: ev.NoiseEstimated) -> None:
         self.noise_std = e.std
@@ -409,4 +430,6 @@ _HANDLERS = {
     ev.StudyStarted: SessionView._on_study,
     ev.StudyRun: SessionView._on_study,
     ev.StudyFinished: SessionView._on_study,
+    ev.RunRepeatStarted: SessionView._on_repeat_started,
+    ev.RunRepeated: SessionView._on_repeat_finished,
 }

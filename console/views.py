@@ -81,6 +81,25 @@ class ExperimentView:
 
 
 @dataclass
+class RepeatRunView:
+    """An extra run in progress (a baseline seed, a confirmation, an incumbent re-run): shown instead of its
+    experiment's finished first run, which stays drawn beneath it."""
+
+    experiment: int
+    label: str  # e.g. "baseline seed 2/3"
+    budget_seconds: float
+    started_ts: float
+    first_run: Curve
+    curve: Curve = field(default_factory=Curve)
+    step: int = 0
+    elapsed_seconds: float = 0.0
+
+    def add(self, step: ev.TrainStep) -> None:
+        self.step, self.elapsed_seconds = step.step, step.elapsed_seconds
+        self.curve.add(step.elapsed_seconds, step.loss)
+
+
+@dataclass
 class ReasoningBlock:
     kind: str  # thinking | text | tool | result | note | proposal | rejected
     text: str

@@ -98,6 +98,9 @@ class Notice(Event):
     level: Literal["info", "warning", "error"]
     message: str
     experiment: int | None = None
+    # What it is about when a notifier or renderer may act on it: "agent_outage" (a turn lost to the agent's
+    # service being unreachable), "agent_refusal" (the agent declined a turn), "" otherwise.
+    topic: str = ""
 
 
 # --- agent -------------------------------------------------------------------------------------------------------
@@ -293,6 +296,19 @@ class NoiseEstimated(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RunRepeatStarted(Event):
+    """An extra run of an experiment begins (see RunRepeated, which ends it); its TrainStep and LogLine events
+    carry the experiment's number, like its first run's."""
+
+    kind: ClassVar[str] = "run_repeat_started"
+    experiment: int
+    role: str  # as in RunRepeated
+    label: str  # what a person reads after the experiment's number: "baseline seed 2/3", "confirmation run 1/2"
+    seed: int
+    budget_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunRepeated(Event):
     """An extra run of an experiment (recorded in the ledger's runs table, never an experiment of its own): a
     baseline seed, a confirmation of a candidate within the noise, or the incumbent's paired re-run."""
@@ -306,6 +322,7 @@ class RunRepeated(Event):
     status: str  # "ok" or what went wrong (crash, timeout, nan, rejected, …)
     metric: float | None = None
     reason: str = ""
+    label: str = ""  # as in RunRepeatStarted
 
 
 @dataclass(frozen=True, kw_only=True)

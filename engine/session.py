@@ -36,6 +36,7 @@ from loopdeck.engine.events import (
 )
 from loopdeck.engine.research.ablation import Ablation, ablate
 from loopdeck.engine.research.context import LoopStopped
+from loopdeck.engine.notify import Notifier
 from loopdeck.engine.research.loop import LoopContext, ResearchLoop
 from loopdeck.engine.research.transfer import Transfer, transfer
 from loopdeck.engine.run.preflight import preflight
@@ -108,6 +109,8 @@ class Session(ControlCalls):
         # A workspace of an earlier loopdeck first: preflight would call its old harness import a missing module.
         check_not_legacy(self.workspace, self.config.experiment)
         self.config_notes += _preflight_notes(self.workspace, self.config)
+        # Messages when you are away ([notify]; None when no URL is set): a missing extra fails before anything runs.
+        self._notifier = Notifier.for_session(self.config.notify, self.workspace, self.emit)
         self._agent = agent
         self._on_event = on_event
         self.state = "starting"
@@ -227,6 +230,8 @@ class Session(ControlCalls):
                     self.controller.interrupt("error")
             if self.channel is not None:
                 self.channel.publish(event)
+            if self._notifier is not None:
+                self._notifier.observe(event)
             if self._on_event is not None:
                 try:
                     self._on_event(event)
@@ -313,12 +318,16 @@ class Session(ControlCalls):
         try:
             self._sampler.start()
             poller.start()
+            if self._notifier is not None:
+                self._notifier.start()
             yield
         finally:
             self._stopped.set()
             if poller.is_alive():
                 poller.join()
             self._sampler.stop()
+            if self._notifier is not None:
+                self._notifier.close()
             self.close()
 
     def close(self) -> None:

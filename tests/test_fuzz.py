@@ -167,7 +167,9 @@ def fuzz_workspaces(scratch):
              "loopdeck.toml": '[experiment]\nbudget_seconds = 1.0\n\n[loop]\napproval = "auto"\n\n'
                               '[agent]\nkind = "offline"\n'}
     ran = init_repo(scratch / "ran", files)
-    assert main(["run", str(ran), "--headless", "--max-experiments", "1"]) == 0
+    # Sequential: LOWER_LR_PATCH must apply to the incumbent, so the offline agent's one experiment is the one it
+    # picks knowing the baseline (a draft made while the baseline trains may pick, and keep, another LR).
+    assert main(["run", str(ran), "--headless", "--max-experiments", "1", "--pipeline", "off"]) == 0
     busy = init_repo(scratch / "busy", files)
     lock = WorkspaceLock(busy / ".loopdeck")
     lock.acquire()

@@ -11,7 +11,7 @@ from conftest import ledger_rows
 from fake_targets import ScriptedAgent, set_constant
 
 from loopdeck.engine.agents.base import AgentTurn, Proposal
-from loopdeck.engine.events import ExperimentFinished, NoiseEstimated, RunRepeated
+from loopdeck.engine.events import ExperimentFinished, NoiseEstimated, RunRepeated, RunRepeatStarted
 from loopdeck.engine.research.noise import (
     confirm,
     confirmation_seeds,
@@ -107,6 +107,8 @@ def test_a_candidate_within_the_noise_is_confirmed_and_discarded_and_a_real_gain
     assert lucky.metric_runs == 3 and lucky.delta_band == pytest.approx(std * (1 / 3 + 1 / 3) ** 0.5, rel=1e-6)
     confirms = [e for e in recorded.of(RunRepeated) if e.role == "confirm"]
     assert [(e.experiment, e.seed, e.status) for e in confirms] == [(1, 1001, "ok"), (1, 1002, "ok")]
+    started = [(e.experiment, e.label) for e in recorded.of(RunRepeatStarted) if e.role == "confirm"]
+    assert started == [(1, "confirmation run 1/2"), (1, "confirmation run 2/2")]  # what the console shows
     expected = [noisy_metric(BASE + 0.5 * SIGMA, noise_label, seed) for seed in (0, 1001, 1002)]
     assert lucky.metric == pytest.approx(statistics.fmean(expected), abs=1e-6)
 

@@ -290,7 +290,7 @@ def test_a_session_that_ends_while_a_draft_awaits_approval_closes_its_gate(make_
 
 
 @pytest.mark.parametrize("mode", ["off", "auto"])
-def test_off_is_strictly_sequential_and_auto_drafts_once_the_agent_is_measured_slow(make_workspace, run_session,
+def test_off_is_strictly_sequential_and_auto_drafts_during_the_baseline_and_once_the_agent_is_slow(make_workspace, run_session,
                                                                                      mode):
     workspace = make_workspace(fake_train_source(lr=0.5, **RUN))
     agent = TimedAgent([change("LR", 0.6), change("LR", 0.7), change("LR", 0.8)])
@@ -298,7 +298,43 @@ def test_off_is_strictly_sequential_and_auto_drafts_once_the_agent_is_measured_s
 
     finished = {e.experiment: e.ts for e in recorded.of(ExperimentFinished)}
     overlapped = [experiment for experiment, started, _ in agent.calls if started < finished[experiment - 1]]
-    # 0.25 s per proposal against a 1 s budget is over a tenth of it: auto drafts from the second proposal on.
-    assert overlapped == ([] if mode == "off" else [2, 3])
+    # auto drafts the first proposal while the baseline trains, and the next ones because 0.25 s per proposal
+    # against a 1 s budget is over a tenth of it.
+    assert overlapped == ([] if mode == "off" else [1, 2, 3])
     assert [(r.id, r.status) for r in ledger_rows(workspace)] == [
         (0, "keep"), (1, "discard"), (2, "discard"), (3, "discard")]
+
+
+def test_auto_drafts_the_first_proposal_while_the_baseline_and_its_noise_runs_train(make_workspace):
+    from loopdeck.engine.events import RunRepeated
+    from loopdeck.engine.session import RunOptions, Session
+
+    workspace = make_workspace(fake_train_source(lr=0.5, **RUN), approval="ask", evaluation={"baseline_seeds": 3})
+    agent = TimedAgent([change("LR", 0.3)], workspace=workspace)
+    events: list = []
+
+    def on_event(event) -> None:
+        events.append(event)
+        if isinstance(event, ApprovalRequested):  # a person reviews the first diff as soon as it is shown
+            threading.Timer(0.1, session.decide, args=(True,), kwargs={"experiment": event.experiment}).start()
+
+    session = Session(workspace, RunOptions(approval="ask", max_experiments=1), on_event=on_event, agent=agent)
+    session.run()
+
+    baseline_done = first(events, ExperimentFinished, 0).ts
+    experiment, started, finished = agent.calls[0]
+    assert experiment == 1 and started < first(events, RunRepeated, 0).ts  # drafting began with the first run
+    assert finished < baseline_done and agent.rows_while_drafting[1] == [0]
+    assert first(events, ApprovalRequested, 1).ts < baseline_done  # reviewed while the seeds still trained
+    assert first(events, DecisionMade, 1).ts < baseline_done
+    # Judged against the measured baseline (the mean of its three seeds), through the same guard, gate and
+    # integrity as a sequential proposal: one turn, revised with the baseline's outcome, one approval.
+    rows = ledger_rows(workspace)
+    assert [(r.id, r.status, r.metric_runs) for r in rows] == [(0, "keep", 3), (1, "keep", 1)]
+    assert rows[1].parent_commit == rows[0].commit and rows[1].incumbent_metric == rows[0].metric
+    outcome = first(events, ExperimentFinished, 1)
+    assert outcome.incumbent_metric == rows[0].metric and outcome.metric == expected_metric(0.3)
+    assert [turn.experiment for turn in agent.turns] == [1]
+    (_, revision) = agent.revised[0]
+    assert "Experiment #0 (baseline): keep" in revision.feedback
+    assert [e.experiment for e in events if isinstance(e, ApprovalRequested)] == [1]

@@ -92,7 +92,10 @@ class LossCurve(ChartWidget):
         title = "Loss" if current is None else f"Loss · #{current}"
         self.border_title = title
         incumbent = view.incumbent_id
-        if current is not None and current == incumbent:
+        if view.repeat is not None:
+            self.border_title = f"Loss · #{view.repeat.experiment} {view.repeat.label}"
+            legend = f"[$accent]━[/] this run  [$secondary]━[/] #{view.repeat.experiment}'s first run"
+        elif current is not None and current == incumbent:
             legend = f"[$accent]━[/] #{current}, now the incumbent"
         else:
             legend = "[$accent]━[/] this run"
@@ -105,10 +108,13 @@ class LossCurve(ChartWidget):
         current = view.curve.points
         same_run = view.curve_experiment is not None and view.curve_experiment == view.incumbent_id
         incumbent = [] if same_run else view.incumbent_curve.points
-        if not current and not incumbent:
-            return Content.styled("waiting for the first training step…", "$text-muted")
         row = view.experiments.get(view.curve_experiment) if view.curve_experiment is not None else None
         budget = (row.budget_seconds if row else 0.0) or view.budget_seconds
+        if view.repeat is not None:  # an extra run, over its experiment's first run
+            current, incumbent = view.repeat.curve.points, view.repeat.first_run.points
+            budget = view.repeat.budget_seconds or budget
+        if not current and not incumbent:
+            return Content.styled("waiting for the first training step…", "$text-muted")
         x_max = max([budget] + [x for x, _ in current[-1:]] + [x for x, _ in incumbent[-1:]]) or 1.0
         y_range = loss_y_range((current, incumbent), x_max)
         assert y_range is not None

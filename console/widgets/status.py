@@ -26,6 +26,8 @@ _SEPARATOR = ("  │  ", "$text-muted 50%")
 def run_progress(view: SessionView, now: float) -> str:
     """'#7 23s/60s' while training (training seconds against the budget), '#7 starting 9.6s' before the first
     step (start-up and compilation are not training time), '#7' otherwise."""
+    if view.repeat is not None:
+        return repeat_progress(view, now)
     if view.current is None:
         return ""
     row = view.experiments.get(view.current)
@@ -36,6 +38,19 @@ def run_progress(view: SessionView, now: float) -> str:
         budget = row.budget_seconds or view.budget_seconds
         return f"#{row.id} {fmt.duration(row.elapsed_seconds)}/{fmt.duration(budget)}"
     return f"#{view.current}"
+
+
+def repeat_progress(view: SessionView, now: float) -> str:
+    """'#0 baseline seed 2/3 · 23s/1m00s · 37s left' while an extra run trains ('… starting 4.2s' before its
+    first step)."""
+    repeat = view.repeat
+    assert repeat is not None
+    lead = f"#{repeat.experiment} {repeat.label}"
+    if not repeat.step and not repeat.elapsed_seconds:
+        return f"{lead} · starting {fmt.duration(now - repeat.started_ts)}"
+    budget = repeat.budget_seconds or view.budget_seconds
+    left = max(0.0, budget - repeat.elapsed_seconds)
+    return f"{lead} · {fmt.duration(repeat.elapsed_seconds)}/{fmt.duration(budget)} · {fmt.duration(left)} left"
 
 
 def status_segments(view: SessionView, now: float) -> list[tuple[int, Content]]:

@@ -37,6 +37,7 @@ from loopdeck.engine.config.schema import (
     ExperimentSettings,
     LoopSettings,
     MetricSettings,
+    NotifySettings,
     PipelineMode,
     ResearchSettings,
     SandboxSettings,
@@ -46,7 +47,7 @@ from loopdeck.engine.config.schema import (
 __all__ = [
     "AGENT_KINDS", "APPROVALS", "AUTORESEARCH_BUDGET", "BUDGET_CONSTANT", "BUDGET_VARIABLE", "CONFIG_FILE", "SEED_VARIABLE", "DEFAULT_PATTERN", "PIPELINE_MODES", "SCALES", "STATE_DIR",
     "AgentKind", "AgentSettings", "ApprovalPolicy", "ClaudeSettings", "Config", "EvaluationSettings",
-    "ExperimentSettings", "LoopSettings", "MetricSettings", "PipelineMode", "ResearchSettings", "SandboxSettings", "BudgetConstant",
+    "ExperimentSettings", "LoopSettings", "MetricSettings", "NotifySettings", "PipelineMode", "ResearchSettings", "SandboxSettings", "BudgetConstant",
     "budget_location", "default_toml", "find_budget_constant", "load_config", "parse_config", "pin_protected_file",
     "reads_variable", "seedable", "toml_value", "validate",
 ]

@@ -304,11 +304,33 @@ class ResearchSettings(_Section):
         if scale not in SCALES:
             raise ValueError(f"must be one of {', '.join(f'{s:g}' for s in SCALES)}, got {scale:g}")
         return scale
+class NotifySettings(_Section):
+    """Messages when you are away, through apprise (pip install 'loopdeck[notify]'): Slack, Discord, ntfy, e-mail…"""
+
+    urls: list[str] = Field(default=[], description='apprise URLs, e.g. ["ntfy://ntfy.sh/my-topic"]; also from '
+                            "LOOPDECK_NOTIFY_URLS, which keeps tokens out of this file")
+    approval_wait_minutes: float = Field(default=10.0, ge=0, description="a diff waiting for approval this long "
+                                         "sends a message; 0 = never")
+    new_best: bool = Field(default=True, description="a kept experiment (a new best) sends a message")
+    crash_streak: int = Field(default=3, ge=0, description="this many failed experiments in a row send a message; "
+                              "0 = never")
+    agent_outage: bool = Field(default=True, description="a turn lost to an outage of the agent's service, or "
+                               "refused by the agent, sends a message (once until the agent proposes again)")
+    session_end: bool = Field(default=True, description="the session's end sends a message with its results")
+    include_diff: bool = Field(default=False, description="true = messages about a change include its diff (your "
+                               "code); never the API key")
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        if any(not url.strip() for url in urls):
+            raise ValueError("must not hold an empty URL")
+        return urls
 
 
 class Config(_Section):
     """Root of loopdeck.toml: `.experiment`, `.metric`, `.loop`, `.agent` (with `.agent.claude`, `.agent.openai`),
-    `.sandbox`, `.evaluation`, `.research`."""
+    `.sandbox`, `.evaluation`, `.research`, `.notify`."""
 
     experiment: ExperimentSettings = Field(default_factory=ExperimentSettings)
     metric: MetricSettings = Field(default_factory=MetricSettings)
@@ -317,6 +339,7 @@ class Config(_Section):
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     research: ResearchSettings = Field(default_factory=ResearchSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
 
     def timeout(self) -> float:
         """Hard per-run timeout in seconds: timeout_seconds, or budget*2 + 120 when it is 0."""

@@ -16,7 +16,8 @@ watcher, `after_record` and `session_ending` score the incumbent on the holdout 
    only if the mean over its runs clears the threshold. Extra runs are rows of the ledger's runs table, never
    experiments: results.tsv stays one line per experiment. A target whose files never read LOOPDECK_SEED cannot
    be seeded: unless its settings ask otherwise it gets one baseline run (engine/config/files.py), and σ is
-   unknown, so nothing is re-run for confirmation.
+   unknown, so nothing is re-run for confirmation. Each extra run is announced (`RunRepeatStarted`, with a label
+   such as "baseline seed 2/3") and streams its training steps, so a person sees which run trains and its time left.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from loopdeck.engine.events import (
     NoiseEstimated,
     Notice,
     RunRepeated,
+    RunRepeatStarted,
     StateChanged,
 )
 from loopdeck.engine.research.budget_check import BudgetCheck, reported_seconds
@@ -294,9 +296,12 @@ class Integrity:
     def _repeat(self, row: ExperimentRow, role: str, seed: int, index: int, of: int, commit: str = "") -> float | None:
         """One extra run of the tree as it is, recorded in the runs table; its metric, or None if it failed."""
         run_dir = self.ctx.run_dir(row.id) / f"{role}-{seed}"
-        what = {"noise": "noise run", "confirm": "confirmation run", "incumbent": "incumbent re-run"}[role]
-        self.ctx.emit(StateChanged(state="training", experiment=row.id, detail=f"{what} {index}/{of}, seed {seed}"))
-        run = self.measure(row.id, commit or row.commit, run_dir, seed, reference=role == "noise")
+        label = repeat_label(role, index, of)
+        self.ctx.emit(StateChanged(state="training", experiment=row.id, detail=f"{label}, seed {seed}"))
+        self.ctx.emit(RunRepeatStarted(experiment=row.id, role=role, label=label, seed=seed,
+                                       budget_seconds=self.ctx.config.experiment.budget_seconds))
+        # Streamed like a first run: a person sees which run trains, its loss curve and its time left.
+        run = self.measure(row.id, commit or row.commit, run_dir, seed, reference=role == "noise", stream=True)
         if run.status == "aborted":
             raise _Interrupted
         self.ctx.ledger.record_run(RunRow(
@@ -304,13 +309,15 @@ class Integrity:
             metric=run.metric, reported_metric=run.reported, training_seconds=run.training_seconds,
             wall_seconds=run.wall_seconds, reason=run.reason, log_path=str(run_dir / LOG_FILE)))
         self.ctx.emit(RunRepeated(experiment=row.id, role=role, index=index, of=of, seed=seed, status=run.status,
-                                  metric=run.metric, reason=run.reason))
+                                  metric=run.metric, reason=run.reason, label=label))
         return run.metric
 
-    def measure(self, number: int, commit: str, run_dir: Path, seed: int, *, reference: bool = False) -> Measurement:
+    def measure(self, number: int, commit: str, run_dir: Path, seed: int, *, reference: bool = False,
+                stream: bool = False) -> Measurement:
         """One run of the checkout as it is, scored like every run (budget checked, trusted score where it
-        applies); records nothing. `reference`: the unchanged code, which is never rejected for its budget."""
-        result, _ = self._execute(number, commit, run_dir, seed=seed, stream=False)
+        applies); records nothing. `reference`: the unchanged code, which is never rejected for its budget;
+        `stream`: its training steps and log lines go out as events."""
+        result, _ = self._execute(number, commit, run_dir, seed=seed, stream=stream)
         reported = metric_from_log(self.ctx.config.metric.pattern, result.read_log())
         status, reason = self.classify(result, reported)
         score = _Score(status, reason)
@@ -379,6 +386,16 @@ class Integrity:
 
     def _baseline(self) -> ExperimentRow | None:
         return first_baseline(self.ctx.ledger.rows())
+
+
+def repeat_label(role: str, index: int, of: int) -> str:
+    """How a person reads an extra run (renderers put the experiment's number before it). The first run of a
+    baseline or of a candidate is run 1 of the series `of` counts, so a candidate's confirmations count from 1."""
+    if role == "noise":
+        return f"baseline seed {index}/{of}"
+    if role == "confirm":
+        return f"confirmation run {index - 1}/{of - 1}"
+    return f"incumbent re-run {index}/{of}"
 
 
 def _overhead(wall: float | None, trained: float | None) -> float | None:

@@ -88,8 +88,8 @@ class Judge:
                 watch: EarlyAbort | None = None, argv: list[str] | None = None, timeout: float | None = None,
                 stream: bool = True) -> tuple[RunResult, dict[str, dict]]:
         """Run the training command (or `argv`: the trusted evaluator) for experiment `number` at `commit` in
-        `run_dir`, streaming its log lines and training steps as events unless `stream` is off (extra runs and
-        evaluations keep their output in their own directory). `watch` stops the run early when it falls behind.
+        `run_dir`, streaming its log lines and training steps as events unless `stream` is off (an evaluation
+        keeps its output in its own directory; extra runs stream, after their RunRepeatStarted). `watch` stops the run early when it falls behind.
         Returns the result and the run's "start" and "end" metrics records."""
         ctx, config = self.ctx, self.ctx.config
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,10 @@ person made during n stands if the diff that finally runs changes the same lines
 saw; a rebase or revision that changes the diff opens the gate again. A veto made during n is final.
 
 `[loop] pipeline`: "on", "off", or "auto" (the default): on once the agent's measured proposal time (an
-exponential moving average over its turns, the first one measured sequentially) exceeds AUTO_FRACTION of the
-training budget. A fast agent gains nothing from drafting ahead and would only compete with training for the CPU.
+exponential moving average over its turns) exceeds AUTO_FRACTION of the training budget. A fast agent gains nothing
+from drafting ahead and would only compete with training for the CPU. The baseline is the exception: "auto" always
+drafts the first proposal while it trains, because the baseline and its noise runs take several budgets and a new
+user should review a diff as soon as the baseline is measured; that draft's time is the clock's first measurement.
 """
 
 from __future__ import annotations
@@ -189,11 +191,13 @@ class Pipeline:
     # --- drafting while n trains -----------------------------------------------------------------------------
 
     def start(self, row: ExperimentRow) -> None:
-        """Experiment `row` is about to train: draft the next one now if pipelining pays and it may run at all."""
+        """Experiment `row` is about to train: draft the next one now if pipelining pays and it may run at all (not
+        while a person holds the loop with pause: pause stops proposals)."""
         ctx, settings, agent = self.ctx, self.ctx.config.loop, self.turns.agent
-        if self._draft is not None or agent is None or ctx.controller.halted:
+        if self._draft is not None or agent is None or ctx.controller.halted or ctx.controller.paused:
             return
-        if not self.clock.wanted(self.mode, ctx.config.experiment.budget_seconds):
+        first_draft = row.is_baseline and self.mode == "auto"
+        if not first_draft and not self.clock.wanted(self.mode, ctx.config.experiment.budget_seconds):
             return
         if settings.max_experiments and self.tally.numbers_used >= settings.max_experiments:
             return

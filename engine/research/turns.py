@@ -185,14 +185,14 @@ class Turns:
         if self.refusals >= limit:
             raise LoopStopped("refusal_limit", f"the agent declined {self.refusals} turns in a row (no experiment ran; "
                               f"the last: {message}). Reword program.md or choose another model.")
-        self.ctx.emit(Notice(level="warning", experiment=number,
+        self.ctx.emit(Notice(level="warning", experiment=number, topic="agent_refusal",
                              message=f"the agent declined this turn ({self.refusals} of {limit} in a row): {message}"))
 
     def _agent_unreachable(self, number: int, notes: list[str], record: TurnRecord, message: str) -> None:
         """A turn lost to an outage of the agent's service (the agent already waited it out with backoff up to
         its ceiling): not a failed experiment, so the loop simply tries again, however long the outage lasts."""
         self._notes = [note for note in notes if note not in record.delivered]
-        self.ctx.emit(Notice(level="warning", experiment=number,
+        self.ctx.emit(Notice(level="warning", experiment=number, topic="agent_outage",
                              message=f"the agent failed to propose: {message} (an outage of the agent's service: "
                              "not counted toward [loop] max_consecutive_crashes; trying again)"))
 
