@@ -34,9 +34,9 @@ from loopdeck.engine.events import (
     SessionFinished,
     StateChanged,
 )
+from loopdeck.engine.notify import Notifier
 from loopdeck.engine.research.ablation import Ablation, ablate
 from loopdeck.engine.research.context import LoopStopped
-from loopdeck.engine.notify import Notifier
 from loopdeck.engine.research.loop import LoopContext, ResearchLoop
 from loopdeck.engine.research.transfer import Transfer, transfer
 from loopdeck.engine.run.preflight import preflight
