@@ -27,6 +27,7 @@ from loopdeck.engine.config.schema import (
     DEFAULT_PATTERN,
     PIPELINE_MODES,
     STATE_DIR,
+    WORKER_BACKENDS,
     AgentKind,
     AgentSettings,
     ApprovalPolicy,
@@ -38,6 +39,7 @@ from loopdeck.engine.config.schema import (
     MetricSettings,
     PipelineMode,
     SandboxSettings,
+    WorkersSettings,
     validate,
 )
 
@@ -47,4 +49,5 @@ __all__ = [
     "ExperimentSettings", "LoopSettings", "MetricSettings", "PipelineMode", "SandboxSettings", "BudgetConstant",
     "budget_location", "default_toml", "find_budget_constant", "load_config", "parse_config", "pin_protected_file",
     "reads_variable", "seedable", "toml_value", "validate",
+    "WORKER_BACKENDS", "WorkersSettings",
 ]
