@@ -243,9 +243,10 @@ def _local_spec(fields: dict[str, Any], scratch: Path | None, bundle: bytes | No
 def _checkout_bundle(bundle: bytes, commit: str, into: Path) -> None:
     path = into.parent / "commit.bundle"
     path.write_bytes(bundle)
-    for args, cwd in ((["clone", "-q", "--no-checkout", str(path), str(into)], into.parent),
-                      (["-c", "advice.detachedHead=false", "checkout", "-q", commit], into)):
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True)
+    into.mkdir()
+    for args in (["init", "-q"], ["fetch", "-q", str(path), "+refs/*:refs/shipped/*"],
+                 ["-c", "advice.detachedHead=false", "checkout", "-q", commit]):
+        done = subprocess.run(["git", *args], cwd=into, capture_output=True)
         if done.returncode != 0:
             raise LoopdeckError(f"cannot check out {commit[:7]} on this node: {done.stderr.decode().strip()}")
 
