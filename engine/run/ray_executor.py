@@ -68,10 +68,12 @@ class RayExecutor:
                                     "--head`) or fix [workers] address") from None
         self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
         self._pack, self._ship = pack, ship
-        self._grace = grace_seconds
-        self._driver_node = self.ray.get_runtime_context().get_node_id()
+        self.grace_seconds = grace_seconds
+        self.driver_node = self.ray.get_runtime_context().get_node_id()
         self._actor = self.ray.remote(_Worker)
-        self._kill = self.ray.remote(num_cpus=0)(kill_group)
+        self.kill_task = self.ray.remote(num_cpus=0)(kill_group)
+        self._idle: list[Any] = []  # actors whose run ended cleanly, reused: a new one costs a process start
+        self._idle_lock = threading.Lock()
 
     def resources(self) -> dict[str, float]:
         """The cluster's total resources ("CPU", "GPU", …)."""
@@ -80,12 +82,27 @@ class RayExecutor:
     def start(self, spec: ExperimentSpec, sink: RunSink) -> RayRun:
         ship = self._ship if self._ship is not None else len([n for n in self.ray.nodes() if n["Alive"]]) > 1
         bundle = self.ray.put(self._pack(spec)) if ship and self._pack is not None else None
-        actor = self._actor.options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0,
-                                    max_concurrency=4).remote()
+        with self._idle_lock:
+            actor = self._idle.pop() if self._idle else None
+        if actor is None:
+            actor = self._actor.options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0,
+                                        max_concurrency=4).remote()
         return RayRun(self, actor, spec, sink, bundle)
 
+    def release(self, actor: Any, healthy: bool) -> None:
+        """An actor whose run has ended: kept for the next run, or (its run was lost) killed."""
+        if healthy:
+            with self._idle_lock:
+                self._idle.append(actor)
+        else:
+            self.ray.kill(actor, no_restart=True)
+
     def close(self) -> None:
-        """Stop the local Ray instance if this executor started it."""
+        """Release the actors, and stop the local Ray instance if this executor started it."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for actor in idle:
+            self.ray.kill(actor, no_restart=True)
         if self._owns and self.ray.is_initialized():
             self.ray.shutdown()
 
@@ -96,16 +113,18 @@ class RayRun:
     def __init__(self, executor: RayExecutor, actor: Any, spec: ExperimentSpec, sink: RunSink, bundle: Any) -> None:
         self._executor, self._actor, self._spec, self._sink = executor, actor, spec, sink
         self._cancel = threading.Event()
-        self._ref = actor.run.remote(_spec_fields(spec), bundle, executor._driver_node, executor._grace)
+        self._ref = actor.run.remote(_spec_fields(spec), bundle, executor.grace_seconds)
         self._placed: dict[str, Any] = {}  # node id, pid and its create time, once the actor has started the run
 
     def cancel(self) -> None:
         self._cancel.set()
 
     def wait(self) -> RunResult:
-        ray = self._executor.ray
+        healthy = False
         try:
-            return self._follow(ray)
+            result = self._follow(self._executor.ray)
+            healthy = True
+            return result
         except Exception as exc:
             if type(exc).__name__ not in _LOST_ERRORS:
                 raise
@@ -113,7 +132,7 @@ class RayRun:
             return _lost(self._spec, f"its Ray worker died ({type(exc).__name__}: {str(exc).splitlines()[0]})",
                          self._where())
         finally:
-            ray.kill(self._actor, no_restart=True)
+            self._executor.release(self._actor, healthy)
 
     def _follow(self, ray: Any) -> RunResult:
         cancelled = False
@@ -135,7 +154,7 @@ class RayRun:
     def _forward(self, polled: dict[str, Any]) -> None:
         if polled["pid"] and not self._placed:
             self._placed = {key: polled[key] for key in ("node", "pid", "create_time")}
-            if polled["node"] == self._executor._driver_node:
+            if polled["node"] == self._executor.driver_node:
                 self._sink.started(polled["pid"])  # a pid of this machine: telemetry and orphan notes use it
         for line in polled["lines"]:
             self._sink.line(line)
@@ -154,7 +173,7 @@ class RayRun:
         scheduling = self._executor.ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
             placed["node"], soft=False)
         try:
-            self._executor.ray.get(self._executor._kill.options(scheduling_strategy=scheduling).remote(
+            self._executor.ray.get(self._executor.kill_task.options(scheduling_strategy=scheduling).remote(
                 placed["pid"], placed["create_time"]), timeout=30)
         except Exception:  # the node is gone, and its processes with it
             return
@@ -167,13 +186,15 @@ class _Worker:
         self._lock = threading.Lock()
         self._lines: list[str] = []
         self._records: list[dict] = []
-        self._pid = 0
-        self._create_time = 0.0
+        self._pid, self._create_time, self._node = 0, 0.0, ""
         self._stop = threading.Event()
 
-    def run(self, fields: dict[str, Any], bundle: bytes | None, driver_node: str, grace: float) -> dict[str, Any]:
+    def run(self, fields: dict[str, Any], bundle: bytes | None, grace: float) -> dict[str, Any]:
         import ray
 
+        with self._lock:  # a reused actor: nothing of its previous run carries over
+            self._lines, self._records, self._pid, self._create_time = [], [], 0, 0.0
+            self._stop.clear()
         node = ray.get_runtime_context().get_node_id()
         scratch = Path(tempfile.mkdtemp(prefix="loopdeck-worker-")) if bundle is not None else None
         try:
@@ -213,7 +234,7 @@ class _Worker:
             lines, records = self._lines, self._records
             self._lines, self._records = [], []
             return {"lines": lines, "records": records, "pid": self._pid, "create_time": self._create_time,
-                    "node": getattr(self, "_node", "")}
+                    "node": self._node}
 
     def cancel(self) -> None:
         self._stop.set()
