@@ -7,6 +7,8 @@ import importlib.util
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -174,3 +176,22 @@ def test_ray_two_workers_end_to_end_with_a_killed_worker(make_workspace):
     check_concurrent_keeps(workspace, session, recorded, initial_main, rows=rows[:4])
     assert_no_leftovers(workspace)
     assert ray_processes() == []
+
+
+@pytest.mark.slow
+def test_the_cli_runs_an_autoresearch_repository_with_two_workers(tmp_path):
+    from autoresearch_fixture import make_repo
+
+    repo = make_repo(tmp_path / "repo", time_budget=0.5, step_seconds=0.1)
+    master = git(repo, "rev-parse", "master")
+    done = subprocess.run([sys.executable, "-m", "loopdeck.cli", "run", str(repo), "--headless", "--agent",
+                           "offline", "--workers", "2", "--max-experiments", "3"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = (repo / ".loopdeck/results.tsv").read_text().splitlines()
+    assert len(lines) == 5 and all(len(line.split("\t")) == 5 for line in lines)
+    rows = ledger_rows(repo)
+    moved = [{move["key"] for move in row.meta["moves"]} for row in rows[1:3]]
+    assert not moved[0] & moved[1]  # #1 and #2 were in flight together: distinct knobs
+    assert git(repo, "rev-parse", "master") == master
+    assert len(git(repo, "worktree", "list").splitlines()) == 1 and exp_branches(repo) == []
