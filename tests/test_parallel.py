@@ -195,3 +195,27 @@ def test_the_cli_runs_an_autoresearch_repository_with_two_workers(tmp_path):
     assert not moved[0] & moved[1]  # #1 and #2 were in flight together: distinct knobs
     assert git(repo, "rev-parse", "master") == master
     assert len(git(repo, "worktree", "list").splitlines()) == 1 and exp_branches(repo) == []
+
+
+def test_supervised_mode_reviews_the_next_diff_while_the_approved_one_runs(make_workspace):
+    from test_session import Events
+
+    from loopdeck.engine.events import ApprovalRequested
+    from loopdeck.engine.session import RunOptions, Session
+
+    workspace = make_workspace(two_knob_source(step_seconds=0.3), approval="ask")
+    agent = ScriptedAgent([change("LR", 0.3), change("WD", 0.2), change("LR", 0.9)])
+    events = Events()
+    session = Session(workspace, RunOptions(workers=2), on_event=events, agent=agent)
+    session.start()
+    assert events.wait_for(ApprovalRequested).experiment == 1
+    session.decide(True, experiment=1)
+    assert events.wait_for(ApprovalRequested).experiment == 2
+    assert [row.status for row in ledger_rows(workspace)] == ["keep", "running"]  # #1 trains during the review
+    session.decide(True, experiment=2)
+    assert events.wait_for(ApprovalRequested, timeout=20).experiment == 3
+    session.decide(False, "not that one", experiment=3)
+    assert session.wait(30)
+    rows = ledger_rows(workspace)
+    assert [row.status for row in rows] == ["keep", "keep", "keep", "vetoed"]
+    assert exp_branches(workspace) == []
