@@ -27,7 +27,7 @@ from loopdeck.engine.events import (
     TrainStep,
 )
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("no_ray_left")]
 
 
 def two_knob_source(step_seconds: float = 0.25, steps: int = 4) -> str:

@@ -13,6 +13,8 @@ from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.run.executor import ExperimentSpec, classify
 from loopdeck.engine.run.workers import open_workers
 
+pytestmark = pytest.mark.usefixtures("no_ray_left")
+
 
 @pytest.mark.parametrize("workers, message", [
     ({"count": 0}, 'workers.count: must be >= 1 or "auto", got 0'),

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -32,6 +33,9 @@ class Worktrees:
         self.repo_path = Path(repo_path)
         self.root = self.repo_path / STATE_DIR / WORKTREES_DIR
         self.branch = branch
+        # git's worktree bookkeeping is not safe against itself: a prune while another worktree is being added can
+        # drop the new one's record, so adds and removes of one repository take turns.
+        self._lock = threading.Lock()
 
     def path(self, number: int) -> Path:
         return self.root / str(number)
@@ -41,14 +45,19 @@ class Worktrees:
 
     def add(self, number: int, commit: str) -> Path:
         """A fresh checkout of `commit` for experiment `number` (any leftover of that number is replaced)."""
-        self.remove(number)
-        self.root.mkdir(parents=True, exist_ok=True)
-        where = self.path(number)
-        _git(self.repo_path, "worktree", "add", "-q", "-f", "-B", self.branch_of(number), str(where), commit)
+        with self._lock:
+            self._remove(number)
+            self.root.mkdir(parents=True, exist_ok=True)
+            where = self.path(number)
+            _git(self.repo_path, "worktree", "add", "-q", "-f", "-B", self.branch_of(number), str(where), commit)
         return where
 
     def remove(self, number: int) -> None:
         """Remove experiment `number`'s worktree and branch, if they exist."""
+        with self._lock:
+            self._remove(number)
+
+    def _remove(self, number: int) -> None:
         where = self.path(number)
         if where.exists():
             _run(self.repo_path, "worktree", "remove", "--force", "--force", str(where))
