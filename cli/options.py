@@ -82,8 +82,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         "agent's proposals take more than 10%% of the budget (default: loopdeck.toml's [loop] "
                         "pipeline, auto)")
     parser.add_argument(RUN_FLAGS["workers"], type=worker_count, metavar="N|auto", dest="workers",
-                        help="experiments in flight at once, each in its own git worktree: auto = one per GPU, or "
-                        "per [workers] cpus_per_worker cores without one (default: loopdeck.toml's [workers] count, "
+                        help="experiments in flight at once, each in its own git worktree: auto = one per GPU with "
+                        "--backend ray, or one per [workers] cpus_per_worker cores without GPUs (default: loopdeck.toml's [workers] count, "
                         "1)")
     parser.add_argument(RUN_FLAGS["backend"], choices=WORKER_BACKENDS, dest="backend",
                         help="where experiments run: local processes, or ray (every GPU of a machine, or the Ray "

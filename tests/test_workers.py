@@ -39,10 +39,9 @@ def test_ray_cluster_addresses_are_accepted():
     ({"count": "auto"}, "", 2, 2),  # one per core on a CPU machine
     ({"count": "auto", "cpus_per_worker": 2.0}, "", 2, 1),  # never oversubscribed
     ({"count": "auto", "cpus_per_worker": 4.0}, "", 2, 1),
-    ({"count": "auto"}, "0,1,2,3", 16, 4),  # one per visible GPU
-    ({"count": "auto", "gpus_per_worker": 2.0}, "0,1,2,3", 16, 2),
+    ({"count": "auto"}, "0,1,2,3", 16, 1),  # local runs would share one device: Ray places one per GPU
 ])
-def test_auto_count_is_one_per_gpu_or_per_cpus_per_worker(monkeypatch, settings, gpus, cores, expected):
+def test_local_auto_count_is_cores_per_cpus_per_worker_and_one_on_a_gpu_machine(monkeypatch, settings, gpus, cores, expected):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpus)
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     assert open_workers(WorkersSettings(**settings)).count == expected

@@ -274,8 +274,8 @@ class WorkersSettings(_Section):
 
     backend: WorkerBackend = Field(default="local", description="local (process groups on this machine) | ray "
                                    "(one Ray task per experiment; pip install 'loopdeck[ray]')")
-    count: int | Literal["auto"] = Field(default=1, description='experiments in flight; "auto" = one per visible '
-                                         "GPU, or CPU cores / cpus_per_worker without one (never oversubscribed)")
+    count: int | Literal["auto"] = Field(default=1, description='experiments in flight; "auto" = one per GPU (ray), '
+                                         "or CPU cores / cpus_per_worker without GPUs (never oversubscribed)")
     address: str = Field(default="", description='ray only: "" = start a local Ray and stop it at the end; '
                          '"auto" or "ray://host:port" = join that cluster')
     cpus_per_worker: float = Field(default=1.0, gt=0, description="CPU cores each experiment reserves")

@@ -131,7 +131,9 @@ class ResearchLoop:
             self.ctx.emit(Notice(level="warning", experiment=row.id,
                                  message=f"experiment #{row.id} was interrupted by an engine stop; recorded as "
                                  "interrupted (not re-run)"))
-        removed = self.worktrees.remove_all()  # experiments that ran in parallel (engine/research/parallel.py)
+        for number in self.worktrees.leftovers():  # experiments that ran in parallel (engine/research/parallel.py)
+            kill_orphan(self.ctx.run_dir(number))  # a load run beside the baseline has no row, but a pid note
+        removed = self.worktrees.remove_all()
         if removed:
             self.ctx.emit(Notice(level="warning", message=f"removed {len(removed)} worktree(s) a stopped engine "
                                  f"left behind (experiments {', '.join(f'#{n}' for n in removed)})"))

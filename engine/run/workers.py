@@ -23,8 +23,10 @@ class Workers:
 def open_workers(settings: WorkersSettings, pack: Callable | None = None) -> Workers:
     """The executor `settings` ask for (a Ray one starts or joins Ray now) and the worker count."""
     if settings.backend == "local":
-        gpus = visible_gpus()
-        return Workers(LocalExecutor(), _count(settings, gpus, float(os.cpu_count() or 1)), lambda: None)
+        # Local runs all see the same devices (loopdeck never hands out GPUs itself: Ray does), so on a GPU
+        # machine "auto" is one run at a time; `backend = "ray"` uses every GPU.
+        count = 1 if settings.count == "auto" and visible_gpus() else _count(settings, 0, float(os.cpu_count() or 1))
+        return Workers(LocalExecutor(), count, lambda: None)
     from loopdeck.engine.run.ray_executor import RayExecutor
 
     gpus_per_worker = settings.gpus_per_worker
