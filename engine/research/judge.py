@@ -54,10 +54,11 @@ class Verdict:
 class Judge:
     """Runs committed experiments and records their verdicts; `integrity` judges each finished run."""
 
-    def __init__(self, ctx: LoopContext, recorder: Recorder) -> None:
+    def __init__(self, ctx: LoopContext, recorder: Recorder, shared: Integrity | None = None) -> None:
+        """`shared`: the session's integrity, when this judge runs experiments in a worktree of their own."""
         self.ctx = ctx
         self.recorder = recorder
-        self.integrity = Integrity(ctx, self.execute)
+        self.integrity = Integrity(ctx, self.execute, shared)
 
     def run(self, row: ExperimentRow, incumbent: ExperimentRow | None) -> ExperimentFinished:
         """Run experiment `row` (committed, its row `running`), judge it against `incumbent` (None: it is the

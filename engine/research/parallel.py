@@ -176,7 +176,7 @@ class ParallelLoop(ResearchLoop):
     def _slot_judge(self, checkout: Path) -> Judge:
         """A judge whose runs happen in `checkout` (the ledger, events and run directories are the session's)."""
         slot = dataclasses.replace(self.ctx, workspace=checkout, repo=ResearchRepo(checkout))
-        return Judge(slot, Recorder(slot, self.tally))
+        return Judge(slot, Recorder(slot, self.tally), shared=self.integrity)
 
     # --- faults and the end ------------------------------------------------------------------------------------
 
