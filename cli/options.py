@@ -9,14 +9,15 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from loopdeck.engine.config import AGENT_KINDS, APPROVALS, PIPELINE_MODES, SCALES
+from loopdeck.engine.config import AGENT_KINDS, APPROVALS, PIPELINE_MODES, SCALES, WORKER_BACKENDS
 
 if TYPE_CHECKING:  # the engine's session is imported when a run starts, not for `loopdeck --help`
     from loopdeck.engine.session import RunOptions
 
 # RunOptions field -> the flag of `loopdeck run` that sets it.
 RUN_FLAGS = {"agent": "--agent", "approval": "--approve", "max_experiments": "--max-experiments",
-             "max_hours": "--max-hours", "budget_seconds": "--budget", "tag": "--tag", "pipeline": "--pipeline"}
+             "max_hours": "--max-hours", "budget_seconds": "--budget", "tag": "--tag", "pipeline": "--pipeline",
+             "workers": "--workers", "backend": "--backend"}
 
 # `loopdeck ctl DIR ACTION` -> the control command sent and its fixed fields.
 CTL_ACTIONS = {"approve": ("decide", {"approve": True}), "veto": ("decide", {"approve": False}),
@@ -56,6 +57,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def worker_count(text: str) -> int | str:
+    """--workers: a positive whole number, or "auto"."""
+    return "auto" if text == "auto" else positive_int(text)
+
+
 def add_agent_option(parser: argparse.ArgumentParser, default: str = "loopdeck.toml's [agent] kind, auto") -> None:
     """--agent; `default` says in words what happens without it."""
     parser.add_argument(RUN_FLAGS["agent"], choices=AGENT_KINDS, dest="agent",
@@ -86,6 +92,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="draft the next proposal while an experiment trains: on | off | auto = on once the "
                         "agent's proposals take more than 10%% of the budget (default: loopdeck.toml's [loop] "
                         "pipeline, auto)")
+    parser.add_argument(RUN_FLAGS["workers"], type=worker_count, metavar="N|auto", dest="workers",
+                        help="experiments in flight at once, each in its own git worktree: auto = one per GPU with "
+                        "--backend ray, or one per [workers] cpus_per_worker cores without GPUs (default: loopdeck.toml's [workers] count, "
+                        "1)")
+    parser.add_argument(RUN_FLAGS["backend"], choices=WORKER_BACKENDS, dest="backend",
+                        help="where experiments run: local processes, or ray (every GPU of a machine, or the Ray "
+                        "cluster at [workers] address; pip install 'loopdeck[ray]') (default: loopdeck.toml's "
+                        "[workers] backend, local)")
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:

@@ -53,6 +53,8 @@ class SessionView:
         self.curve = Curve()  # the running (or last run) experiment's loss against training seconds
         self.curve_experiment: int | None = None
         self.repeat: RepeatRunView | None = None  # an extra run of the running experiment, while it trains
+        self.workers = 1  # experiments that may run at once
+        self.flight_curves: dict[int, Curve] = {}  # every running experiment's curve (several with workers > 1)
         self.incumbent_curve = Curve()
         self._incumbent_curve_id: int | None = None
         self.reasoning_experiment: int | None = None
@@ -101,6 +103,18 @@ class SessionView:
         if self.incumbent_metric is None or self.baseline_metric is None:
             return None
         return self.incumbent_metric - self.baseline_metric
+
+    @property
+    def busy_workers(self) -> int:
+        """Experiments running now."""
+        return len(self.flight_curves)
+
+    def focus(self, experiment_id: int) -> None:
+        """Show this running experiment's curve in front of the others (a person selected it)."""
+        curve = self.flight_curves.get(experiment_id)
+        if curve is not None and experiment_id != self.curve_experiment:
+            self.curve, self.curve_experiment = curve, experiment_id
+            self.dirty.add(CURVE)
 
     def take_dirty(self) -> set[str]:
         dirty, self.dirty = self.dirty, set()
@@ -166,6 +180,7 @@ class SessionView:
         self.budget_seconds = e.budget_seconds
         self.metric_name, self.direction = e.metric_name, e.metric_direction
         self.self_reported = e.self_reported
+        self.workers = e.workers
         self.finished = None
         self.dirty |= {STATUS, TABLE, APPROVAL}
 
@@ -315,6 +330,7 @@ class SessionView:
         if self.pending == e.experiment:
             self._clear_pending()
         self.curve, self.curve_experiment, self.repeat = Curve(), e.experiment, None
+        self.flight_curves[e.experiment] = self.curve
         if e.incumbent_curve:
             self.incumbent_curve, self._incumbent_curve_id = Curve(points=e.incumbent_curve), self.incumbent_id
         elif self._incumbent_curve_id != self.incumbent_id:
@@ -335,8 +351,11 @@ class SessionView:
         row = self._experiment(e.experiment)
         row.step, row.elapsed_seconds, row.progress = e.step, e.elapsed_seconds, e.progress
         row.loss = e.loss
-        if e.experiment == self.curve_experiment:
-            self.curve.add(e.elapsed_seconds, e.loss)
+        curve = self.flight_curves.get(e.experiment)
+        if curve is None and e.experiment == self.curve_experiment:
+            curve = self.curve
+        if curve is not None:
+            curve.add(e.elapsed_seconds, e.loss)
             self.dirty |= {CURVE, STATUS}
 
     def _on_experiment_finished(self, e: ev.ExperimentFinished) -> None:
@@ -353,8 +372,11 @@ class SessionView:
             self.baseline_metric = e.metric
         if e.status == "keep" and e.metric is not None:
             self._keep(e.experiment, e.metric)
+        self.flight_curves.pop(e.experiment, None)
         if self.running == e.experiment:
-            self.running = self.repeat = None
+            self.running = max(self.flight_curves, default=None)
+        if self.repeat is not None and self.repeat.experiment == e.experiment:
+            self.repeat = None
         if self.pending == e.experiment:
             self._clear_pending()
         self.dirty |= {TABLE, STATUS, CURVE}

@@ -63,6 +63,7 @@ class SessionStarted(Event):
     resumed: bool = False
     editable: tuple[str, ...] = ()
     self_reported: bool = True  # True when the metric is the number the training file prints
+    workers: int = 1  # experiments that may be in flight at once ([workers] count)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -262,6 +263,7 @@ class ExperimentFinished(Event):
     reported_metric: float | None = None  # what the training file printed (trusted mode: shown, never decisive)
     noise: float | None = None  # ± band of `delta` (one standard error) when the run-to-run noise is known
     evaluation: str = ""  # "trusted" | "self_reported" ("" when nothing was scored)
+    worker: str = ""  # where it ran, with several workers
 
 
 @dataclass(frozen=True, kw_only=True)

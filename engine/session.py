@@ -39,15 +39,21 @@ from loopdeck.engine.research.ablation import Ablation, ablate
 from loopdeck.engine.research.context import LoopStopped
 from loopdeck.engine.research.loop import LoopContext, ResearchLoop
 from loopdeck.engine.research.transfer import Transfer, transfer
+from loopdeck.engine.research.parallel import make_loop
+from loopdeck.engine.run.executor import Executor
 from loopdeck.engine.run.preflight import preflight
+from loopdeck.engine.run.ray_executor import import_ray
+from loopdeck.engine.run.runner import LocalExecutor
 from loopdeck.engine.run.sandbox import check_sandbox
 from loopdeck.engine.run.telemetry import TelemetrySampler
+from loopdeck.engine.run.workers import open_workers
 from loopdeck.engine.store.budget import budget_constant, budget_in_force
 from loopdeck.engine.store.gitops import BRANCH_PREFIX, ResearchRepo
 from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal, read_tail
 from loopdeck.engine.store.ledger import Ledger
 from loopdeck.engine.store.lock import WorkspaceLock
 from loopdeck.engine.store.workspace import check_not_legacy, pinned_hashes, state_dir
+from loopdeck.engine.store.worktrees import Worktrees
 
 JOURNAL_FILE = "events.jsonl"
 CONTROL_POLL_SECONDS = 0.2
@@ -64,6 +70,8 @@ class RunOptions:
     budget_seconds: float | None = None
     tag: str | None = None
     pipeline: str | None = None  # "auto" | "on" | "off": draft the next proposal while an experiment trains
+    workers: int | str | None = None  # experiments in flight at once (N or "auto"), [workers] count
+    backend: str | None = None  # "local" | "ray", [workers] backend
 
 
 def resolve_agent_kind(kind: str) -> str:
@@ -97,6 +105,8 @@ class Session(ControlCalls):
         # Refused here, before anything runs, when --budget cannot take effect; set after the branch exists.
         budget = budget_constant(self.workspace, self.config.experiment, options.budget_seconds)
         self.config_notes += check_sandbox(self.config.sandbox)
+        if self.config.workers.backend == "ray":
+            import_ray()  # a missing extra is refused before anything runs
         self.agent_kind = agent.name if agent is not None else resolve_agent_kind(options.agent or
                                                                                    self.config.agent.kind)
         if self.agent_kind == "claude" and agent is None and not os.environ.get("ANTHROPIC_API_KEY", "").strip():
@@ -269,8 +279,12 @@ class Session(ControlCalls):
     def run(self) -> SessionFinished:
         """Run the loop in this thread until it stops; returns the SessionFinished event."""
         with self._running():
-            loop = ResearchLoop(self._context(), self._make_agent)
-            self.finished = loop.run()
+            workers = open_workers(self.config.workers, pack=Worktrees(self.workspace, self.branch).bundle)
+            try:
+                loop = make_loop(self._context(workers.executor), self._make_agent, workers.count)
+                self.finished = loop.run()
+            finally:
+                workers.close()
             self.error = self.error or loop.failure_message
         return self.finished
 
@@ -342,12 +356,12 @@ class Session(ControlCalls):
         self.ledger.close()
         self._lock.release()
 
-    def _context(self) -> LoopContext:
+    def _context(self, executor: Executor | None = None) -> LoopContext:
         return LoopContext(
             workspace=self.workspace, state_dir=self.state_dir, config=self.config, repo=self.repo,
             ledger=self.ledger, controller=self.controller, emit=self.emit, branch=self.branch,
             protected_hashes=self.protected_hashes, track_pid=self._sampler.track,
-            resumed=bool(self.ledger.rows()), agent_kind=self.agent_kind)
+            resumed=bool(self.ledger.rows()), agent_kind=self.agent_kind, executor=executor or LocalExecutor())
 
     def _make_agent(self) -> Agent:
         if self._agent is not None:
@@ -430,7 +444,7 @@ def _apply_options(config: Config, options: RunOptions) -> Config:
         resolve_agent_kind(options.agent)
     overrides = {"approval": options.approval, "max_experiments": options.max_experiments,
                  "max_hours": options.max_hours, "budget_seconds": options.budget_seconds, "tag": options.tag,
-                 "pipeline": options.pipeline}
+                 "pipeline": options.pipeline, "count": options.workers, "backend": options.backend}
     overrides = {name: value for name, value in overrides.items() if value is not None}
     return config.updated(**overrides) if overrides else config
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,13 @@ def run_session() -> Callable[..., tuple[object, Recorded]]:
         return session, recorded
 
     return run
+
+
+@pytest.fixture
+def no_ray_left() -> Iterator[None]:
+    """The test leaves no Ray instance running in this process (one left behind is stopped, and the test fails)."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("the test left Ray running")

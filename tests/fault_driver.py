@@ -2,6 +2,7 @@
 
     python tests/fault_driver.py WORKSPACE [--edits "LR=0.3 LR=0.25,STEPS=40"] [--kill-on KIND[:FIELD=VALUE,…]]
                                  [--sleep-at N] [--max-experiments N] [--pipeline on|off|auto]
+                                 [--workers N] [--backend local|ray]
 
 `--edits`: one proposal per space-separated item, each setting constants of the fake train.py (fake_targets).
 
@@ -79,9 +80,12 @@ def main() -> int:
     parser.add_argument("--sleep-at", type=int)
     parser.add_argument("--max-experiments", type=int)
     parser.add_argument("--pipeline")
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--backend")
     args = parser.parse_args()
     steps = [edit(item) for item in args.edits.split()]
-    options = RunOptions(approval="auto", max_experiments=args.max_experiments, pipeline=args.pipeline)
+    options = RunOptions(approval="auto", max_experiments=args.max_experiments, pipeline=args.pipeline,
+                         workers=args.workers, backend=args.backend)
     session = Session(args.workspace, options,
                       on_event=killer(args.kill_on), agent=BlockingAgent(steps, args.sleep_at))
     finished = session.run()

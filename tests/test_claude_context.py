@@ -89,3 +89,16 @@ def test_cost_uses_the_dated_table_and_overrides():
     with pytest.raises(ValueError, match="allowed: input, output, cache_write, cache_read"):
         price_for("claude-sonnet-5-5", {"inputs": 1})
     assert (usage + usage).total == 8_000_000
+
+
+def test_the_opening_message_lists_the_ideas_already_running():
+    from loopdeck.engine.agents.base import AgentTurn, ExperimentSummary
+    from loopdeck.engine.agents.claude.context import first_message
+
+    running = (ExperimentSummary(id=4, status="running", metric=None, delta=None, description="raise LR to 0.06"),)
+    turn = AgentTurn(experiment=5, workspace=Path("."), files={"train.py": "LR = 0.04\n"}, editable=("train.py",),
+                     protected=(), program="", metric_name="val_bpb", direction="minimize", history=(),
+                     incumbent=None, running=running)
+    text = first_message(turn)
+    assert "## Already running" in text and "#4 raise LR to 0.06" in text
+    assert "Already running" not in first_message(AgentTurn(**{**turn.__dict__, "running": ()}))

@@ -207,3 +207,26 @@ def test_the_console_never_imports_torch_or_gpt() -> None:
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('loopdeck.gpt.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_several_runs_in_flight_each_keep_a_curve_and_the_status_counts_busy_workers():
+    from loopdeck.console.widgets.status import status_segments
+
+    view = SessionView()
+    view.apply(ev.SessionStarted(workspace="w", branch="b", agent="offline", approval="auto", budget_seconds=1.0,
+                                 metric_name="val_bpb", metric_direction="minimize", workers=2))
+    for number in (1, 2):
+        view.apply(ev.ExperimentStarted(experiment=number, commit=f"c{number}", parent_commit="c0",
+                                        description=f"#{number}", budget_seconds=1.0))
+    for number, loss in ((1, 3.0), (2, 2.5), (1, 2.9)):
+        view.apply(ev.TrainStep(experiment=number, step=0, elapsed_seconds=0.1, loss=loss, progress=0.1))
+    assert [row.status for row in view.rows()] == ["running", "running"]
+    assert view.curve_experiment == 2 and [y for _, y in view.curve.points] == [2.5]
+    assert [y for _, y in view.flight_curves[1].points] == [3.0, 2.9]
+    assert any("2/2 workers busy" in segment.plain for _, segment in status_segments(view, 0.0))
+    view.focus(1)
+    assert view.curve_experiment == 1 and [y for _, y in view.curve.points] == [3.0, 2.9]
+    view.apply(ev.ExperimentFinished(experiment=1, status="discard", metric=1.5, delta=0.1, incumbent_metric=1.4,
+                                     commit="c1", description="#1"))
+    assert view.busy_workers == 1 and view.running == 2
+    assert any("1/2 workers busy" in segment.plain for _, segment in status_segments(view, 0.0))

@@ -98,7 +98,8 @@ class LossCurve(ChartWidget):
         elif current is not None and current == incumbent:
             legend = f"[$accent]━[/] #{current}, now the incumbent"
         else:
-            legend = "[$accent]━[/] this run"
+            legend = "[$accent]━[/] this run" + (f"  [$text-muted]━[/] {len(view.flight_curves) - 1} more running"
+                                                  if len(view.flight_curves) > 1 else "")
             if len(view.incumbent_curve) and incumbent is not None:
                 legend += f"  [$secondary]━[/] incumbent #{incumbent}"
         self.border_subtitle = legend
@@ -108,6 +109,7 @@ class LossCurve(ChartWidget):
         current = view.curve.points
         same_run = view.curve_experiment is not None and view.curve_experiment == view.incumbent_id
         incumbent = [] if same_run else view.incumbent_curve.points
+        others = [curve.points for number, curve in view.flight_curves.items() if number != view.curve_experiment]
         row = view.experiments.get(view.curve_experiment) if view.curve_experiment is not None else None
         budget = (row.budget_seconds if row else 0.0) or view.budget_seconds
         if view.repeat is not None:  # an extra run, over its experiment's first run
@@ -115,15 +117,17 @@ class LossCurve(ChartWidget):
             budget = view.repeat.budget_seconds or budget
         if not current and not incumbent:
             return Content.styled("waiting for the first training step…", "$text-muted")
-        x_max = max([budget] + [x for x, _ in current[-1:]] + [x for x, _ in incumbent[-1:]]) or 1.0
-        y_range = loss_y_range((current, incumbent), x_max)
+        x_max = max([budget] + [x for points in (current, incumbent, *others) for x, _ in points[-1:]]) or 1.0
+        y_range = loss_y_range((current, incumbent, *others), x_max)
         assert y_range is not None
         label_width = max(len(nice_label(v, y_range[1] - y_range[0])) for v in y_range) + 1
         canvas = BrailleCanvas(width - label_width, height - 1)
         scale = Scale(canvas, (0.0, x_max), y_range)
+        for points in others:  # the other runs in flight, behind the focused one
+            scale.polyline(points, 2)
         scale.polyline(incumbent, 0)
         scale.polyline(current, 1)
-        return framed_plot(canvas, ("$secondary", "$accent"), (scale.y0, scale.y1),
+        return framed_plot(canvas, ("$secondary", "$accent", "$text-muted"), (scale.y0, scale.y1),
                            ("0s", fmt.duration(x_max)), label_width)
 
 

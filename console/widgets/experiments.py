@@ -84,6 +84,11 @@ class ExperimentsTable(DataTable):
             self._cells.clear()  # descriptions are cut to the width
             self.show(self._view, self._now)
 
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """A running experiment under the cursor gets the loss pane's focus (its curve in front)."""
+        if self._view is not None and event.row_key.value is not None:
+            self._view.focus(int(event.row_key.value))
+
     def forget_cells(self) -> None:
         """The theme changed: cell colours are baked into Rich text, so the next `show` redraws every row."""
         self._cells.clear()

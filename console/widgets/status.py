@@ -73,6 +73,8 @@ def status_segments(view: SessionView, now: float) -> list[tuple[int, Content]]:
     study = view.studies.progress()
     if study:
         segments.append((2, Content.styled(study, "$text-accent")))
+    if view.workers > 1:
+        segments.append((2, Content(f"{view.busy_workers}/{view.workers} workers busy")))
     kept, total = view.kept_and_total()
     segments.append((4, Content.assemble(("kept ", "$text-muted"), f"{kept}/{total}")))
     if view.noise_std is not None:

@@ -58,6 +58,8 @@ class AgentTurn:
     feedback: str = ""  # what happened to this agent's previous proposal, if anything new
     emit: Callable[[Event], None] = lambda event: None
     cancelled: Callable[[], bool] = lambda: False  # poll it in long work; return or raise AgentCancelled
+    # Experiments in flight while this one is drafted (several workers): ideas already being tried, not to repeat.
+    running: tuple[ExperimentSummary, ...] = ()
 
 
 class AgentError(Exception):

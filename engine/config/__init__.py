@@ -28,6 +28,7 @@ from loopdeck.engine.config.schema import (
     PIPELINE_MODES,
     SCALES,
     STATE_DIR,
+    WORKER_BACKENDS,
     AgentKind,
     AgentSettings,
     ApprovalPolicy,
@@ -41,6 +42,7 @@ from loopdeck.engine.config.schema import (
     PipelineMode,
     ResearchSettings,
     SandboxSettings,
+    WorkersSettings,
     validate,
 )
 
@@ -50,4 +52,5 @@ __all__ = [
     "ExperimentSettings", "LoopSettings", "MetricSettings", "NotifySettings", "PipelineMode", "ResearchSettings", "SandboxSettings", "BudgetConstant",
     "budget_location", "default_toml", "find_budget_constant", "load_config", "parse_config", "pin_protected_file",
     "reads_variable", "seedable", "toml_value", "validate",
+    "WORKER_BACKENDS", "WorkersSettings",
 ]

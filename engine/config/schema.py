@@ -23,11 +23,13 @@ AUTORESEARCH_BUDGET = 300.0
 AgentKind = Literal["auto", "offline", "claude", "openai", "claude-code", "codex"]
 ApprovalPolicy = Literal["ask", "auto"]
 PipelineMode = Literal["auto", "on", "off"]
+WorkerBackend = Literal["local", "ray"]
 AGENT_KINDS: tuple[str, ...] = get_args(AgentKind)
 APPROVALS: tuple[str, ...] = get_args(ApprovalPolicy)
 PIPELINE_MODES: tuple[str, ...] = get_args(PipelineMode)
 SCALES = (2.0, 4.0)  # what `loopdeck transfer --scale` offers: 2x, 4x
 SCALE_RULES = ("x",)  # how a scale knob grows: "x" = multiplied by the scale
+WORKER_BACKENDS: tuple[str, ...] = get_args(WorkerBackend)
 
 
 def _relative_path(value: str) -> str:
@@ -304,6 +306,8 @@ class ResearchSettings(_Section):
         if scale not in SCALES:
             raise ValueError(f"must be one of {', '.join(f'{s:g}' for s in SCALES)}, got {scale:g}")
         return scale
+
+
 class NotifySettings(_Section):
     """Messages when you are away, through apprise (pip install 'loopdeck[notify]'): Slack, Discord, ntfy, e-mail…"""
 
@@ -326,11 +330,38 @@ class NotifySettings(_Section):
         if any(not url.strip() for url in urls):
             raise ValueError("must not hold an empty URL")
         return urls
+class WorkersSettings(_Section):
+    """How many experiments run at once, and where (engine/research/parallel.py, engine/run/ray_executor.py)."""
+
+    backend: WorkerBackend = Field(default="local", description="local (process groups on this machine) | ray "
+                                   "(one Ray task per experiment; pip install 'loopdeck[ray]')")
+    count: int | Literal["auto"] = Field(default=1, description='experiments in flight; "auto" = one per GPU (ray), '
+                                         "or CPU cores / cpus_per_worker without GPUs (never oversubscribed)")
+    address: str = Field(default="", description='ray only: "" = start a local Ray and stop it at the end; '
+                         '"auto" or "ray://host:port" = join that cluster')
+    cpus_per_worker: float = Field(default=1.0, gt=0, description="CPU cores each experiment reserves")
+    gpus_per_worker: float = Field(default=-1.0, ge=-1, description="GPUs each experiment reserves; -1 = 1 where "
+                                   "the machine or cluster has GPUs, else 0")
+
+    @field_validator("count")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f'must be >= 1 or "auto", got {value}')
+        return value
+
+    @model_validator(mode="after")
+    def _address_needs_ray(self) -> WorkersSettings:
+        if self.address and self.backend != "ray":
+            raise ValueError('address is a Ray cluster\'s: set backend = "ray" too')
+        if self.address not in ("", "auto") and not re.fullmatch(r"(ray://)?[\w.-]+:\d+", self.address):
+            raise ValueError(f'address must be "", "auto" or "ray://host:port", got {self.address!r}')
+        return self
 
 
 class Config(_Section):
     """Root of loopdeck.toml: `.experiment`, `.metric`, `.loop`, `.agent` (with `.agent.claude`, `.agent.openai`),
-    `.sandbox`, `.evaluation`, `.research`, `.notify`."""
+    `.sandbox`, `.evaluation`, `.research`, `.notify`, `.workers`."""
 
     experiment: ExperimentSettings = Field(default_factory=ExperimentSettings)
     metric: MetricSettings = Field(default_factory=MetricSettings)
@@ -340,6 +371,7 @@ class Config(_Section):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     research: ResearchSettings = Field(default_factory=ResearchSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    workers: WorkersSettings = Field(default_factory=WorkersSettings)
 
     def timeout(self) -> float:
         """Hard per-run timeout in seconds: timeout_seconds, or budget*2 + 120 when it is 0."""

@@ -17,6 +17,11 @@ def agent_history(rows: Iterable[ExperimentRow]) -> tuple[ExperimentSummary, ...
     return tuple(summary(row) for row in rows if row.status != "running")
 
 
+def in_flight(rows: Iterable[ExperimentRow]) -> tuple[ExperimentSummary, ...]:
+    """The experiments still running (several workers), as an agent sees them: ideas already being tried."""
+    return tuple(summary(row) for row in rows if row.status == "running")
+
+
 def summary(row: ExperimentRow) -> ExperimentSummary:
     """One ledger row as an agent sees it: long diffs cut at the head, long logs kept at the tail."""
     return ExperimentSummary(

@@ -101,10 +101,11 @@ class _Interrupted(Exception):
 
 
 class Integrity:
-    def __init__(self, ctx: LoopContext, execute: Execute) -> None:
+    def __init__(self, ctx: LoopContext, execute: Execute, shared: Integrity | None = None) -> None:
         """`execute(number, commit, run_dir, *, seed, argv, timeout, stream)` runs a process for experiment
         `number` at `commit` through the session's executor, the way the loop runs training (sandbox, scrubbed
-        env, abort), and returns its result (engine/research/judge.py)."""
+        env, abort), and returns its result (engine/research/judge.py). `shared`: the session's own, whose
+        evaluation reference this one checks against too (a run in its own worktree, engine/research/parallel.py)."""
         self.ctx = ctx
         self.settings = ctx.config.evaluation
         self.plan = evaluation_plan(ctx.workspace, ctx.config)
@@ -113,7 +114,8 @@ class Integrity:
         self._execute = execute
         self._budget_location = budget_location(ctx.workspace, ctx.config.experiment)
         self._seedable = seedable(ctx.workspace, ctx.config.experiment)
-        self._reference: dict[str, Any] | None = None  # the first trusted evaluation's corpus and constants
+        # The first trusted evaluation's corpus and constants; one dict for every run in flight (`shared`).
+        self._reference: dict[str, Any] = shared._reference if shared is not None else {}
         baseline = self._baseline()
         self._std = baseline.noise_std if baseline else None
         self._overhead = _overhead(baseline.wall_seconds, baseline.training_seconds) if baseline else None
@@ -218,8 +220,8 @@ class Integrity:
         if evaluation.harness_sha256 != self.ctx.protected_hashes[self.plan.harness]:
             return (f"the evaluation used {evaluation.harness or 'an unknown harness'} instead of the workspace's "
                     f"hash-checked {self.plan.harness}")
-        if self._reference is None:
-            self._reference = evaluation.reference
+        if not self._reference:
+            self._reference.update(evaluation.reference)
         changed = [f"{key} {self._reference.get(key)!r} → {value!r}" for key, value in evaluation.reference.items()
                    if value != self._reference.get(key)]
         if changed:

@@ -12,8 +12,10 @@ runs, early abort of runs behind the incumbent, the holdout split) is engine/res
 from __future__ import annotations
 
 import platform
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +42,31 @@ from loopdeck.engine.store.workspace import file_hashes
 LOG_LINES_PER_SECOND = 200  # beyond this, log lines are counted, not sent as events (log.txt keeps them all)
 
 
+@dataclass
+class Verdict:
+    """A measured experiment before it is recorded: its final status, why, and its ledger fields."""
+
+    status: str
+    reason: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
 class Judge:
     """Runs committed experiments and records their verdicts; `integrity` judges each finished run."""
 
-    def __init__(self, ctx: LoopContext, recorder: Recorder) -> None:
+    def __init__(self, ctx: LoopContext, recorder: Recorder, shared: Integrity | None = None) -> None:
+        """`shared`: the session's integrity, when this judge runs experiments in a worktree of their own."""
         self.ctx = ctx
         self.recorder = recorder
-        self.integrity = Integrity(ctx, self.execute)
+        self.integrity = Integrity(ctx, self.execute, shared)
 
     def run(self, row: ExperimentRow, incumbent: ExperimentRow | None) -> ExperimentFinished:
         """Run experiment `row` (committed, its row `running`), judge it against `incumbent` (None: it is the
         baseline), keep it or revert the tree to the incumbent, and record the outcome."""
+        return self.settle(row, incumbent, self.measure(row, incumbent))
+
+    def measure(self, row: ExperimentRow, incumbent: ExperimentRow | None) -> Verdict:
+        """Run experiment `row` and judge it against `incumbent`, recording nothing (`settle` does)."""
         ctx, number = self.ctx, row.id
         run_dir = ctx.run_dir(number)
         curve = incumbent_curve(ctx.run_dir(incumbent.id) / METRICS_FILE) if incumbent else ()
@@ -76,20 +92,26 @@ class Judge:
                                              else "the engine was stopped")
         elif status not in ("keep", "discard"):
             fields.setdefault("log_tail", result.log_tail)
+        return Verdict(status, reason, fields)
+
+    def settle(self, row: ExperimentRow, incumbent: ExperimentRow | None, verdict: Verdict) -> ExperimentFinished:
+        """Keep `row` or revert the tree to `incumbent`, and record the verdict."""
+        ctx, status = self.ctx, verdict.status
         if status == "keep":
-            ctx.emit(ExperimentKept(experiment=number, commit=row.commit, metric=fields["metric"],
+            ctx.emit(ExperimentKept(experiment=row.id, commit=row.commit, metric=verdict.fields["metric"],
                                     previous_metric=incumbent.metric if incumbent else None))
         elif incumbent is not None:
             ctx.repo.reset_to(incumbent.commit)
-            ctx.emit(ExperimentReverted(experiment=number, to_commit=incumbent.commit, reason=reason))
-        return self.recorder.finish(row, status, reason=reason, **fields)
+            ctx.emit(ExperimentReverted(experiment=row.id, to_commit=incumbent.commit, reason=verdict.reason))
+        return self.recorder.finish(row, status, reason=verdict.reason, **verdict.fields)
 
     def execute(self, number: int, commit: str, run_dir: Path, *, seed: int | None = None,
                 watch: EarlyAbort | None = None, argv: list[str] | None = None, timeout: float | None = None,
-                stream: bool = True) -> tuple[RunResult, dict[str, dict]]:
+                stream: bool = True, stop: threading.Event | None = None) -> tuple[RunResult, dict[str, dict]]:
         """Run the training command (or `argv`: the trusted evaluator) for experiment `number` at `commit` in
-        `run_dir`, streaming its log lines and training steps as events unless `stream` is off (an evaluation
-        keeps its output in its own directory; extra runs stream, after their RunRepeatStarted). `watch` stops the run early when it falls behind.
+        `run_dir`, streaming its log lines and training steps as events unless `stream` is off (extra runs and
+        evaluations keep their output in their own directory). `watch` stops the run early when it falls behind,
+        `stop` when it is set.
         Returns the result and the run's "start" and "end" metrics records."""
         ctx, config = self.ctx, self.ctx.config
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +121,7 @@ class Judge:
             env=training_env(config, metrics_path=run_dir / METRICS_FILE, run_dir=run_dir, seed=seed),
             run_dir=run_dir, budget_seconds=config.experiment.budget_seconds, timeout=timeout or config.timeout(),
             seed=seed)
-        sink = _RunStream(ctx, number, stream=stream, watch=watch)
+        sink = _RunStream(ctx, number, stream=stream, watch=watch, stop=stop)
         try:
             result = ctx.executor.start(spec, sink).wait()
         finally:
@@ -125,6 +147,7 @@ class Judge:
             "wall_seconds": result.wall_seconds,
             "log_path": str(run_dir / LOG_FILE),
             "env": env,
+            "worker": result.worker,
         }
 
 
@@ -147,8 +170,10 @@ class _RunStream:
     """A run's sink: its output as events (unless quiet), its start and end records, its early-abort watcher, and
     the pid note where a restarted engine looks for orphans (always in the experiment's own run directory)."""
 
-    def __init__(self, ctx: LoopContext, number: int, *, stream: bool, watch: EarlyAbort | None) -> None:
+    def __init__(self, ctx: LoopContext, number: int, *, stream: bool, watch: EarlyAbort | None,
+                 stop: threading.Event | None) -> None:
         self.records: dict[str, dict[str, Any]] = {}
+        self._stop = stop
         self._ctx, self._number, self._stream, self._watch = ctx, number, stream, watch
         self._lines = _LineThrottle(ctx.emit if stream else lambda event: None, number)
         self._pid = PidNote(ctx.run_dir(number), ctx.track_pid)
@@ -172,7 +197,7 @@ class _RunStream:
         self._pid.started(pid)
 
     def cancelled(self) -> bool:
-        return self._behind or self._ctx.controller.abort_event.is_set()
+        return self._behind or self._ctx.controller.abort_event.is_set() or bool(self._stop and self._stop.is_set())
 
     def done(self) -> None:
         self._pid.done()

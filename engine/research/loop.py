@@ -17,7 +17,8 @@ next one in a background thread; when the run ends the draft is rebased onto the
 by the agent in the light of the outcome, and gated. Until then it has no ledger row and no commit.
 
 Resuming (`recover`, at every start): rows still `running` are marked `interrupted` (not re-run; the agent sees
-them in its history), a training process orphaned by the dead engine is killed, and the tree is reset to the
+them in its history), a training process orphaned by the dead engine is killed, the worktrees of experiments that
+ran in parallel are removed, and the tree is reset to the
 incumbent commit — which also undoes a commit made before its record, or a discarded commit whose revert the dead
 engine never made. Numbering continues from the ledger; a baseline runs only when there is no incumbent.
 """
@@ -43,6 +44,7 @@ from loopdeck.engine.research.turns import Turns, usage_fields
 from loopdeck.engine.run.executor import LOG_FILE
 from loopdeck.engine.run.processes import kill_orphan
 from loopdeck.engine.store.ledger import ExperimentRow, first_baseline
+from loopdeck.engine.store.worktrees import Worktrees
 
 __all__ = ["LoopContext", "ResearchLoop"]  # what a session needs
 
@@ -60,6 +62,8 @@ class ResearchLoop:
         self.integrity = self.judge.integrity
         self._pipeline: Pipeline | None = None  # drafting ahead; only in run()
         self._started = time.monotonic()
+        self.workers = 1  # experiments in flight at once (engine/research/parallel.py runs more)
+        self.worktrees = Worktrees(ctx.workspace, ctx.branch)  # their checkouts
         self.failure_message = ""
         self.finished: SessionFinished | None = None
 
@@ -109,6 +113,7 @@ class ResearchLoop:
                 self.run_baseline()
             outcome = self.run_candidate(self.ctx.ledger.next_id(), proposal, agent_name="human", usage={},
                                          gate=False)
+            assert outcome is not None
             reason = "max_experiments"
             return outcome
         except LoopStopped as stop:
@@ -127,6 +132,12 @@ class ResearchLoop:
             self.ctx.emit(Notice(level="warning", experiment=row.id,
                                  message=f"experiment #{row.id} was interrupted by an engine stop; recorded as "
                                  "interrupted (not re-run)"))
+        for number in self.worktrees.leftovers():  # experiments that ran in parallel (engine/research/parallel.py)
+            kill_orphan(self.ctx.run_dir(number))  # a load run beside the baseline has no row, but a pid note
+        removed = self.worktrees.remove_all()
+        if removed:
+            self.ctx.emit(Notice(level="warning", message=f"removed {len(removed)} worktree(s) a stopped engine "
+                                 f"left behind (experiments {', '.join(f'#{n}' for n in removed)})"))
         self._restore_incumbent()
 
     def _session_started(self, agent_name: str) -> None:
@@ -135,7 +146,8 @@ class ResearchLoop:
             workspace=str(self.ctx.workspace), branch=self.ctx.branch, agent=agent_name,
             approval=self.ctx.controller.approval, budget_seconds=cfg.experiment.budget_seconds,
             metric_name=cfg.metric.name, metric_direction=cfg.metric.direction, resumed=self.ctx.resumed,
-            editable=tuple(cfg.experiment.editable), self_reported=self.integrity.self_reported))
+            editable=tuple(cfg.experiment.editable), self_reported=self.integrity.self_reported,
+            workers=self.workers))
         self.integrity.session_started()
 
     def _finish_session(self, reason: str) -> None:
@@ -198,7 +210,7 @@ class ResearchLoop:
                            review=review)
 
     def run_candidate(self, number: int, proposal: Proposal, *, agent_name: str, usage: dict,
-                      gate: bool, review: Review | None = None) -> ExperimentFinished:
+                      gate: bool, review: Review | None = None) -> ExperimentFinished | None:
         """guard → ChangeProposed → gate → commit → run → keep/revert → record, for one proposal. `review`: what
         was shown and decided about it (a draft) while the previous experiment trained."""
         ctx = self.ctx
@@ -229,9 +241,14 @@ class ResearchLoop:
             ctx.emit(DecisionMade(experiment=number, approved=True, note="loopdeck try", by="human"))
         ctx.state("committing", number)
         ctx.ledger.begin(row)  # before the commit: a kill from here on leaves a row that resuming marks interrupted
-        message = row.description + (f"\n\n{row.rationale.strip()}" if row.rationale.strip() else "")
-        row.commit = ctx.repo.commit_files(new_files, message)
-        ctx.ledger.update(number, commit=row.commit)
+        return self.launch(row, incumbent, new_files)
+
+    def launch(self, row: ExperimentRow, incumbent: ExperimentRow, new_files: dict[str, str]
+               ) -> ExperimentFinished | None:
+        """Commit an approved change (its row begun) and run it: here, to the end (engine/research/parallel.py
+        overrides this to run it in its own worktree while the loop goes on, and returns None)."""
+        row.commit = self.ctx.repo.commit_files(new_files, commit_message(row))
+        self.ctx.ledger.update(row.id, commit=row.commit)
         if self._pipeline is not None:
             self._pipeline.start(row)  # the agent drafts the next experiment while this one trains
         return self._run(row, incumbent)
@@ -274,6 +291,11 @@ class ResearchLoop:
             transfer(self.ctx, self.config.research.transfer_scale)
         except LoopdeckError as exc:
             self.ctx.emit(Notice(level="warning", message=f"the scale-transfer check did not run: {exc}"))
+
+
+def commit_message(row: ExperimentRow) -> str:
+    """An experiment's commit message: its description, then its rationale."""
+    return row.description + (f"\n\n{row.rationale.strip()}" if row.rationale.strip() else "")
 
 
 def _json_safe(meta: object) -> dict:

@@ -35,7 +35,8 @@ class Recorder:
             incumbent_metric=final.incumbent_metric, commit=final.commit, description=final.description,
             training_seconds=final.training_seconds, wall_seconds=final.wall_seconds,
             peak_memory_mb=final.peak_memory_mb, reason=final.reason, log_tail=final.log_tail,
-            reported_metric=final.reported_metric, noise=final.delta_band, evaluation=evaluation_label(final))
+            reported_metric=final.reported_metric, noise=final.delta_band, evaluation=evaluation_label(final),
+            worker=final.worker)
         ctx.emit(outcome)
         return outcome
 

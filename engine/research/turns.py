@@ -27,7 +27,7 @@ from loopdeck.engine.agents.base import (
 )
 from loopdeck.engine.events import AgentUsage, Event, NoteDelivered, Notice
 from loopdeck.engine.research.context import LoopContext, LoopStopped, Tally
-from loopdeck.engine.research.history import agent_history
+from loopdeck.engine.research.history import agent_history, in_flight
 from loopdeck.engine.store.ledger import ExperimentRow
 
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
@@ -134,13 +134,14 @@ class Turns:
                 record.delivered.add(event.text)
             ctx.emit(event)
 
+        rows = ctx.ledger.rows()
         turn = AgentTurn(
             experiment=number, workspace=ctx.workspace, files=ctx.incumbent_files(incumbent),
             editable=tuple(config.experiment.editable), protected=tuple(config.experiment.protected),
             program=_program(ctx.workspace), metric_name=config.metric.name,
-            direction=config.metric.direction, history=agent_history(ctx.ledger.rows()),
+            direction=config.metric.direction, history=agent_history(rows),
             incumbent=_summary(incumbent), notes=tuple(notes), feedback=feedback, emit=turn_emit,
-            cancelled=lambda: ctx.controller.halted)
+            cancelled=lambda: ctx.controller.halted, running=in_flight(rows))
         return turn, record
 
     def settle_turn(self, number: int, notes: list[str], record: TurnRecord, produce: Callable[[], Proposal]

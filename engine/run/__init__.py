@@ -5,6 +5,8 @@
   ledger.
 - `runner`: `LocalExecutor`, the first executor: one process group per run on this machine, supervised by a thread.
 - `processes`: the process tree of a local run, what it leaves behind, orphans of a dead engine.
+- `ray_executor`: `RayExecutor`, one Ray actor per run (Ray places it), the local runner on the worker.
+- `workers`: `[workers]` resolved to an executor and how many runs it keeps in flight.
 - `environment`: the run's environment, scrubbed of credentials, with loopdeck's contract variables.
 - `metrics`: the one reader of the metrics stream and the summary block a training run writes.
 - `sandbox`, `evaluator` (the trusted scorer's command and answer), `telemetry`.

@@ -77,6 +77,8 @@ class RunResult:
     log_path: Path | None = None
     timeout_seconds: float | None = None
     pid: int | None = None
+    worker: str = ""  # where it ran, for an executor with several places ("node 10.0.0.2, worker 3f2a…")
+    lost: str = ""  # why the worker or node running it died before it ended (status `interrupted`)
 
     def read_log(self) -> str:
         """The whole captured output."""
@@ -101,7 +103,10 @@ class Executor(Protocol):
 
 
 def classify(result: RunResult, metric: float | None) -> tuple[str, str]:
-    """(status, reason): status is ok | crash | timeout | nan | aborted; "improved or not" is the loop's call."""
+    """(status, reason): status is ok | crash | timeout | nan | aborted | interrupted (its worker died); "improved
+    or not" is the loop's call."""
+    if result.lost:
+        return "interrupted", result.lost
     if result.aborted:
         return "aborted", "stopped on request"
     if result.timed_out:

@@ -130,12 +130,20 @@ def kill_orphan(run_dir: Path) -> None:
     """Kill the process group of a run left behind by a killed engine (if it is still the same process)."""
     try:
         noted = json.loads((run_dir / "pid").read_text())
-        process = psutil.Process(int(noted["pid"]))
-        # Only the very process we started (not a recycled pid), and only if it leads its own process group.
-        if abs(process.create_time() - float(noted["create_time"])) > 0.01 or os.getpgid(process.pid) != process.pid:
-            return
-        os.killpg(process.pid, signal.SIGKILL)
-    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        kill_group(int(noted["pid"]), float(noted["create_time"]))
+    except (OSError, ValueError, KeyError, TypeError):
         return
     finally:
         (run_dir / "pid").unlink(missing_ok=True)
+
+
+def kill_group(pid: int, create_time: float) -> None:
+    """SIGKILL the process group led by `pid`, if `pid` is still the process created at `create_time`."""
+    try:
+        process = psutil.Process(pid)
+        # Only the very process we started (not a recycled pid), and only if it leads its own process group.
+        if abs(process.create_time() - create_time) > 0.01 or os.getpgid(process.pid) != process.pid:
+            return
+        os.killpg(process.pid, signal.SIGKILL)
+    except (OSError, psutil.Error):
+        return

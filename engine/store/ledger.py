@@ -75,6 +75,7 @@ class ExperimentRow:
     delta_band: float | None = None  # ± on `delta`: one standard error of the difference
     holdout_metric: float | None = None  # this experiment's weights on the holdout split (never decides anything)
     holdout_val_metric: float | None = None  # the same weights on the validation split, for the transfer gap
+    worker: str = ""  # where the run happened, when experiments run on several workers (engine/run/ray_executor.py)
 
     @property
     def is_baseline(self) -> bool:
@@ -221,6 +222,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         'CREATE INDEX IF NOT EXISTS studies_study ON studies ("study")',
     ),
+    ('ALTER TABLE experiments ADD COLUMN "worker" TEXT NOT NULL DEFAULT \'\'',),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -311,9 +313,10 @@ class Ledger:
             return self._select()
 
     def incumbent(self) -> ExperimentRow | None:
-        """The latest kept experiment (the baseline is recorded as kept), or None before the baseline finished."""
+        """The last experiment kept (the baseline is recorded as kept), or None before the baseline finished. By
+        when it was kept: with several experiments in flight a lower number can be kept after a higher one."""
         with self._lock:
-            found = self._select("WHERE status = 'keep' ORDER BY id DESC LIMIT 1")
+            found = self._select("WHERE status = 'keep' ORDER BY finished_at DESC, id DESC LIMIT 1")
         return found[0] if found else None
 
     def unfinished(self) -> list[ExperimentRow]:

@@ -92,6 +92,9 @@ def first_message(turn: AgentTurn) -> str:
         parts.append(f"\n## What happened to your previous proposal\n{cut(turn.feedback.strip(), FEEDBACK_CHARS)}")
     parts.append("\n" + history_overview(turn.history, turn.incumbent, turn.direction,
                                          told=_told_log_of(turn)))
+    if turn.running:
+        parts.append("\n## Already running (other workers are trying these now: propose a different idea)")
+        parts.extend(f"- #{summary.id} {_short(summary.description)}" for summary in turn.running)
     parts.append("\n## Editable files (incumbent version)")
     parts.extend(f"- {path} ({_line_count(content)} lines)" for path, content in turn.files.items())
     parts.append(

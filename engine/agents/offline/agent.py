@@ -10,6 +10,7 @@ the session with `AgentError(fatal=True, stop_reason="exhausted")`.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.machinery
 import importlib.util
 import random
@@ -65,9 +66,13 @@ class OfflineAgent:
         for note in turn.notes:
             turn.emit(NoteDelivered(experiment=turn.experiment, text=note))
 
-        search = Search(knobs, memory, {d.key: d.rule for d in directives}, _sequence_length(sources, frame),
+        rules = {d.key: d.rule for d in directives}
+        running = {move.get("key") for row in turn.running for move in row.meta.get("moves", [])
+                   if isinstance(move, Mapping)}
+        search = Search(knobs, memory, {**rules, **dict.fromkeys(running, "avoid")},
+                        _sequence_length(sources, frame),
                         random.Random(f"offline:{self.seed}:{turn.experiment}:{len(turn.history)}"))
-        choice = search.best()
+        choice = search.best() or dataclasses.replace(search, rules=rules).best()  # distinct knobs while any are left
         if choice is None:
             raise AgentError("the offline agent has tried every step it knows around the incumbent "
                              f"({len(knobs)} constants); nothing is left to propose", fatal=True,
