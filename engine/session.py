@@ -38,8 +38,8 @@ from loopdeck.engine.notify import Notifier
 from loopdeck.engine.research.ablation import Ablation, ablate
 from loopdeck.engine.research.context import LoopStopped
 from loopdeck.engine.research.loop import LoopContext, ResearchLoop
-from loopdeck.engine.research.transfer import Transfer, transfer
 from loopdeck.engine.research.parallel import make_loop
+from loopdeck.engine.research.transfer import Transfer, transfer
 from loopdeck.engine.run.executor import Executor
 from loopdeck.engine.run.preflight import preflight
 from loopdeck.engine.run.ray_executor import import_ray
