@@ -34,7 +34,7 @@ from loopdeck.engine.research.loop import LoopContext, ResearchLoop
 from loopdeck.engine.run.preflight import preflight
 from loopdeck.engine.run.sandbox import check_sandbox
 from loopdeck.engine.run.telemetry import TelemetrySampler
-from loopdeck.engine.store.budget import budget_constant, budget_in_force
+from loopdeck.engine.store.budget import budget_constant, budget_in_force, check_budget_clock
 from loopdeck.engine.store.gitops import BRANCH_PREFIX, ResearchRepo
 from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal
 from loopdeck.engine.store.ledger import Ledger
@@ -108,6 +108,7 @@ class Session:
         self._lock.acquire()
         try:
             self.ledger = Ledger(self.state_dir)
+            check_budget_clock(self.ledger, self.config.experiment.budget_clock)
             self._check_tree()
             self.user_branch = self.repo.current_branch()  # where the checkout goes back to when nothing is kept
             self._kept_at_start = _kept(self.ledger)

@@ -23,6 +23,7 @@ from loopdeck.engine.config.schema import (
 from loopdeck.engine.errors import LoopdeckError
 
 BUDGET_VARIABLE = "LOOPDECK_TIME_BUDGET"
+CLOCK_VARIABLE = "LOOPDECK_BUDGET_CLOCK"
 SEED_VARIABLE = "LOOPDECK_SEED"
 BUDGET_CONSTANT = "TIME_BUDGET"
 
@@ -51,8 +52,11 @@ def load_config(workspace: Path | str, *, budget_seconds: float | None = None) -
         except (OSError, UnicodeDecodeError) as exc:
             raise LoopdeckError(f"cannot read {path}: {exc}") from None
         config, notes = parse_config(text, str(path)), []
-        if "baseline_seeds" not in tomllib.loads(text).get("evaluation", {}):
+        data = tomllib.loads(text)
+        if "baseline_seeds" not in data.get("evaluation", {}):
             config, notes = _default_baseline_runs(workspace, config)
+        config, clock_notes = _budget_clock(workspace, config, explicit="budget_clock" in data.get("experiment", {}))
+        notes += clock_notes
     else:
         config, notes = _infer(workspace, budget_seconds)
     for name in (*config.experiment.editable, *config.experiment.protected):
@@ -86,7 +90,8 @@ def _infer(workspace: Path, budget_seconds: float | None) -> tuple[Config, list[
         f"budget: {budget:g} s ({source}); runs are killed after {config.timeout():g} s",
     ]
     config, seeding = _default_baseline_runs(workspace, config)
-    return config, notes + (seeding or [f"seeding: the repo reads {SEED_VARIABLE}: the baseline runs "
+    config, clock = _budget_clock(workspace, config, explicit=False)
+    return config, notes + clock + (seeding or [f"seeding: the repo reads {SEED_VARIABLE}: the baseline runs "
                                         f"{config.evaluation.baseline_seeds} times with different seeds to measure "
                                         "the run-to-run noise"])
 
@@ -100,6 +105,22 @@ def _default_baseline_runs(workspace: Path, config: Config) -> tuple[Config, lis
         f"seeding: {_files(config)} never read {SEED_VARIABLE}, so runs cannot be seeded: one baseline run, "
         "run-to-run noise not measured (to measure its nondeterminism anyway, set [evaluation] baseline_seeds = 3 "
         f"in a {CONFIG_FILE})"]
+
+
+def _budget_clock(workspace: Path, config: Config, *, explicit: bool) -> tuple[Config, list[str]]:
+    """The process clock only for a target whose files read LOOPDECK_BUDGET_CLOCK (a harness that does not times
+    its budget in wall seconds whatever loopdeck asks): by default wall then, with a note; asked for, refused."""
+    experiment = config.experiment
+    if experiment.budget_clock == "wall" or reads_variable(workspace, [*experiment.editable, *experiment.protected],
+                                                           CLOCK_VARIABLE):
+        return config, []
+    if explicit:
+        raise LoopdeckError(f'budget_clock = "process" cannot apply in {workspace}: {_files(config)} never read '
+                            f'{CLOCK_VARIABLE}, so the budget is wall time; set budget_clock = "wall" in '
+                            f"[experiment] of {CONFIG_FILE}")
+    return config.updated(budget_clock="wall"), [
+        f"budget clock: wall ({_files(config)} never read {CLOCK_VARIABLE}, so a busy machine gives runs fewer "
+        "steps)"]
 
 
 def _files(config: Config) -> str:

@@ -74,6 +74,7 @@ class ExperimentRow:
     delta_band: float | None = None  # ± on `delta`: one standard error of the difference
     holdout_metric: float | None = None  # this experiment's weights on the holdout split (never decides anything)
     holdout_val_metric: float | None = None  # the same weights on the validation split, for the transfer gap
+    budget_clock: str = "wall"  # what timed the run's budget (process | wall): scores of different clocks differ
 
     @property
     def is_baseline(self) -> bool:
@@ -173,6 +174,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         'CREATE INDEX runs_experiment ON runs ("experiment")',
     ),
+    ("""ALTER TABLE experiments ADD COLUMN "budget_clock" TEXT NOT NULL DEFAULT 'wall'""",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
