@@ -107,7 +107,7 @@ def test_a_new_workspace_times_its_budget_on_the_process_clock(tmp_path):
     workspace = init_workspace(tmp_path / "ws")
     config, notes = load_config(workspace)
     assert config.experiment.budget_clock == "process"
-    assert 'budget_clock = "process"' in (workspace / "loopdeck.toml").read_text()
+    assert '# budget_clock = "process"' in (workspace / "loopdeck.toml").read_text()  # the target's default
     assert not any(note.startswith("budget clock") for note in notes)
 
 

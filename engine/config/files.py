@@ -55,8 +55,7 @@ def load_config(workspace: Path | str, *, budget_seconds: float | None = None) -
         data = tomllib.loads(text)
         if "baseline_seeds" not in data.get("evaluation", {}):
             config, notes = _default_baseline_runs(workspace, config)
-        config, clock_notes = _budget_clock(workspace, config, explicit="budget_clock" in data.get("experiment", {}))
-        notes += clock_notes
+        config = _budget_clock(workspace, config, explicit="budget_clock" in data.get("experiment", {}))
     else:
         config, notes = _infer(workspace, budget_seconds)
     for name in (*config.experiment.editable, *config.experiment.protected):
@@ -90,8 +89,11 @@ def _infer(workspace: Path, budget_seconds: float | None) -> tuple[Config, list[
         f"budget: {budget:g} s ({source}); runs are killed after {config.timeout():g} s",
     ]
     config, seeding = _default_baseline_runs(workspace, config)
-    config, clock = _budget_clock(workspace, config, explicit=False)
-    return config, notes + clock + (seeding or [f"seeding: the repo reads {SEED_VARIABLE}: the baseline runs "
+    config = _budget_clock(workspace, config, explicit=False)
+    if config.experiment.budget_clock == "wall":
+        notes.append(f"budget clock: wall ({_files(config)} never read {CLOCK_VARIABLE}: a busy machine gives runs "
+                     "fewer steps)")
+    return config, notes + (seeding or [f"seeding: the repo reads {SEED_VARIABLE}: the baseline runs "
                                         f"{config.evaluation.baseline_seeds} times with different seeds to measure "
                                         "the run-to-run noise"])
 
@@ -107,20 +109,18 @@ def _default_baseline_runs(workspace: Path, config: Config) -> tuple[Config, lis
         f"in a {CONFIG_FILE})"]
 
 
-def _budget_clock(workspace: Path, config: Config, *, explicit: bool) -> tuple[Config, list[str]]:
-    """The process clock only for a target whose files read LOOPDECK_BUDGET_CLOCK (a harness that does not times
-    its budget in wall seconds whatever loopdeck asks): by default wall then, with a note; asked for, refused."""
+def _budget_clock(workspace: Path, config: Config, *, explicit: bool) -> Config:
+    """The process clock only for a target whose files read LOOPDECK_BUDGET_CLOCK (one that does not times its
+    budget in wall seconds whatever loopdeck asks): by default wall then; asked for, refused."""
     experiment = config.experiment
     if experiment.budget_clock == "wall" or reads_variable(workspace, [*experiment.editable, *experiment.protected],
                                                            CLOCK_VARIABLE):
-        return config, []
+        return config
     if explicit:
         raise LoopdeckError(f'budget_clock = "process" cannot apply in {workspace}: {_files(config)} never read '
                             f'{CLOCK_VARIABLE}, so the budget is wall time; set budget_clock = "wall" in '
                             f"[experiment] of {CONFIG_FILE}")
-    return config.updated(budget_clock="wall"), [
-        f"budget clock: wall ({_files(config)} never read {CLOCK_VARIABLE}, so a busy machine gives runs fewer "
-        "steps)"]
+    return config.updated(budget_clock="wall")
 
 
 def _files(config: Config) -> str:
@@ -228,6 +228,9 @@ _HEADER = """\
 # Settings whose default depends on how loopdeck runs (console or headless): default_toml writes them commented
 # out unless given, so that the mode decides.
 _MODE_DEPENDENT = frozenset({"approval"})
+# Settings whose default depends on the target (budget_clock: process where the target reads it, else wall):
+# written commented out unless given, so that a file stays right for any target.
+_TARGET_DEPENDENT = frozenset({"budget_clock"})
 
 
 def _setting_line(name: str, value: Any, description: str, *, commented: bool = False) -> str:
@@ -243,8 +246,8 @@ def _render(model: BaseModel, path: tuple[str, ...], out: list[str], given: froz
         if isinstance(value, BaseModel):
             nested.append((name, value))
             continue
-        out.append(_setting_line(name, value, info.description or "", commented=name in _MODE_DEPENDENT
-                                 and name not in given))
+        out.append(_setting_line(name, value, info.description or "",
+                                 commented=name in _MODE_DEPENDENT | _TARGET_DEPENDENT and name not in given))
     for name, value in nested:
         _render(value, (*path, name), out, given)
 
