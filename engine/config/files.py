@@ -79,6 +79,7 @@ def _infer(workspace: Path, budget_seconds: float | None) -> tuple[Config, list[
     budget = budget_seconds or own_budget
     config = Config.model_validate({"experiment": {"editable": ["train.py"], "protected": protected,
                                                    "command": command, "budget_seconds": budget}})
+    config = _budget_clock(workspace, config, explicit=False)
     shown_command = " ".join(config.command_argv())
     source = own if budget == own_budget else f"--budget; the repo's own: {own_budget:g} s, {own}"
     notes = [
@@ -89,7 +90,6 @@ def _infer(workspace: Path, budget_seconds: float | None) -> tuple[Config, list[
         f"budget: {budget:g} s ({source}); runs are killed after {config.timeout():g} s",
     ]
     config, seeding = _default_baseline_runs(workspace, config)
-    config = _budget_clock(workspace, config, explicit=False)
     if config.experiment.budget_clock == "wall":
         notes.append(f"budget clock: wall ({_files(config)} never read {CLOCK_VARIABLE}: a busy machine gives runs "
                      "fewer steps)")
