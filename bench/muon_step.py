@@ -11,27 +11,13 @@ Run: python -m bench muon_step [--quick]
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from types import ModuleType
 
 import torch
 
-import loopdeck.gpt.harness as harness
 from bench.common import Figure, load, standalone
-from loopdeck.gpt import TRAIN_TEMPLATE
-
-
-def template() -> ModuleType:
-    """The GPT template imported as a module, its `from harness import …` served by the package's harness."""
-    import importlib.util
-
-    sys.modules.setdefault("harness", harness)
-    spec = importlib.util.spec_from_file_location("muon_bench_train", TRAIN_TEMPLATE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench.reference_gpt import default_train_module
 
 
 def per_matrix_muon(train: ModuleType) -> type[torch.optim.Optimizer]:
@@ -86,7 +72,7 @@ class Trainer:
 
 def run(quick: bool) -> list[Figure]:
     rounds, steps = (3, 4) if quick else (8, 10)
-    train = template()
+    train = default_train_module()
     trainers = {"batched": Trainer(train, train.Muon), "per-matrix": Trainer(train, per_matrix_muon(train))}
     for trainer in trainers.values():
         trainer.steps(2)  # allocator and thread-pool warm-up, not timed

@@ -1,7 +1,7 @@
 """The protected harness of the GPT target: fixed constants, data, tokenizers, dataloader, evaluation, output.
 
 Fixed, do not modify. Experiments edit train.py; this file defines how they are measured, so every experiment
-trains for the same wall-clock budget and is scored on the same validation tokens in the same way. Every new
+trains for the same budget and is scored on the same validation tokens in the same way. Every new
 workspace holds its own copy, hash-pinned in loopdeck.toml, so a loopdeck upgrade never changes how an existing
 workspace is measured (autoresearch's `prepare.py` plays the same part).
 

@@ -1,4 +1,4 @@
-"""Train a small GPT for a fixed wall-clock budget and report val_bpb: the one file loopdeck experiments edit.
+"""Train a small GPT for a fixed time budget and report val_bpb: the one file loopdeck experiments edit.
 
 Model, optimizer and training loop live here, to be read top to bottom and changed freely. What the run is
 measured by (time budget, data, tokenizer, evaluation) lives in the protected `harness.py` beside this file.
@@ -7,9 +7,10 @@ Notable features:
 - GPT: token embedding, RMSNorm (no learnable weight), rotary position embeddings, QK-norm, causal attention via
   F.scaled_dot_product_attention, ReLU² MLP, learnable per-layer residual and input-skip scalars, untied LM head,
   tanh logit soft-cap.
-- Optimizer: Muon (momentum orthogonalised by polar-express iterations) for the hidden 2-D weight matrices, AdamW
-  for the embedding, the LM head and the scalars.
-- Learning-rate warmup and warmdown tied to progress through the time budget, not to a step count.
+- Optimizer: Muon (momentum orthogonalised by polar-express iterations, same-shaped matrices in one batched call)
+  for the hidden 2-D weight matrices, AdamW for the embedding, the LM head and the scalars.
+- Learning-rate warmup and warmdown tied to progress through the time budget, not to a step count. The harness's
+  BudgetClock times it: by default CPU (or GPU) work, so a busy machine does not change the steps a run gets.
 - Device: CUDA, else Apple MPS, else CPU (LOOPDECK_DEVICE overrides); bf16 autocast and torch.compile on CUDA.
 - Fails fast on a NaN or exploding loss: prints FAIL and exits 1.
 - A progress line per step, a JSON-lines metrics stream (LOOPDECK_METRICS), the weights saved as model.pt in

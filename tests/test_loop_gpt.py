@@ -31,3 +31,6 @@ def test_the_offline_agent_drives_the_real_gpt_target(make_workspace, run_sessio
     assert {event.experiment for event in recorded.of(TrainStep)} == {0, 1, 2}
     assert [event.experiment for event in recorded.of(ExperimentFinished)] == [0, 1, 2]
     assert all(row.agent == "offline" for row in rows[1:])
+    # The harness reads LOOPDECK_BUDGET_CLOCK, so the default process clock applies and every run records it.
+    assert session.config.experiment.budget_clock == "process"
+    assert {row.budget_clock for row in rows} == {"process"}
