@@ -50,8 +50,9 @@ import torch.nn.functional as F
 
 __all__ = [
     "BUDGET_CLOCK", "EVAL_BATCH_SIZE", "EVAL_TOKENS", "MAX_SEQ_LEN", "TIME_BUDGET", "UNTIMED_STEPS", "BudgetClock",
-    "Data", "DataError", "MetricsLog", "evaluate_bpb", "format_summary", "load_data", "load_model", "make_train_loader",
-    "open_metrics", "peak_flops", "peak_memory_mb", "pick_device", "run_dir", "run_seed", "save_model",
+    "Data", "DataError", "MetricsLog", "evaluate_bpb", "format_summary", "load_data", "load_model",
+    "make_train_loader", "open_metrics", "peak_flops", "peak_memory_mb", "pick_device", "run_dir", "run_seed",
+    "save_model",
 ]
 
 
