@@ -61,6 +61,7 @@ class SessionStarted(Event):
     resumed: bool = False
     editable: tuple[str, ...] = ()
     self_reported: bool = True  # True when the metric is the number the training file prints
+    budget_clock: str = "wall"  # what times the budget: "process" (CPU or GPU work) | "wall"
 
 
 @dataclass(frozen=True, kw_only=True)

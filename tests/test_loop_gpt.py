@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loopdeck.engine.events import ExperimentFinished, TrainStep
+from loopdeck.engine.events import ExperimentFinished, SessionStarted, TrainStep
 from loopdeck.engine.store.ledger import Ledger
 
 
@@ -34,3 +34,4 @@ def test_the_offline_agent_drives_the_real_gpt_target(make_workspace, run_sessio
     # The harness reads LOOPDECK_BUDGET_CLOCK, so the default process clock applies and every run records it.
     assert session.config.experiment.budget_clock == "process"
     assert {row.budget_clock for row in rows} == {"process"}
+    assert [event.budget_clock for event in recorded.of(SessionStarted)] == ["process"]

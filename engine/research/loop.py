@@ -134,7 +134,8 @@ class ResearchLoop:
             workspace=str(self.ctx.workspace), branch=self.ctx.branch, agent=agent_name,
             approval=self.ctx.controller.approval, budget_seconds=cfg.experiment.budget_seconds,
             metric_name=cfg.metric.name, metric_direction=cfg.metric.direction, resumed=self.ctx.resumed,
-            editable=tuple(cfg.experiment.editable), self_reported=self.integrity.self_reported))
+            editable=tuple(cfg.experiment.editable), self_reported=self.integrity.self_reported,
+            budget_clock=cfg.experiment.budget_clock))
         self.integrity.session_started()
 
     def _finish_session(self, reason: str) -> None:
