@@ -1,8 +1,9 @@
 """Muon's step, batched against the per-matrix reference: tokens/s of whole training steps and ms per Muon step.
 
 The GPT template's model at its default size trains on random tokens in this process, alternating rounds of
-steps with the template's Muon (same-shaped matrices orthogonalised in one batched call) and with the plain
-reference below (one call per matrix, the template before batching), so both see the same machine load. AdamW
+steps with the template's Muon (same-shaped matrices orthogonalised in one chain of batched, fused
+multiply-adds) and with the plain reference below (one chain of plain matmuls per matrix, the template before
+batching), so both see the same machine load. AdamW
 and everything else are the template's own. Full: 8 rounds of 10 steps; --quick: 3 rounds of 4.
 
 Run: python -m bench muon_step [--quick]
@@ -20,8 +21,19 @@ from bench.common import Figure, load, standalone
 from bench.reference_gpt import default_train_module
 
 
+def plain_orthogonalize(G: torch.Tensor, coefficients: tuple[tuple[float, float, float], ...]) -> torch.Tensor:
+    """The template's polar-express iteration before batching: one matrix (m, n), plain matmuls."""
+    X = G.float()
+    tall = X.size(0) > X.size(1)
+    X = (X.T if tall else X) / (X.norm() * 1.02 + 1e-6)
+    for a, b, c in coefficients:
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if tall else X
+
+
 def per_matrix_muon(train: ModuleType) -> type[torch.optim.Optimizer]:
-    """The reference: Muon orthogonalising each matrix on its own (the template's update, one matrix at a time)."""
+    """The reference: the template's Muon before batching, orthogonalising one matrix at a time."""
 
     class PerMatrixMuon(train.Muon):
         @torch.no_grad()
@@ -32,7 +44,8 @@ def per_matrix_muon(train: ModuleType) -> type[torch.optim.Optimizer]:
                         continue
                     buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
                     buf.lerp_(p.grad, 1 - group["momentum"])
-                    update = train.orthogonalize(p.grad.lerp(buf, group["momentum"]), group["ns_steps"])
+                    steps = train.polar_express_coeffs[: group["ns_steps"]]
+                    update = plain_orthogonalize(p.grad.lerp(buf, group["momentum"]), steps)
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                     p.add_(update, alpha=-group["lr"] * max(1.0, p.size(-2) / p.size(-1)) ** 0.5)
 

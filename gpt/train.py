@@ -233,15 +233,16 @@ polar_express_coeffs = (
 
 
 def orthogonalize(G: torch.Tensor, steps: int) -> torch.Tensor:
-    """Approximate U Vᵀ for each G = U S Vᵀ in a batch (..., m, n): every singular value set to ~1."""
+    """Approximate U Vᵀ for each G = U S Vᵀ of a batch (N, m, n): every singular value set to ~1."""
     X = G.bfloat16() if G.is_cuda else G.float()  # bf16 is fast on tensor cores; CPUs prefer float32
     tall = X.size(-2) > X.size(-1)
     if tall:
         X = X.mT  # iterate on the smaller Gram matrix
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)  # spectral norm <= Frobenius norm < 1
     for a, b, c in polar_express_coeffs[:steps]:
-        A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
+        A = X @ X.mT  # (N, m, m)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b·A + c·A²: fused multiply-adds, no temporaries
+        X = torch.baddbmm(X, B, X, beta=a)  # a·X + B·X
     return (X.mT if tall else X).to(G.dtype)
 
 
