@@ -46,17 +46,19 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure(source: str, budget: float, device: str = "auto") -> tuple[dict, list[dict], dict]:
-    """Run a training file once in a subprocess: (start record, timed step records, summary). Raises
-    RuntimeError with the output's tail when the run fails."""
+def measure(source: str, budget: float, device: str = "auto", env: dict[str, str] | None = None
+            ) -> tuple[dict, list[dict], dict]:
+    """Run a training file once in a subprocess (`env` added to its environment): (start record, timed step
+    records, summary). Raises RuntimeError with the output's tail when the run fails."""
     with tempfile.TemporaryDirectory(prefix="loopdeck-bench-") as folder:
         (Path(folder) / "train.py").write_text(source, encoding="utf-8")
         shutil.copyfile(HARNESS_TEMPLATE, Path(folder) / HARNESS_FILE)
         metrics = Path(folder) / "metrics.jsonl"
-        env = {**os.environ, "LOOPDECK_TIME_BUDGET": str(budget), "LOOPDECK_METRICS": str(metrics),
-               "LOOPDECK_RUN_DIR": folder, "LOOPDECK_EVAL_TOKENS": "256",  # throughput only: skip most of eval
-               **({"LOOPDECK_DEVICE": device} if device != "auto" else {})}
-        result = subprocess.run([sys.executable, "train.py"], cwd=folder, env=env, capture_output=True, text=True)
+        environment = {**os.environ, "LOOPDECK_TIME_BUDGET": str(budget), "LOOPDECK_METRICS": str(metrics),
+                       "LOOPDECK_RUN_DIR": folder, "LOOPDECK_EVAL_TOKENS": "256",  # throughput only: skip most of eval
+                       **({"LOOPDECK_DEVICE": device} if device != "auto" else {}), **(env or {})}
+        result = subprocess.run([sys.executable, "train.py"], cwd=folder, env=environment, capture_output=True,
+                                text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         records = list(read_records(metrics))

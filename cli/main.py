@@ -13,7 +13,7 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 from loopdeck.cli.options import CTL_ACTIONS, add_agent_option, add_run_options, parse_scale, positive_float
-from loopdeck.engine.config import APPROVALS, Config
+from loopdeck.engine.config import APPROVALS, BUDGET_CLOCKS, Config
 
 DIR_HELP = "the workspace (default: the current directory)"
 AddParser = Callable[..., argparse.ArgumentParser]  # `add_parser` of the subcommands
@@ -65,6 +65,10 @@ def _add_train(add_parser: AddParser) -> None:
                        "(default: the embedded corpus built from CPython's own documentation)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                        help="where to train; auto = CUDA, else MPS, else CPU (default: auto)")
+    train.add_argument("--clock", choices=BUDGET_CLOCKS, default=Config().experiment.budget_clock,
+                       help="what times the budget: process = CPU seconds of the run divided by its threads (GPU "
+                       "time on CUDA), so a busy machine cannot change how many steps it gets; wall = seconds on "
+                       "the wall clock (default: %(default)s)")
     train.add_argument("--out", metavar="DIR", help="where to write the log, metrics and weights "
                        "(default: runs/<timestamp> under the current directory)")
     train.set_defaults(handler=_target("loopdeck.cli.train:train_command"))

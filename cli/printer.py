@@ -44,7 +44,8 @@ class HeadlessPrinter:
         if isinstance(event, SessionStarted):
             self.metric_name = event.metric_name
             text = (f"loopdeck: {'resumed' if event.resumed else 'started'} on {event.branch}: agent {event.agent}, "
-                    f"approval {event.approval}, budget {event.budget_seconds:g} s per experiment")
+                    f"approval {event.approval}, budget {event.budget_seconds:g} s per experiment ({event.budget_clock} "
+                    "clock)")
             if event.approval == "ask":
                 text += (f"\nloopdeck: each change waits for a decision: `loopdeck ctl {self.workspace} approve` or "
                          f"`loopdeck ctl {self.workspace} veto \"why\"` (--approve auto runs unattended)")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.run.environment import budget_clock_env
 from loopdeck.gpt import HARNESS_FILE, HARNESS_TEMPLATE, TRAIN_TEMPLATE
 
 
@@ -40,6 +41,8 @@ def train_command(args: argparse.Namespace) -> int:
            "PYTHONUNBUFFERED": "1"}
     if getattr(args, "budget", None):
         env["LOOPDECK_TIME_BUDGET"] = repr(float(args.budget))
+    if getattr(args, "clock", None):
+        env.update(budget_clock_env(args.clock))
     device = getattr(args, "device", None)
     if device and device != "auto":
         env["LOOPDECK_DEVICE"] = device

@@ -64,6 +64,7 @@ class SessionStarted(Event):
     editable: tuple[str, ...] = ()
     self_reported: bool = True  # True when the metric is the number the training file prints
     workers: int = 1  # experiments that may be in flight at once ([workers] count)
+    budget_clock: str = "wall"  # what times the budget: "process" (CPU or GPU work) | "wall"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -47,7 +47,7 @@ from loopdeck.engine.run.runner import LocalExecutor
 from loopdeck.engine.run.sandbox import check_sandbox
 from loopdeck.engine.run.telemetry import TelemetrySampler
 from loopdeck.engine.run.workers import open_workers
-from loopdeck.engine.store.budget import budget_constant, budget_in_force
+from loopdeck.engine.store.budget import budget_constant, budget_in_force, check_budget_clock
 from loopdeck.engine.store.gitops import BRANCH_PREFIX, ResearchRepo
 from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal, read_tail
 from loopdeck.engine.store.ledger import Ledger
@@ -131,6 +131,7 @@ class Session(ControlCalls):
         self._lock.acquire()
         try:
             self.ledger = Ledger(self.state_dir)
+            check_budget_clock(self.ledger, self.config.experiment.budget_clock)
             self.user_branch = self.repo.current_branch()  # where the checkout goes back to when nothing is kept
             self._kept_at_start = _kept(self.ledger)
             if study:

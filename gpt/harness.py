@@ -1,7 +1,7 @@
 """The protected harness of the GPT target: fixed constants, data, tokenizers, dataloader, evaluation, output.
 
 Fixed, do not modify. Experiments edit train.py; this file defines how they are measured, so every experiment
-trains for the same wall-clock budget and is scored on the same validation tokens in the same way. Every new
+trains for the same budget and is scored on the same validation tokens in the same way. Every new
 workspace holds its own copy, hash-pinned in loopdeck.toml, so a loopdeck upgrade never changes how an existing
 workspace is measured (autoresearch's `prepare.py` plays the same part).
 
@@ -12,6 +12,7 @@ the function that needs them. `python harness.py` builds the embedded corpus and
 
 Environment (all optional; the engine sets them, a person may too):
   LOOPDECK_TIME_BUDGET   training seconds (default 60)
+  LOOPDECK_BUDGET_CLOCK  process (default: seconds of CPU or GPU work, which a busy machine cannot shorten) | wall
   LOOPDECK_EVAL_TOKENS   evaluation token count; tests only, since it changes what val_bpb means
   LOOPDECK_DATA          a directory, file or glob of .txt/.jsonl/.parquet; unset = the embedded corpus
   LOOPDECK_TOKENIZER     byte (default), bpe or bpe:VOCAB (a BPE trained on the corpus and cached)
@@ -48,9 +49,10 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "EVAL_BATCH_SIZE", "EVAL_TOKENS", "MAX_SEQ_LEN", "TIME_BUDGET", "UNTIMED_STEPS", "Data", "DataError",
-    "MetricsLog", "evaluate_bpb", "format_summary", "load_data", "load_model", "make_train_loader",
-    "open_metrics", "peak_flops", "peak_memory_mb", "pick_device", "run_dir", "run_seed", "save_model",
+    "BUDGET_CLOCK", "EVAL_BATCH_SIZE", "EVAL_TOKENS", "MAX_SEQ_LEN", "TIME_BUDGET", "UNTIMED_STEPS", "BudgetClock",
+    "Data", "DataError", "MetricsLog", "evaluate_bpb", "format_summary", "load_data", "load_model",
+    "make_train_loader", "open_metrics", "peak_flops", "peak_memory_mb", "pick_device", "run_dir", "run_seed",
+    "save_model",
 ]
 
 
@@ -80,6 +82,7 @@ TIME_BUDGET = _env_number("LOOPDECK_TIME_BUDGET", 60.0, float)  # training secon
 EVAL_TOKENS = _env_number("LOOPDECK_EVAL_TOKENS", 131072, int)  # validation tokens scored (fewer if val is smaller)
 EVAL_BATCH_SIZE = 32  # rows of MAX_SEQ_LEN per evaluation forward pass
 UNTIMED_STEPS = 3  # first optimizer steps not counted in the budget: compilation, allocator warm-up
+BUDGET_CLOCK = os.environ.get("LOOPDECK_BUDGET_CLOCK", "").strip().lower() or "process"  # what times the budget
 
 
 # ---------------------------------------------------------------------------
@@ -142,6 +145,56 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------
+# Budget clock: what a training step costs against TIME_BUDGET
+# ---------------------------------------------------------------------------
+
+
+class BudgetClock:
+    """Times each training step in the seconds the budget counts, so a busy machine cannot change a run's steps.
+
+    "process" counts work done, not time waited: on CPU the process's CPU seconds (all its threads) divided by
+    torch's thread count; on a GPU (CUDA, MPS) the device time between two events recorded around the step. "wall"
+    counts wall-clock seconds, as autoresearch does. `name` is recorded with the run's results.
+    """
+
+    def __init__(self, device: torch.device, kind: str = BUDGET_CLOCK) -> None:
+        if kind not in ("process", "wall"):
+            raise DataError(f"LOOPDECK_BUDGET_CLOCK={kind!r}: expected process or wall")
+        self.name = kind
+        self.device = device
+        if kind == "process" and device.type == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+            # Spinning OpenMP threads burn CPU while waiting for a thread a busy machine delays: set before torch
+            # loads, which is too late here (loopdeck sets it for every run on this clock).
+            print("note: the process clock counts waiting as work unless OMP_WAIT_POLICY=PASSIVE is set when the "
+                  "run starts (loopdeck sets it)", flush=True)
+        self._started = 0.0
+        self._begin: torch.Event | None = None
+
+    def start(self) -> None:
+        """Mark the start of a step."""
+        if self.name == "process" and self.device.type != "cpu":
+            self._begin = torch.Event(self.device, enable_timing=True)
+            self._begin.record()
+        else:
+            self._started = self._now()
+
+    def stop(self) -> float:
+        """Seconds since `start` on this clock; call it once the step's result is on the host."""
+        if self._begin is None:
+            return self._now() - self._started
+        end = torch.Event(self.device, enable_timing=True)
+        end.record()
+        end.synchronize()
+        return self._begin.elapsed_time(end) / 1000
+
+    def _now(self) -> float:
+        if self.name == "wall":
+            return time.perf_counter()
+        # CPU seconds of every thread: a step starved by a neighbour's load waits longer, but its work costs the same.
+        return time.process_time() / max(torch.get_num_threads(), 1)
 
 
 # ---------------------------------------------------------------------------

@@ -202,8 +202,8 @@ def test_loopdeck_train_runs_the_template_once_and_keeps_its_files(tmp_path):
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "a.txt").write_text("\n\n".join(f"Paragraph {i}. " + "Some words here. " * 60
                                                            for i in range(120)), encoding="utf-8")
-    result = loopdeck("train", "--budget", "1", "--data", "corpus", "--device", "cpu", "--out", "out",
-                      cwd=tmp_path, LOOPDECK_EVAL_TOKENS="1024")
+    result = loopdeck("train", "--budget", "1", "--data", "corpus", "--device", "cpu", "--out", "out", "--clock",
+                      "wall", cwd=tmp_path, LOOPDECK_EVAL_TOKENS="1024")
     assert result.returncode == 0, result.stdout[-2000:]
     out = tmp_path / "out"
     assert sorted(path.name for path in out.iterdir()) == ["harness.py", "log.txt", "metrics.jsonl", "model.pt",
@@ -214,6 +214,7 @@ def test_loopdeck_train_runs_the_template_once_and_keeps_its_files(tmp_path):
     assert log in result.stdout and parse_summary(log)["val_bpb"] > 0
     start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert start["corpus"] == str(tmp_path / "corpus") and start["budget_seconds"] == 1.0
+    assert start["budget_clock"] == "wall" and "(wall clock)" in log
 
 
 def parse_summary(text: str) -> dict[str, float]:

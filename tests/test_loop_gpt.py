@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loopdeck.engine.events import ExperimentFinished, TrainStep
+from loopdeck.engine.events import ExperimentFinished, SessionStarted, TrainStep
 from loopdeck.engine.store.ledger import Ledger
 
 
@@ -31,3 +31,7 @@ def test_the_offline_agent_drives_the_real_gpt_target(make_workspace, run_sessio
     assert {event.experiment for event in recorded.of(TrainStep)} == {0, 1, 2}
     assert [event.experiment for event in recorded.of(ExperimentFinished)] == [0, 1, 2]
     assert all(row.agent == "offline" for row in rows[1:])
+    # The harness reads LOOPDECK_BUDGET_CLOCK, so the default process clock applies and every run records it.
+    assert session.config.experiment.budget_clock == "process"
+    assert {row.budget_clock for row in rows} == {"process"}
+    assert [event.budget_clock for event in recorded.of(SessionStarted)] == ["process"]

@@ -273,7 +273,8 @@ def test_training_env_sets_the_contract_variables(tmp_path: Path) -> None:
                        base={"HF_TOKEN": "x", "GITHUB_TOKEN": "y", "PATH": "/bin"})
     assert env == {"HF_TOKEN": "x", "PATH": "/bin", "LOOPDECK_DEVICE": "cpu", "LOOPDECK_TIME_BUDGET": "2.5",
                    "LOOPDECK_METRICS": str(tmp_path / "m.jsonl"), "LOOPDECK_RUN_DIR": str(tmp_path),
-                   "LOOPDECK_DATA": "corpus", "LOOPDECK_SEED": "4", "PYTHONUNBUFFERED": "1"}
+                   "LOOPDECK_DATA": "corpus", "LOOPDECK_SEED": "4", "PYTHONUNBUFFERED": "1",
+                   "LOOPDECK_BUDGET_CLOCK": "process", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def test_parse_summary_and_metric_from_log() -> None:

@@ -7,6 +7,7 @@ names and `errors`.
 from loopdeck.engine.config.files import (
     BUDGET_CONSTANT,
     BUDGET_VARIABLE,
+    CLOCK_VARIABLE,
     SEED_VARIABLE,
     BudgetConstant,
     budget_location,
@@ -23,6 +24,7 @@ from loopdeck.engine.config.schema import (
     AGENT_KINDS,
     APPROVALS,
     AUTORESEARCH_BUDGET,
+    BUDGET_CLOCKS,
     CONFIG_FILE,
     DEFAULT_PATTERN,
     PIPELINE_MODES,
@@ -53,4 +55,5 @@ __all__ = [
     "budget_location", "default_toml", "find_budget_constant", "load_config", "parse_config", "pin_protected_file",
     "reads_variable", "seedable", "toml_value", "validate",
     "WORKER_BACKENDS", "WorkersSettings",
+    "reads_variable", "seedable", "toml_value", "validate", "BUDGET_CLOCKS", "CLOCK_VARIABLE",
 ]

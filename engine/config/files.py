@@ -23,6 +23,7 @@ from loopdeck.engine.config.schema import (
 from loopdeck.engine.errors import LoopdeckError
 
 BUDGET_VARIABLE = "LOOPDECK_TIME_BUDGET"
+CLOCK_VARIABLE = "LOOPDECK_BUDGET_CLOCK"
 SEED_VARIABLE = "LOOPDECK_SEED"
 BUDGET_CONSTANT = "TIME_BUDGET"
 
@@ -51,8 +52,10 @@ def load_config(workspace: Path | str, *, budget_seconds: float | None = None) -
         except (OSError, UnicodeDecodeError) as exc:
             raise LoopdeckError(f"cannot read {path}: {exc}") from None
         config, notes = parse_config(text, str(path)), []
-        if "baseline_seeds" not in tomllib.loads(text).get("evaluation", {}):
+        data = tomllib.loads(text)
+        if "baseline_seeds" not in data.get("evaluation", {}):
             config, notes = _default_baseline_runs(workspace, config)
+        config = _budget_clock(workspace, config, explicit="budget_clock" in data.get("experiment", {}))
     else:
         config, notes = _infer(workspace, budget_seconds)
     for name in (*config.experiment.editable, *config.experiment.protected):
@@ -76,6 +79,7 @@ def _infer(workspace: Path, budget_seconds: float | None) -> tuple[Config, list[
     budget = budget_seconds or own_budget
     config = Config.model_validate({"experiment": {"editable": ["train.py"], "protected": protected,
                                                    "command": command, "budget_seconds": budget}})
+    config = _budget_clock(workspace, config, explicit=False)
     shown_command = " ".join(config.command_argv())
     source = own if budget == own_budget else f"--budget; the repo's own: {own_budget:g} s, {own}"
     notes = [
@@ -86,6 +90,9 @@ def _infer(workspace: Path, budget_seconds: float | None) -> tuple[Config, list[
         f"budget: {budget:g} s ({source}); runs are killed after {config.timeout():g} s",
     ]
     config, seeding = _default_baseline_runs(workspace, config)
+    if config.experiment.budget_clock == "wall":
+        notes.append(f"budget clock: wall ({_files(config)} never read {CLOCK_VARIABLE}: a busy machine gives runs "
+                     "fewer steps)")
     return config, notes + (seeding or [f"seeding: the repo reads {SEED_VARIABLE}: the baseline runs "
                                         f"{config.evaluation.baseline_seeds} times with different seeds to measure "
                                         "the run-to-run noise"])
@@ -100,6 +107,20 @@ def _default_baseline_runs(workspace: Path, config: Config) -> tuple[Config, lis
         f"seeding: {_files(config)} never read {SEED_VARIABLE}, so runs cannot be seeded: one baseline run, "
         "run-to-run noise not measured (to measure its nondeterminism anyway, set [evaluation] baseline_seeds = 3 "
         f"in a {CONFIG_FILE})"]
+
+
+def _budget_clock(workspace: Path, config: Config, *, explicit: bool) -> Config:
+    """The process clock only for a target whose files read LOOPDECK_BUDGET_CLOCK (one that does not times its
+    budget in wall seconds whatever loopdeck asks): by default wall then; asked for, refused."""
+    experiment = config.experiment
+    if experiment.budget_clock == "wall" or reads_variable(workspace, [*experiment.editable, *experiment.protected],
+                                                           CLOCK_VARIABLE):
+        return config
+    if explicit:
+        raise LoopdeckError(f'budget_clock = "process" cannot apply in {workspace}: {_files(config)} never read '
+                            f'{CLOCK_VARIABLE}, so the budget is wall time; set budget_clock = "wall" in '
+                            f"[experiment] of {CONFIG_FILE}")
+    return config.updated(budget_clock="wall")
 
 
 def _files(config: Config) -> str:
@@ -207,6 +228,9 @@ _HEADER = """\
 # Settings whose default depends on how loopdeck runs (console or headless): default_toml writes them commented
 # out unless given, so that the mode decides.
 _MODE_DEPENDENT = frozenset({"approval"})
+# Settings whose default depends on the target (budget_clock: process where the target reads it, else wall):
+# written commented out unless given, so that a file stays right for any target.
+_TARGET_DEPENDENT = frozenset({"budget_clock"})
 
 
 def _setting_line(name: str, value: Any, description: str, *, commented: bool = False) -> str:
@@ -222,8 +246,8 @@ def _render(model: BaseModel, path: tuple[str, ...], out: list[str], given: froz
         if isinstance(value, BaseModel):
             nested.append((name, value))
             continue
-        out.append(_setting_line(name, value, info.description or "", commented=name in _MODE_DEPENDENT
-                                 and name not in given))
+        out.append(_setting_line(name, value, info.description or "",
+                                 commented=name in _MODE_DEPENDENT | _TARGET_DEPENDENT and name not in given))
     for name, value in nested:
         _render(value, (*path, name), out, given)
 

@@ -182,7 +182,8 @@ class Integrity:
         """Why the run is over its budget ("" when it is not). The unchanged baseline is never rejected: it is
         what the repository does, the reference every change is judged against; a person hears of it instead."""
         allowance = max(self.settings.startup_allowance_seconds, 2 * (self._overhead or 0.0))
-        check = BudgetCheck(self.ctx.config.experiment.budget_seconds, allowance, self._budget_location)
+        check = BudgetCheck(self.ctx.config.experiment.budget_seconds, allowance, self._budget_location,
+                            self.ctx.config.wall_budget())
         problem = check.problem(result, run_dir)
         if problem and baseline:
             self.ctx.emit(Notice(level="warning", experiment=number, message=f"the baseline is {problem} (kept: "

@@ -145,6 +145,7 @@ class Judge:
             "peak_memory_mb": peak if peak else result.peak_rss_mb,
             "training_seconds": summary.get("training_seconds"),
             "wall_seconds": result.wall_seconds,
+            "budget_clock": "process" if start.get("budget_clock") == "process" else "wall",
             "log_path": str(run_dir / LOG_FILE),
             "env": env,
             "worker": result.worker,

@@ -147,7 +147,7 @@ class ResearchLoop:
             approval=self.ctx.controller.approval, budget_seconds=cfg.experiment.budget_seconds,
             metric_name=cfg.metric.name, metric_direction=cfg.metric.direction, resumed=self.ctx.resumed,
             editable=tuple(cfg.experiment.editable), self_reported=self.integrity.self_reported,
-            workers=self.workers))
+            workers=self.workers, budget_clock=cfg.experiment.budget_clock))
         self.integrity.session_started()
 
     def _finish_session(self, reason: str) -> None:

@@ -45,11 +45,21 @@ def scrubbed_env(base: Mapping[str, str], allow: Iterable[str] = (), extra: Mapp
     return env
 
 
+def budget_clock_env(clock: str) -> dict[str, str]:
+    """The variables of a run on budget clock `clock`: LOOPDECK_BUDGET_CLOCK, and on the process clock
+    OMP_WAIT_POLICY=PASSIVE, read when torch loads OpenMP. Spinning idle threads burn CPU while they wait for a
+    thread the neighbour's load delays, so CPU time would count the wait (measured on 2 cores, 4 s budget: 63
+    steps quiet, 7-9 beside a 2-process hog when spinning; 63 and 58 when passive)."""
+    return {"LOOPDECK_BUDGET_CLOCK": clock, **({"OMP_WAIT_POLICY": "PASSIVE"} if clock == "process" else {})}
+
+
 def training_env(config: Config, *, metrics_path: Path, run_dir: Path, seed: int | None = None,
                  base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The scrubbed environment for one run of `config`: LOOPDECK_TIME_BUDGET/METRICS/RUN_DIR/DATA(/SEED)."""
+    """The scrubbed environment for one run of `config`: LOOPDECK_TIME_BUDGET/BUDGET_CLOCK/METRICS/RUN_DIR/DATA
+    (/SEED)."""
     experiment = config.experiment
-    extra = {**experiment.env, "LOOPDECK_TIME_BUDGET": repr(experiment.budget_seconds),
+    extra = {**budget_clock_env(experiment.budget_clock), **experiment.env,
+             "LOOPDECK_TIME_BUDGET": repr(experiment.budget_seconds),
              "LOOPDECK_METRICS": str(metrics_path), "LOOPDECK_RUN_DIR": str(run_dir),
              "LOOPDECK_DATA": experiment.data}
     if seed is not None:

@@ -1,4 +1,5 @@
-"""`--budget` on a repository that keeps its budget in its own code: set the constant by a loopdeck commit.
+"""`--budget` on a repository that keeps its budget in its own code: set the constant by a loopdeck commit; and the
+budget clock of a resumed ledger.
 
 An autoresearch repository never reads LOOPDECK_TIME_BUDGET: its budget is `TIME_BUDGET = 300` in the protected
 prepare.py. A budget given on the command line takes effect through one commit on the research branch that sets
@@ -21,6 +22,8 @@ from loopdeck.engine.config import (
 )
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.store.gitops import ResearchRepo
+from loopdeck.engine.store.ledger import LEDGER_FILE, Ledger
+from loopdeck.engine.store.results_tsv import RESULTS_FILE
 
 
 def budget_constant(workspace: Path, experiment: ExperimentSettings, seconds: float | None) -> BudgetConstant | None:
@@ -75,3 +78,17 @@ def rewrite_constant(source: bytes, constant: BudgetConstant, seconds: float) ->
     number = f"{int(seconds)}" if seconds == int(seconds) else repr(seconds)
     lines[constant.line - 1] = line[:constant.start] + number.encode() + line[constant.end:]
     return b"\n".join(lines).decode("utf-8")
+
+
+def check_budget_clock(ledger: Ledger, clock: str) -> None:
+    """Refuse a session whose runs would be timed on another budget clock than its incumbent's: the same code
+    scores differently on the two (steps bought by the wall clock depend on the machine's load), so comparing
+    them would keep or discard changes for the clock's sake."""
+    incumbent = ledger.incumbent()
+    if incumbent is None or incumbent.budget_clock == clock:
+        return
+    raise LoopdeckError(
+        f"the incumbent (#{incumbent.id}) was measured on the {incumbent.budget_clock} budget clock, this session "
+        f'would time runs on the {clock} clock: set budget_clock = "{incumbent.budget_clock}" in [experiment] of '
+        f"{CONFIG_FILE}, or move {LEDGER_FILE} and {RESULTS_FILE} out of {ledger.state_dir} to start a new "
+        "baseline")

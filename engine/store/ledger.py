@@ -76,6 +76,7 @@ class ExperimentRow:
     holdout_metric: float | None = None  # this experiment's weights on the holdout split (never decides anything)
     holdout_val_metric: float | None = None  # the same weights on the validation split, for the transfer gap
     worker: str = ""  # where the run happened, when experiments run on several workers (engine/run/ray_executor.py)
+    budget_clock: str = "wall"  # what timed the run's budget (process | wall): scores of different clocks differ
 
     @property
     def is_baseline(self) -> bool:
@@ -223,6 +224,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         'CREATE INDEX IF NOT EXISTS studies_study ON studies ("study")',
     ),
     ('ALTER TABLE experiments ADD COLUMN "worker" TEXT NOT NULL DEFAULT \'\'',),
+    ("""ALTER TABLE experiments ADD COLUMN "budget_clock" TEXT NOT NULL DEFAULT 'wall'""",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
