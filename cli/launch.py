@@ -2,8 +2,9 @@
 
 `loopdeck run DIR` starts the engine as its own process (cli/daemon.py) unless one already runs on DIR, and opens
 a console attached to it over the channel: quitting, SIGHUP or a lost SSH connection only detach. `--foreground`
-keeps the engine inside the console's process, as before. `watch` is read-only: over the channel when an engine
-serves one, else by following the journal (a headless or foreground session).
+keeps the engine inside the console's process, as before. `attach` works on a background or a headless session
+(both serve the channel). `watch` is read-only: over the channel when the session serves one, else by following the
+journal (a --foreground session).
 
 Everything a person can get wrong (a bad path, a dirty tree, a bad config) raises `LoopdeckError` here, before the
 app takes over the terminal, so the CLI prints one clean line. Textual and the app are imported only once that is
@@ -58,9 +59,8 @@ def attach_command(args: argparse.Namespace) -> int:
     path = _existing_workspace(args.dir, "attach")
     record = find_engine(path)
     if record is None and is_locked(path / STATE_DIR):
-        raise LoopdeckError(f"the session on {path} runs without a channel (started with --headless or "
-                            f"--foreground): follow it with `loopdeck watch {path}`, control it with `loopdeck ctl "
-                            f"{path} ACTION`")
+        raise LoopdeckError(f"the session on {path} runs without a channel (started with --foreground): follow "
+                            f"it with `loopdeck watch {path}`, control it with `loopdeck ctl {path} ACTION`")
     if record is None:
         raise LoopdeckError(f"no engine runs on {path}: start one with `loopdeck run {path}` (`loopdeck ls` lists "
                             "the running sessions)")
@@ -103,7 +103,7 @@ def _attach(path: Path, record: EngineRecord, notes: Sequence[str], role: str = 
     session = RemoteSession(Path(record.socket), bridge, role=role, restart=restart if role == "control" else None)
     from loopdeck.console.app import LoopdeckApp
 
-    app = LoopdeckApp(bridge=bridge, session=session, workspace=str(path), notes=[*notes, *session.notes])
+    app = LoopdeckApp(bridge=bridge, session=session, workspace=str(path), notes=notes)
     try:
         with _closing_on_hangup(app):
             app.run()

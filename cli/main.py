@@ -113,7 +113,7 @@ def _add_run(add_parser: AddParser) -> None:
 def _add_attach(add_parser: AddParser) -> None:
     attach = add_parser("attach", help="open a console on a session running in the background",
                         description="Attach a console with full control (approve, veto, notes, pause, stop, …) "
-                        "to the engine running on DIR (started by `loopdeck run DIR`). Several consoles may be "
+                        "to the engine running on DIR (started by `loopdeck run DIR`, with or without --headless). Several consoles may be "
                         "attached at once; a change is decided once, by the first decision. `q` detaches.")
     attach.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
     attach.set_defaults(handler=_target("loopdeck.cli.launch:attach_command"))
@@ -121,7 +121,7 @@ def _add_attach(add_parser: AddParser) -> None:
 
 def _add_ls(add_parser: AddParser) -> None:
     ls = add_parser("ls", help="list the sessions running on this machine",
-                    description="List the background engines of this user on this machine: workspace, pid, "
+                    description="List the background and headless sessions of this user on this machine: workspace, pid, "
                     "state, current experiment, experiments kept, uptime.")
     ls.set_defaults(handler=_target("loopdeck.cli.sessions:ls_command"))
 
@@ -146,8 +146,8 @@ def _add_engine(add_parser: AddParser) -> None:
 
 def _add_watch(add_parser: AddParser) -> None:
     watch = add_parser("watch", help="watch a running session, read-only",
-                       description="Follow a session read-only: a background engine's over its channel, a "
-                       "headless or --foreground one's from the events journal; its history replays first. "
+                       description="Follow a session read-only: a background or headless one's over its channel, "
+                       "a --foreground one's from the events journal; its history replays first. "
                        "Nothing here changes the run, and closing it never stops the run.")
     watch.add_argument("dir", metavar="DIR", nargs="?", default=".", help=DIR_HELP)
     watch.set_defaults(handler=_target("loopdeck.cli.launch:watch_command"))

@@ -47,8 +47,9 @@ class HeadlessPrinter:
                     f"approval {event.approval}, budget {event.budget_seconds:g} s per experiment ({event.budget_clock} "
                     "clock)")
             if event.approval == "ask":
-                text += (f"\nloopdeck: each change waits for a decision: `loopdeck ctl {self.workspace} approve` or "
-                         f"`loopdeck ctl {self.workspace} veto \"why\"` (--approve auto runs unattended)")
+                text += (f"\nloopdeck: each change waits for a decision: `loopdeck attach {self.workspace}` opens a "
+                         f"console, or `loopdeck ctl {self.workspace} approve` / `loopdeck ctl {self.workspace} veto "
+                         "\"why\"` (--approve auto runs unattended)")
             return text
         if isinstance(event, ExperimentFinished):
             return experiment_line(event)

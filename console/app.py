@@ -107,7 +107,7 @@ class LoopdeckApp(App[None]):
         self.theme = saved if isinstance(saved, str) and saved in self.available_themes else DEFAULT_THEME
         self._saved_theme = self.theme
         self.theme_changed_signal.subscribe(self, self._theme_changed)
-        for note in self._notes:
+        for note in [*self._notes, *self._engine_news()]:
             self.notify(note, timeout=10)
         self.bridge.attach(self)
         self.set_interval(RENDER_INTERVAL, self._tick, name="render")
@@ -117,6 +117,13 @@ class LoopdeckApp(App[None]):
             self._watch_engine()
         if self.journal is not None:
             self.run_worker(self._follow_journal, thread=True, exit_on_error=False, name="journal")
+
+    def _engine_news(self) -> list[str]:
+        """A background engine's start-up notes, for a console attaching as it starts; later they are history, as
+        old notices in a replay are (each attach would toast them again)."""
+        if self.remote is None or self.clock() - self.remote.started >= NOTICE_MAX_AGE:
+            return []
+        return self.remote.notes
 
     def _watch_engine(self) -> None:
         self.run_worker(self._await_engine, thread=True, exit_on_error=False, name="engine")
@@ -135,6 +142,8 @@ class LoopdeckApp(App[None]):
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
+        if not self.screen_stack:  # the app is closing (the engine may end just as the console leaves)
+            return
         if event.state == WorkerState.ERROR:
             what = {"engine": "the engine", "journal": "following the journal",
                     "restart": "restarting the engine"}.get(worker.name, worker.name)

@@ -52,7 +52,14 @@ class RemoteSession(ControlCalls):
 
     @property
     def notes(self) -> list[str]:
+        """The engine's start-up notes (news only soon after `started`)."""
         return [str(note) for note in self.client.hello.get("notes", [])]
+
+    @property
+    def started(self) -> float:
+        """When the engine began serving (0 when it does not say)."""
+        started = self.client.hello.get("started")
+        return float(started) if isinstance(started, int | float) else 0.0
 
     def connect(self) -> None:
         """Attach (again): LoopdeckError when no engine answers on the socket."""

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from loopdeck.engine.agents.base import Agent
 from loopdeck.engine.agents.cli.agent import CLI_KINDS, CodingCliAgent, cli_problem
-from loopdeck.engine.channel.protocol import POINTER_FILE, REPLAY_LIMIT, socket_path_for
+from loopdeck.engine.channel.protocol import POINTER_FILE, socket_path_for
+from loopdeck.engine.channel.replay import ReplayLog
 from loopdeck.engine.channel.server import ChannelServer
 from loopdeck.engine.config import AGENT_KINDS, APPROVALS, Config, load_config
 from loopdeck.engine.control import ControlCalls, ControlCommand, Controller, ControlReader, control_path
@@ -49,7 +50,7 @@ from loopdeck.engine.run.telemetry import TelemetrySampler
 from loopdeck.engine.run.workers import open_workers
 from loopdeck.engine.store.budget import budget_constant, budget_in_force, check_budget_clock
 from loopdeck.engine.store.gitops import BRANCH_PREFIX, ResearchRepo
-from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal, read_tail
+from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal
 from loopdeck.engine.store.ledger import Ledger
 from loopdeck.engine.store.lock import WorkspaceLock
 from loopdeck.engine.store.workspace import check_not_legacy, pinned_hashes, state_dir
@@ -203,10 +204,10 @@ class Session(ControlCalls):
 
     def serve(self) -> ChannelServer:
         """Open the channel for consoles (a background engine); it closes with the session."""
-        history = read_tail(self.state_dir / JOURNAL_FILE, REPLAY_LIMIT)
+        replay = ReplayLog.from_journal(self.state_dir / JOURNAL_FILE)
         try:
             path = socket_path_for(self.state_dir)
-            channel = ChannelServer(path, self.controller.put, self._hello, history,
+            channel = ChannelServer(path, self.controller.put, self._hello, replay,
                                     pointer=self.state_dir / POINTER_FILE)
             channel.start()
         except OSError as exc:

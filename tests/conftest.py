@@ -64,6 +64,13 @@ def init_repo(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def private_state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions a test runs (headless ones serve the channel) register in a registry of their own, never in the
+    user's (`loopdeck ls`)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def make_workspace(tmp_path: Path) -> Callable[..., Path]:
     """make_workspace(train=…, approval=…, timeout=…, protected=…, crashes=…, extra_files=…, env=…, evaluation=…)

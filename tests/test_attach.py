@@ -1,6 +1,7 @@
 """A background engine and the consoles that attach to it, as a user meets them: start, detach with q (the
 research goes on), attach again and approve, two consoles at once, SIGHUP to a console, the engine SIGKILLed under
-an attached console and restarted from it, start-up errors as one line, `loopdeck ls` and `loopdeck stop`.
+an attached console and restarted from it, start-up errors as one line, `loopdeck ls` and `loopdeck stop`, a
+console on a headless session, and the engine's start-up notes shown once.
 
 Every engine a test starts is SIGKILLed at its end (the `engines` fixture), so no daemon outlives the suite.
 """
@@ -30,6 +31,7 @@ from loopdeck.console.dialogs.confirm import ChoiceDialog
 from loopdeck.console.remote import RemoteSession
 from loopdeck.engine.channel.client import ChannelClient
 from loopdeck.engine.channel.registry import EngineRecord, last_record, running_engines
+from loopdeck.engine.channel.server import ChannelServer
 from loopdeck.engine.control import make_command
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.events import DecisionMade
@@ -298,3 +300,61 @@ def test_attach_to_a_session_without_a_channel_says_what_works(make_workspace, c
     assert "runs without a channel" in error and f"loopdeck watch {workspace}" in error
     assert main(["attach", str(workspace)]) == 2
     assert "no engine runs on" in capsys.readouterr().err
+
+
+def test_a_console_attaches_to_a_headless_session_and_approves(make_workspace, tmp_path: Path) -> None:
+    """The overnight SSH case: `loopdeck run --headless` (supervised by loopdeck.toml), then a console attaches
+    with full control and approves the pending change; the headless run prints the decision, `loopdeck ls` lists
+    it and `loopdeck stop` ends it."""
+    workspace = make_workspace(TRAIN, approval="ask", timeout=30.0)
+    headless = subprocess.Popen([sys.executable, "-m", "loopdeck.cli.main", "run", str(workspace), "--headless"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: find_engine(workspace) is not None or headless.poll() is not None)
+        record = find_engine(workspace)
+        assert record is not None and record.pid == headless.pid, headless.communicate(timeout=5)
+        app = console(workspace, record, tmp_path)
+
+        async def approve() -> None:
+            async with app.run_test(size=(80, 24)) as pilot:
+                await until(pilot, lambda: app.view.pending == 1)
+                await pilot.press("a")
+                await until(pilot, lambda: app.view.experiments[1].status in ("keep", "discard"))
+
+        run(approve())
+        assert [record.pid for record in running_engines()] == [headless.pid]
+        assert main(["stop", str(workspace), "--now"]) == 0
+        out, err = headless.communicate(timeout=60)
+    finally:
+        if headless.poll() is None:
+            headless.kill()
+            headless.wait()
+    assert headless.returncode == 0, err
+    assert "#1 approved" in out and f"loopdeck attach {workspace}" in out
+    decisions = [e for e in read_events(workspace / ".loopdeck/events.jsonl") if isinstance(e, DecisionMade)]
+    assert decisions[-1].approved and decisions[-1].client == app.remote.name  # type: ignore[union-attr]
+    assert find_engine(workspace) is None  # off `loopdeck ls` once it ends
+
+
+@pytest.mark.parametrize(("age", "shown"), [(1.0, True), (3600.0, False)])
+def test_the_engines_start_up_notes_are_news_once(tmp_path: Path, age: float, shown: bool) -> None:
+    """A console attaching as the engine starts shows its notes; one attaching later does not toast them again."""
+    server = ChannelServer(tmp_path / "engine.sock", lambda command: "",
+                           lambda: {"approval": "ask", "notes": ["no sandbox on this machine"]})
+    server.started -= age
+    server.start()
+    bridge = EventBridge()
+    app = LoopdeckApp(bridge=bridge, session=RemoteSession(server.path, bridge), settings_file=tmp_path / "c.json")
+    toasts: list[str] = []
+    notify = app.notify
+    app.notify = lambda message, **options: (toasts.append(message), notify(message, **options))[1]  # type: ignore[method-assign]
+
+    async def attach() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+
+    try:
+        run(attach())
+    finally:
+        server.close()
+    assert ("no sandbox on this machine" in toasts) is shown

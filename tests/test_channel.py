@@ -1,5 +1,6 @@
 """The engine's channel in one process: replay then live, commands with replies, a change decided exactly once,
-who may connect (socket mode, peer uid), the short-path fallback, and the journal's bounded tail."""
+who may connect (socket mode, peer uid), the short-path fallback, and a long night's replay (every experiment,
+bounded high-rate events)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import pytest
 
 from loopdeck.engine.channel import protocol
 from loopdeck.engine.channel.client import ChannelClient
+from loopdeck.engine.channel.replay import RECENT_EXPERIMENTS, STREAM_LIMIT, ReplayLog
 from loopdeck.engine.channel.server import ChannelServer
 from loopdeck.engine.control import Controller, make_command
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.events import DecisionMade, Event, Notice, StateChanged
-from loopdeck.engine.store.journal import JournalWriter, read_tail
+from loopdeck.engine.store.journal import JournalWriter, read_events, scan_journal
 
 
 class Listener:
@@ -51,7 +53,8 @@ def served(tmp_path: Path):
 
     controller = Controller("ask", emit)
     history = [StateChanged(state="training", experiment=n, ts=float(n)) for n in range(1, 6)]
-    server = ChannelServer(tmp_path / "engine.sock", controller.put, lambda: {"pid": os.getpid()}, history)
+    server = ChannelServer(tmp_path / "engine.sock", controller.put, lambda: {"pid": os.getpid()},
+                           ReplayLog(history))
     servers.append(server)
     server.start()
     yield server, controller, emitted
@@ -157,13 +160,80 @@ def test_a_long_workspace_path_gets_a_short_socket_and_a_pointer(tmp_path: Path,
     assert not (deep / protocol.POINTER_FILE).exists()
 
 
-def test_read_tail_returns_the_last_events_only(tmp_path: Path) -> None:
+def test_scan_journal_forwards_decodable_lines_and_skips_damage(tmp_path: Path) -> None:
     journal = tmp_path / "events.jsonl"
     with JournalWriter(journal) as writer:
-        for n in range(3000):
+        for n in range(300):
             writer.append(StateChanged(state="training", experiment=n))
     with open(journal, "ab") as handle:
-        handle.write(b'{"kind": "state_ch')  # a torn last line
-    tail = read_tail(journal, 100, block=4096)
-    assert [e.experiment for e in tail] == list(range(2900, 3000))
-    assert read_tail(tmp_path / "missing.jsonl", 10) == []
+        handle.write(b'not json\n{"kind": "from_the_future", "ts": 1}\n{"kind": "state_ch')  # damage, torn end
+    found = list(scan_journal(journal, block=1000))  # lines straddle blocks
+    assert [data["experiment"] for data, _ in found] == list(range(300))
+    assert all(line == journal.read_bytes().split(b"\n")[n] for n, (_, line) in enumerate(found))
+    assert list(scan_journal(tmp_path / "missing.jsonl")) == []
+
+
+def fold(events: list[Event]):
+    from loopdeck.console.state import SessionView
+
+    view = SessionView()
+    for event in events:
+        view.apply(event)
+    return view
+
+
+def test_a_late_attach_after_a_long_night_sees_every_experiment(tmp_path: Path) -> None:
+    """300 experiments and 100,000 training steps: the replay is a fraction of the journal, yet the console folds
+    the same experiments table, incumbent and live curve as from the whole journal."""
+    from bench.channel_latency import night, write_journal
+
+    journal = tmp_path / "events.jsonl"
+    write_journal(journal, night(300, 334))
+    server = ChannelServer(tmp_path / "engine.sock", lambda command: "", lambda: {},
+                           ReplayLog.from_journal(journal))
+    server.start()
+    try:
+        late = Listener(server.path, "ann@a:1")
+        late.wait_for(lambda: late.client.live, timeout=30)
+        replayed, full = fold(late.events), fold(read_events(journal))
+        assert late.hello["replay"] == len(late.events) < 30_000
+        assert sorted(replayed.experiments) == list(range(300))
+        assert (replayed.incumbent_id, replayed.incumbent_metric, replayed.baseline_metric) == \
+               (full.incumbent_id, full.incumbent_metric, full.baseline_metric) == (294, full.incumbent_metric, 1.49)
+        for n, row in full.experiments.items():
+            again = replayed.experiments[n]
+            assert (again.status, again.metric, again.step, again.loss, again.description) == \
+                   (row.status, row.metric, row.step, row.loss, row.description), n
+        assert replayed.curve.points == full.curve.points and replayed.log == full.log
+        assert replayed.kept_and_total() == full.kept_and_total()
+
+        # A console that reattaches gets only what it has not seen.
+        again = Listener(server.path, "ann@a:2", after=late.events[-1].ts)
+        again.wait_for(lambda: again.client.live)
+        assert again.hello["replay"] == 0
+    finally:
+        server.close()
+
+
+def test_the_replay_keeps_high_rate_events_only_for_recent_experiments(tmp_path: Path) -> None:
+    from loopdeck.engine.events import AgentTextDelta, TrainStep
+
+    log = ReplayLog()
+    for n in range(RECENT_EXPERIMENTS + 3):
+        for step in range(5):
+            log.add_event(event := TrainStep(experiment=n, step=step, elapsed_seconds=step, loss=1.0),
+                          protocol.event_frame(event))
+    for step in range(3 * STREAM_LIMIT):  # one very long run: its curve thins, its first and newest steps stay
+        log.add_event(event := TrainStep(experiment=99, step=step, elapsed_seconds=step, loss=1.0),
+                      protocol.event_frame(event))
+    for n in range(2 * STREAM_LIMIT):
+        log.add_event(event := AgentTextDelta(experiment=99, text=str(n)), protocol.event_frame(event))
+    replay = [protocol.decode_event(protocol.decode(frame)["event"]) for frame in log.frames()]
+    steps = [(e.experiment, e.step) for e in replay if isinstance(e, TrainStep)]
+    old = range(RECENT_EXPERIMENTS + 3 - RECENT_EXPERIMENTS + 1)  # out of the window once 99 came
+    assert [s for s in steps if s[0] in old] == [(n, 4) for n in old]  # only each one's last step
+    long_run = [step for n, step in steps if n == 99]
+    assert len(long_run) <= STREAM_LIMIT and long_run[0] == 0 and long_run[-1] == 3 * STREAM_LIMIT - 1
+    assert long_run == sorted(long_run)
+    text = [e.text for e in replay if isinstance(e, AgentTextDelta)]
+    assert len(text) <= STREAM_LIMIT and text[-1] == str(2 * STREAM_LIMIT - 1)

@@ -176,7 +176,7 @@ def test_a_second_engine_is_refused_and_a_killed_one_does_not_hold_the_workspace
         out, err = second.communicate(timeout=30)
         assert second.returncode == 2
         assert err.startswith(f"loopdeck: error: another loopdeck engine (pid {first.pid}, started ")
-        assert "loopdeck ctl" in err and "loopdeck watch" in err and "Traceback" not in err
+        assert "loopdeck attach" in err and "loopdeck stop" in err and "Traceback" not in err
     finally:
         first.kill()
         first.wait()

@@ -3,7 +3,9 @@
 Every frame has a type `t`:
   client → engine  hello    client: "user@host:pid", role: "control" | "watch", after: ts of the last event seen
                    command  command: a control command (engine/control.py's ControlCommand.to_dict)
-  engine → client  hello    pid, workspace, approval, notes (the session's start-up notes), replay (events to come)
+  engine → client  hello    pid, workspace, approval, notes (the session's start-up notes), started (ts the engine
+                            began serving: its notes are news only to a console attaching soon after), replay (the
+                            number of events to come: every lifecycle event, high-rate ones of recent experiments)
                    event    event: an event as the journal stores it (engine/events.py's Event.to_dict)
                    live     the replay is over: what follows happens now
                    reply    id: the command's id, ok: bool, message: why it was refused ("" when accepted)
@@ -29,7 +31,6 @@ from loopdeck.engine.events import Event, event_from_dict, event_kinds
 SOCKET_FILE = "engine.sock"
 POINTER_FILE = "engine.sock.path"
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS; keep a margin
-REPLAY_LIMIT = 10_000  # events an attaching console replays before going live
 MAX_FRAME_BYTES = 1 << 20  # a client line longer than this is not a command: the connection is dropped
 ROLES = ("control", "watch")
 

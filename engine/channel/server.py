@@ -1,4 +1,4 @@
-"""The engine's end of the channel: accepts consoles of this user, replays recent events, then streams them live.
+"""The engine's end of the channel: accepts consoles of this user, replays the session so far, then streams live.
 
 `publish` is called for every event from the engine's threads and never blocks: each client has a bounded outbox
 drained by its own writer thread, and a client too slow to keep up is disconnected (it reattaches and replays)
@@ -13,24 +13,25 @@ import os
 import queue
 import socket
 import threading
-from collections import deque
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from loopdeck.engine.channel.protocol import (
     MAX_FRAME_BYTES,
-    REPLAY_LIMIT,
     ROLES,
     decode,
     encode,
     event_frame,
     peer_uid,
 )
+from loopdeck.engine.channel.replay import ReplayLog
 from loopdeck.engine.control import ControlCommand
 from loopdeck.engine.events import Event
 
-OUTBOX_LIMIT = 2 * REPLAY_LIMIT  # frames waiting for one client before it counts as stuck
+OUTBOX_LIMIT = 20_000  # writes waiting for one client before it counts as stuck (a replay chunk is one)
+REPLAY_CHUNK = 512  # replayed frames per write
 HELLO_TIMEOUT = 5.0  # seconds a new connection has to say who it is
 
 
@@ -76,20 +77,21 @@ class ChannelServer:
     """Serves one session's events and control on a Unix socket; `start`, `publish` (any thread), `close`."""
 
     def __init__(self, path: Path, put: Callable[[ControlCommand], str], hello: Callable[[], dict[str, Any]],
-                 history: Iterable[Event] = (), uid_of: Callable[[socket.socket], int] = peer_uid,
+                 replay: ReplayLog | None = None, uid_of: Callable[[socket.socket], int] = peer_uid,
                  pointer: Path | None = None) -> None:
-        """`pointer`: the workspace's file naming a socket kept elsewhere (a long path), removed with the socket."""
+        """`replay`: the session so far (the journal's, for a resumed or long session); `pointer`: the workspace's
+        file naming a socket kept elsewhere (a long path), removed with the socket."""
         self.path = Path(path)
         self.pointer = pointer
         self._put = put
         self._hello = hello
         self._uid_of = uid_of
         self._lock = threading.Lock()
-        self._recent: deque[tuple[float, bytes]] = deque(((e.ts, event_frame(e)) for e in history),
-                                                          maxlen=REPLAY_LIMIT)
+        self._replay = replay if replay is not None else ReplayLog()
         self._clients: list[_Client] = []
         self._listener: socket.socket | None = None
         self.refused = 0  # connections from another user, for tests and the log
+        self.started = time.time()  # when the engine began serving: consoles tell its start-up news from history
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +106,7 @@ class ChannelServer:
     def publish(self, event: Event) -> None:
         frame = event_frame(event)
         with self._lock:
-            self._recent.append((event.ts, frame))
+            self._replay.add_event(event, frame)
             stuck = [client for client in self._clients if not client.send(frame)]
             for client in stuck:
                 self._clients.remove(client)
@@ -181,10 +183,10 @@ class ChannelServer:
         after = frame.get("after")
         after = float(after) if isinstance(after, int | float) else None
         with self._lock:
-            replay = [data for ts, data in self._recent if after is None or ts > after]
-            client.send(encode({**self._hello(), "t": "hello", "replay": len(replay)}))
-            for data in replay:
-                client.send(data)
+            replay = self._replay.frames(after)
+            client.send(encode({**self._hello(), "t": "hello", "started": self.started, "replay": len(replay)}))
+            for start in range(0, len(replay), REPLAY_CHUNK):
+                client.send(b"".join(replay[start:start + REPLAY_CHUNK]))
             client.send(encode({"t": "live"}))
             self._clients.append(client)
         return client

@@ -17,8 +17,10 @@ import json
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.events import Event, event_from_dict, event_kinds
@@ -131,29 +133,25 @@ def check_journal(path: Path, tail_bytes: int = 1 << 20) -> JournalRead:
     return result
 
 
-def read_tail(path: Path, limit: int, block: int = 1 << 20) -> list[Event]:
-    """The last `limit` events of a journal, reading backwards only as far as they reach (a night's journal can
-    hold millions of training steps); a torn last line and damaged lines are skipped as by `read_journal`."""
+def scan_journal(path: Path, block: int = 1 << 20) -> Iterator[tuple[dict[str, Any], bytes]]:
+    """Each decodable event of a known kind as (its JSON object, its line without the newline), in one pass that
+    holds one block at a time: a night's journal can hold millions of training steps. A torn last line, damaged
+    lines and unknown kinds are skipped as by `read_journal`; the events are not built (a caller that only
+    forwards lines need not pay for that)."""
     try:
         journal = open(path, "rb")  # noqa: SIM115 - closed below; a regular file is checked first
     except FileNotFoundError:
-        return []
+        return
     with journal:
-        info = os.fstat(journal.fileno())
-        end = info.st_size if stat.S_ISREG(info.st_mode) else 0
-        start, data = end, b""
-        while start > 0 and data.count(b"\n") <= limit:
-            start = max(0, start - block)
-            journal.seek(start)
-            data = journal.read(end - start)
-    lines = data.split(b"\n")
-    lines.pop()  # b"" after the last newline, or a torn line
-    if start > 0:
-        lines.pop(0)  # begins mid-line
-    found = JournalRead()
-    for number, line in enumerate(lines[-limit:], start=1):
-        _decode_line(line, number, found)
-    return found.events
+        if not stat.S_ISREG(os.fstat(journal.fileno()).st_mode):
+            return
+        kinds, partial = event_kinds(), b""
+        while chunk := journal.read(block):
+            *lines, partial = (partial + chunk).split(b"\n")
+            for line in lines:
+                data = _json_object(line)
+                if data is not None and data.get("kind") in kinds:
+                    yield data, line
 
 
 class JournalFollower:
@@ -204,15 +202,20 @@ class JournalFollower:
         self._line_number = 0
 
 
-def _decode_line(line: bytes, number: int, into: JournalRead) -> None:
-    if not line.strip():
-        return
+def _json_object(line: bytes) -> dict[str, Any] | None:
+    """A line's JSON object; None for anything else (damage)."""
     try:
         data = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        into.bad_lines.append(number)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _decode_line(line: bytes, number: int, into: JournalRead) -> None:
+    if not line.strip():
         return
-    if not isinstance(data, dict):
+    data = _json_object(line)
+    if data is None:
         into.bad_lines.append(number)
         return
     if data.get("kind") not in event_kinds():
