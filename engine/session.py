@@ -34,6 +34,7 @@ from loopdeck.engine.research.loop import LoopContext, ResearchLoop
 from loopdeck.engine.run.preflight import preflight
 from loopdeck.engine.run.sandbox import check_sandbox
 from loopdeck.engine.run.telemetry import TelemetrySampler
+from loopdeck.engine.run.warm import make_executor
 from loopdeck.engine.store.budget import budget_constant, budget_in_force
 from loopdeck.engine.store.gitops import BRANCH_PREFIX, ResearchRepo
 from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal
@@ -253,6 +254,7 @@ class Session:
             raise RuntimeError("a Session runs once; make a new one to resume")
         self._used = True
         self._sampler = TelemetrySampler(self.emit)
+        self._executor = make_executor(self.config)
         poller = threading.Thread(target=self._poll_control, name="loopdeck-control", daemon=True)
         try:
             self._sampler.start()
@@ -263,6 +265,7 @@ class Session:
             if poller.is_alive():
                 poller.join()
             self._sampler.stop()
+            self._executor.close()
             self.close()
 
     def close(self) -> None:
@@ -280,7 +283,7 @@ class Session:
             workspace=self.workspace, state_dir=self.state_dir, config=self.config, repo=self.repo,
             ledger=self.ledger, controller=self.controller, emit=self.emit, branch=self.branch,
             protected_hashes=self.protected_hashes, track_pid=self._sampler.track,
-            resumed=bool(self.ledger.rows()), agent_kind=self.agent_kind)
+            resumed=bool(self.ledger.rows()), agent_kind=self.agent_kind, executor=self._executor)
 
     def _make_agent(self) -> Agent:
         if self._agent is not None:

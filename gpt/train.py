@@ -36,7 +36,6 @@ from harness import (
     TIME_BUDGET,
     UNTIMED_STEPS,
     DataError,
-    evaluate_bpb,
     format_summary,
     load_data,
     make_train_loader,
@@ -44,6 +43,7 @@ from harness import (
     peak_flops,
     peak_memory_mb,
     pick_device,
+    report_bpb,
     run_seed,
     save_model,
 )
@@ -370,7 +370,7 @@ def main() -> None:
                      progress=progress, tokens_per_second=tokens_per_second, mfu_percent=mfu, lr_mult=lrm,
                      ms_per_step=1000 * dt)
 
-    val_bpb = evaluate_bpb(model, data, device)
+    val_bpb, eval_tokens = report_bpb(model, data, device)  # a short subset when loopdeck scores the weights itself
     save_model(asdict(config), model.state_dict())
     timed_steps = max(step - UNTIMED_STEPS, 0)
     summary = {
@@ -384,8 +384,10 @@ def main() -> None:
         "num_params_M": num_params / 1e6,
         "depth": DEPTH,
     }
-    metrics.end(summary)
+    metrics.end({**summary, "eval_tokens": eval_tokens})
     metrics.close()
+    if eval_tokens != EVAL_TOKENS:
+        print(f"val_bpb below is on the first {eval_tokens:,} validation tokens: loopdeck scores the weights in full")
     print(format_summary(summary))
 
 

@@ -64,6 +64,10 @@ class ExperimentSettings(_Section):
     timeout_seconds: float = Field(default=0.0, ge=0, description="0 = budget*2 + 120 (start-up, compile, "
                                    "evaluation); then the whole process group is killed")
     data: str = Field(default="", description='training corpus, passed as LOOPDECK_DATA; "" = the embedded corpus')
+    warm_runner: Literal["auto", "off"] = Field(
+        default="auto", description='"auto": fork each run of a loopdeck harness from a process that has imported '
+        "torch and loaded the data (starts in milliseconds; others start fresh, and each run's log says which); "
+        '"off": a fresh process for every run')
     env: dict[str, str] = Field(default={}, description="extra environment variables for the training process")
     env_allow: list[str] = Field(default=[], description="variables passed through the credential scrub "
                                  "(names containing KEY, TOKEN, SECRET, PASSWORD, … are removed otherwise)")

@@ -57,8 +57,8 @@ from loopdeck.engine.run.evaluator import (
     read_evaluation,
     trusted_hashes,
 )
-from loopdeck.engine.run.executor import LOG_FILE, RunResult, classify
-from loopdeck.engine.run.metrics import metric_from_log
+from loopdeck.engine.run.executor import LOG_FILE, METRICS_FILE, RunResult, classify
+from loopdeck.engine.run.metrics import end_record, metric_from_log
 from loopdeck.engine.store.ledger import ExperimentRow, RunRow, first_baseline
 
 WEIGHTS = "model.pt"
@@ -80,6 +80,7 @@ class _Score:
     metric: float | None = None
     val_metric: float | None = None
     log_tail: str = ""
+    printed: float | None = None  # the trusted score of what the run printed (the same subset, or in full)
 
 
 class _Interrupted(Exception):
@@ -154,7 +155,7 @@ class Integrity:
         if score.status != "ok":
             return Judgement(score.status, score.reason, {**fields, "log_tail": score.log_tail})
         assert score.metric is not None
-        fields.update(self._mismatch(row.id, score.metric, reported))
+        fields.update(self._mismatch(row.id, score.printed, reported))
         try:
             if incumbent is None:
                 return self._judge_baseline(row, score.metric, fields)
@@ -198,7 +199,8 @@ class Integrity:
         problem = self._changed_evaluation(evaluation)
         if problem:
             return _Score("rejected", problem, log_tail=result.log_tail)
-        return _Score("ok", metric=evaluation.bpb, val_metric=evaluation.val_bpb)
+        printed = evaluation.printed_counterpart(end_record(run_dir / METRICS_FILE).get("eval_tokens"))
+        return _Score("ok", metric=evaluation.bpb, val_metric=evaluation.val_bpb, printed=printed)
 
     def _changed_evaluation(self, evaluation: Evaluation) -> str:
         if evaluation.harness_sha256 != self.ctx.protected_hashes[self.plan.harness]:
@@ -212,12 +214,14 @@ class Integrity:
             return f"the evaluation changed since the session started ({'; '.join(changed)})"
         return ""
 
-    def _mismatch(self, number: int, metric: float, reported: float | None) -> dict[str, Any]:
-        if not self.plan.trusted or reported is None or abs(reported - metric) <= self.settings.mismatch_tolerance:
+    def _mismatch(self, number: int, metric: float | None, reported: float | None) -> dict[str, Any]:
+        """Flag a printed number that disagrees with the trusted score of the same tokens (`metric`)."""
+        if (not self.plan.trusted or reported is None or metric is None
+                or abs(reported - metric) <= self.settings.mismatch_tolerance):
             return {}
         name = self.ctx.config.metric.name
         self.ctx.emit(Notice(level="warning", experiment=number,
-                             message=f"#{number} printed {name} {reported:.6f} but scores {metric:.6f} in the "
+                             message=f"#{number} printed {name} {reported:.6f} but scores {metric:.6f} on the same tokens in the "
                              "trusted evaluation: the printed number is ignored"))
         return {"metric_mismatch": True}
 

@@ -46,12 +46,15 @@ def scrubbed_env(base: Mapping[str, str], allow: Iterable[str] = (), extra: Mapp
 
 
 def training_env(config: Config, *, metrics_path: Path, run_dir: Path, seed: int | None = None,
-                 base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The scrubbed environment for one run of `config`: LOOPDECK_TIME_BUDGET/METRICS/RUN_DIR/DATA(/SEED)."""
+                 base: Mapping[str, str] | None = None, trusted_eval: bool = False) -> dict[str, str]:
+    """The scrubbed environment for one run of `config`: LOOPDECK_TIME_BUDGET/METRICS/RUN_DIR/DATA(/SEED), and
+    LOOPDECK_TRUSTED_EVAL=1 when the trusted evaluator scores the run (its own final evaluation is then short)."""
     experiment = config.experiment
     extra = {**experiment.env, "LOOPDECK_TIME_BUDGET": repr(experiment.budget_seconds),
              "LOOPDECK_METRICS": str(metrics_path), "LOOPDECK_RUN_DIR": str(run_dir),
              "LOOPDECK_DATA": experiment.data}
     if seed is not None:
         extra["LOOPDECK_SEED"] = str(seed)
+    if trusted_eval:
+        extra["LOOPDECK_TRUSTED_EVAL"] = "1"
     return scrubbed_env(os.environ if base is None else base, experiment.env_allow, extra)
