@@ -246,8 +246,13 @@ class EvaluationSettings(_Section):
         default=60.0, ge=0, description="wall time a run may take beyond budget_seconds (start-up, compilation, "
         "final evaluation; at least twice the baseline's own overhead) before it is rejected for ignoring its "
         "budget")
+    evaluate_once: bool = Field(default=True, description="trusted mode: a run's own final evaluation scores a "
+                                "short subset only (a tamper check against the trusted score of the same tokens), "
+                                "since the trusted evaluator scores it in full; false = both evaluate in full")
     baseline_seeds: int = Field(default=3, ge=1, description="baseline runs with different seeds to measure the "
                                 "run-to-run noise (each extra one costs a run; 1 = noise not measured)")
+    noise_drift: float = Field(default=0.1, ge=0, description="re-measure the noise on the incumbent once its "
+                               "metric has moved this fraction away from the mean it was measured at (0 = never)")
     confirm_multiple: float = Field(default=2.0, ge=0, description="an improvement within this many noise "
                                     "standard deviations is re-run before it can be kept")
     confirm_runs: int = Field(default=2, ge=1, description="fresh-seed re-runs of a candidate within the noise")

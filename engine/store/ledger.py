@@ -10,7 +10,7 @@ Recovery from a corrupt ledger (the open fails with a `LoopdeckError` saying so)
 rewrites it. `loopdeck run` then starts a fresh ledger (numbering from 0, a new baseline at the current incumbent);
 `sqlite3 ledger.sqlite ".recover"` can often salvage the rows of the damaged file; events.jsonl keeps the events.
 
-The rows, their schema and the store share this module (a little over 400 lines): a new field touches all three.
+The rows, their schema and the store share this module (about 470 lines): a new field touches all three.
 results.tsv's format is `results_tsv`'s.
 """
 
@@ -107,6 +107,20 @@ class RunRow:
     id: int | None = None
 
 
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """The metric's run-to-run noise, measured once and reused while what it depends on stays the same: the
+    target (train.py and harness hashes), the budget and the machine (engine/research/noise.py keys it)."""
+
+    key: str  # target + context: an exact match is the same measurement's conditions
+    context: str  # harness, budget and machine: what must match for the estimate to carry over to a new incumbent
+    std: float | None
+    mean: float
+    runs: int
+    experiment: int  # the experiment whose runs measured it (the baseline, or an incumbent re-measured)
+    measured_at: float = 0.0
+
+
 _FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentRow))
 _JSON_FIELDS = frozenset({"env", "meta"})
 _BOOL_FIELDS = frozenset({"self_reported", "metric_mismatch"})
@@ -172,6 +186,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             "id" INTEGER PRIMARY KEY AUTOINCREMENT
         )""",
         'CREATE INDEX runs_experiment ON runs ("experiment")',
+    ),
+    (
+        """CREATE TABLE noise (
+            "key" TEXT PRIMARY KEY,
+            "context" TEXT NOT NULL,
+            "std" REAL,
+            "mean" REAL NOT NULL,
+            "runs" INTEGER NOT NULL,
+            "experiment" INTEGER NOT NULL,
+            "measured_at" REAL NOT NULL
+        )""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -290,6 +315,20 @@ class Ledger:
         with self._lock:
             found = self._conn.execute(f"SELECT {columns} FROM runs {where} ORDER BY id", args).fetchall()
         return [RunRow(**dict(zip(_RUN_FIELDS, row, strict=True))) for row in found]
+
+    def save_noise(self, estimate: NoiseEstimate) -> None:
+        """Store a noise estimate (replacing one with the same key)."""
+        values = {**dataclasses.asdict(estimate), "measured_at": estimate.measured_at or time.time()}
+        with self._transaction("record a noise estimate"):
+            self._conn.execute(f"INSERT OR REPLACE INTO noise ({', '.join(values)}) VALUES "
+                               f"({', '.join('?' for _ in values)})", tuple(values.values()))
+
+    def noise_estimates(self) -> list[NoiseEstimate]:
+        """Every stored noise estimate, newest first."""
+        names = [f.name for f in dataclasses.fields(NoiseEstimate)]
+        with self._lock:
+            found = self._conn.execute(f"SELECT {', '.join(names)} FROM noise ORDER BY measured_at DESC").fetchall()
+        return [NoiseEstimate(**dict(zip(names, row, strict=True))) for row in found]
 
     def close(self) -> None:
         with self._lock:
