@@ -58,7 +58,7 @@ def report_command(args: argparse.Namespace) -> int:
 
     workspace = user_path(args.dir)
     with Ledger(existing_state_dir(args.dir), create=False) as ledger:
-        rows = ledger.rows()
+        rows, runs = ledger.rows(), ledger.runs()
     try:
         metric = load_config(workspace)[0].metric
         name, direction = metric.name, metric.direction
@@ -67,7 +67,7 @@ def report_command(args: argparse.Namespace) -> int:
     out = user_path(args.out) if args.out else workspace / STATE_DIR / "report"
     try:
         chart, summary = write_report(rows, out, metric_name=name, direction=direction,
-                                      title=workspace.resolve().name)
+                                      title=workspace.resolve().name, runs=runs)
     except OSError as exc:
         raise LoopdeckError(f"cannot write the report to {out}: {exc.strerror or exc}: choose another --out "
                             "folder") from None

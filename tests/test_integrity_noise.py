@@ -189,3 +189,23 @@ def test_the_noise_is_paid_once_per_target_budget_and_machine_and_re_measured_wh
     assert [(e.experiment, e.role) for e in far.of(RunRepeated)] == [(1, "noise"), (1, "noise")]
     with Ledger(workspace / ".loopdeck") as ledger:
         assert len(ledger.noise_estimates()) == 3
+
+
+def test_the_report_counts_what_confirmation_costs_per_kept_experiment(make_workspace, run_session, tmp_path):
+    from loopdeck.engine.research.report import write_report
+
+    label = lucky_label(BASE - 1.0 * SIGMA, 0.5, 1.5)  # a real but small gain: confirmed, then kept
+    workspace = make_workspace(NOISY_TRAIN.format(value=BASE, sigma=SIGMA, label="base"),
+                               evaluation={"baseline_seeds": 3})
+    run_session(workspace, ScriptedAgent([edit("small", VALUE=BASE - 1.0 * SIGMA, LABEL=label)]))
+    with Ledger(workspace / ".loopdeck") as ledger:
+        rows, runs = ledger.rows(), ledger.runs()
+    confirms = [r for r in runs if r.role == "confirm"]
+    assert len(confirms) == 2
+    _, summary = write_report(rows, tmp_path / "report", runs=runs)
+    kept = sum(r.status == "keep" and not r.is_baseline for r in rows)
+    seconds = sum(r.training_seconds for r in confirms)
+    expected = "2 noise runs (0 s of training), 2 confirmation runs (0 s)"
+    assert f"| integrity runs | {expected}" in summary.read_text()
+    per_kept = f"confirmation per kept experiment: {seconds / kept:.0f} s" if kept else "per kept experiment"
+    assert (per_kept in summary.read_text()) == bool(kept)

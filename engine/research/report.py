@@ -7,12 +7,12 @@ were selected on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loopdeck.engine.store.ledger import ExperimentRow, first_baseline
+from loopdeck.engine.store.ledger import ExperimentRow, RunRow, first_baseline
 from loopdeck.engine.store.results_tsv import shown_metric
 
 if TYPE_CHECKING:
@@ -63,8 +63,10 @@ def write_report(
     metric_name: str = "val_bpb",
     direction: str = "minimize",
     title: str = "",
+    runs: Sequence[RunRow] = (),
 ) -> tuple[Path, Path]:
-    """Write out_dir/progress.png and out_dir/summary.md; return their paths."""
+    """Write out_dir/progress.png and out_dir/summary.md; return their paths. `runs`, the ledger's extra runs,
+    add what the integrity checks cost."""
     outcome = _outcome(rows, minimize=_minimize(direction))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,8 +75,8 @@ def write_report(
     _progress_figure(outcome, metric_name=metric_name, title=title).savefig(png, format="png")
     if _holdout_rows(outcome):
         _draw_transfer(outcome, out_dir / TRANSFER_CHART, metric_name=metric_name)
-    summary.write_text(_summary_markdown(outcome, metric_name=metric_name, title=title, chart=png.name),
-                       encoding="utf-8")
+    summary.write_text(_summary_markdown(outcome, metric_name=metric_name, title=title, chart=png.name,
+                                         runs=runs), encoding="utf-8")
     return png, summary
 
 
@@ -241,7 +243,24 @@ def _shorten(text: str) -> str:
 # --- summary ------------------------------------------------------------------------------------------------------
 
 
-def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart: str) -> str:
+def integrity_cost(runs: Sequence[RunRow], kept: int) -> str:
+    """What the extra runs cost: noise and confirmation runs (with incumbent re-runs), their training time, and
+    the confirmation time per kept experiment ("" without extra runs)."""
+    if not runs:
+        return ""
+    seconds = {role: sum(r.training_seconds or 0.0 for r in runs if r.role == role)
+               for role in ("noise", "confirm", "incumbent")}
+    counts = {role: sum(r.role == role for r in runs) for role in seconds}
+    confirming = seconds["confirm"] + seconds["incumbent"]
+    text = (f"{_count(counts['noise'], 'noise run')} ({seconds['noise']:.0f} s of training), "
+            f"{_count(counts['confirm'] + counts['incumbent'], 'confirmation run')} ({confirming:.0f} s)")
+    if kept:
+        text += f"; confirmation per kept experiment: {confirming / kept:.0f} s"
+    return text
+
+
+def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart: str,
+                      runs: Sequence[RunRow] = ()) -> str:
     lines = [f"# {title or 'loopdeck report'}", ""]
     if not outcome.rows:
         return "\n".join([*lines, "No experiments yet.", ""])
@@ -270,6 +289,9 @@ def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart:
     if baseline is not None and baseline.noise_std is not None:
         facts.append(("noise", f"run-to-run σ {baseline.noise_std:.6f} ({baseline.metric_runs} baseline seeds); "
                       "gains within the noise were re-run before they were kept"))
+    cost = integrity_cost(runs, kept_count)
+    if cost:
+        facts.append(("integrity runs", cost))
     usage = _usage(outcome.rows)
     if usage:
         facts.append(("agent usage", usage))
