@@ -17,6 +17,12 @@ watcher, `after_record` and `session_ending` score the incumbent on the holdout 
    experiments: results.tsv stays one line per experiment. A target whose files never read LOOPDECK_SEED cannot
    be seeded: unless its settings ask otherwise it gets one baseline run (engine/config/files.py), and σ is
    unknown, so nothing is re-run for confirmation.
+4. Noise paid once: the estimate is stored under its key (target, budget, machine; research/noise.py) and reused
+   by later sessions; `refresh_noise` (at session start) and `after_record` (after a keep) re-measure it on the
+   incumbent when it no longer holds.
+
+About 460 lines: every extra run (noise, confirmation, incumbent, holdout) goes through `_repeat`/`_score` here,
+and splitting the noise bookkeeping from them would hand those privates to another module.
 """
 
 from __future__ import annotations
