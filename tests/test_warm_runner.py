@@ -202,3 +202,32 @@ def test_other_commands_and_foreign_repositories_start_fresh_and_say_so(executor
 def test_warm_runner_off_starts_every_run_fresh_without_a_note(workspace):
     result, sink = run(WarmExecutor(enabled=False), workspace, "print('plain')\n")
     assert sink.lines == ["plain"] and result.returncode == 0
+
+
+@pytest.mark.slow
+def test_a_session_on_the_real_gpt_target_forks_training_noise_runs_and_trusted_evaluation(make_workspace,
+                                                                                          run_session):
+    support = pytest.importorskip("support_gpt")
+    from loopdeck.engine.run.metrics import end_record
+    from loopdeck.engine.store.ledger import Ledger
+    from loopdeck.gpt.harness import TAMPER_EVAL_TOKENS
+
+    workspace = make_workspace(support.tiny_train_source(), timeout=120, env={"LOOPDECK_EVAL_TOKENS": "32768"},
+                               extra_files=support.harness_files(), protected=("harness.py",),
+                               evaluation={"baseline_seeds": 2})
+    session, _ = run_session(workspace, None, agent="offline", budget_seconds=1.0, max_experiments=1)
+    assert session.finished.reason == "max_experiments", session.error
+    runs = session.state_dir / "runs"
+    for log in (runs / "0/log.txt", runs / "0/eval-val/log.txt", runs / "0/noise-1/log.txt", runs / "1/log.txt"):
+        assert log.read_text().startswith("loopdeck: warm runner: forked by zygote "), log
+    # Evaluate once: the run scored itself on the subset, which the trusted evaluator scored too and agrees with.
+    assert end_record(runs / "0/metrics.jsonl")["eval_tokens"] == TAMPER_EVAL_TOKENS
+    assert "loopdeck scores the weights in full" in (runs / "0/log.txt").read_text()
+    with Ledger(session.state_dir) as ledger:
+        baseline = ledger.rows()[0]
+        (noise,) = ledger.runs()
+    assert not baseline.metric_mismatch and baseline.reported_metric is not None
+    assert noise.reported_metric is not None and noise.metric is not None
+    zygotes = [p for p in psutil.process_iter(["cmdline"])
+               if "loopdeck.engine.run.zygote" in (p.info["cmdline"] or []) and str(workspace) in p.info["cmdline"]]
+    assert not zygotes  # the session stopped its zygote
