@@ -228,6 +228,6 @@ def test_a_session_on_the_real_gpt_target_forks_training_noise_runs_and_trusted_
         (noise,) = ledger.runs()
     assert not baseline.metric_mismatch and baseline.reported_metric is not None
     assert noise.reported_metric is not None and noise.metric is not None
-    zygotes = [p for p in psutil.process_iter(["cmdline"])
-               if "loopdeck.engine.run.zygote" in (p.info["cmdline"] or []) and str(workspace) in p.info["cmdline"]]
+    zygotes = [p for p in psutil.process_iter(["cmdline"]) if "loopdeck.engine.run.zygote" in (p.info["cmdline"] or [])
+               and workspace.resolve() in {Path(arg).resolve() for arg in p.info["cmdline"]}]
     assert not zygotes  # the session stopped its zygote
