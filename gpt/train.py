@@ -13,7 +13,8 @@ Notable features:
 - Device: CUDA, else Apple MPS, else CPU (LOOPDECK_DEVICE overrides); bf16 autocast and torch.compile on CUDA.
 - Fails fast on a NaN or exploding loss: prints FAIL and exits 1.
 - A progress line per step, a JSON-lines metrics stream (LOOPDECK_METRICS), the weights saved as model.pt in
-  LOOPDECK_RUN_DIR (default runs/latest), and autoresearch's summary block at the end.
+  LOOPDECK_RUN_DIR (default runs/latest), and autoresearch's summary block at the end (its val_bpb on a short
+  subset when loopdeck's trusted evaluator scores the saved weights in full anyway).
 
 Run: `python train.py` beside harness.py (a loopdeck workspace: only torch needed) or `loopdeck train`.
 Importing this file does not train.
