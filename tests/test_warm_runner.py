@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from fault_support import gone
 
 from loopdeck.engine.config import SandboxSettings
 from loopdeck.engine.run.environment import scrubbed_env
@@ -80,16 +81,6 @@ def run(executor: WarmExecutor, workspace: Path, body: str, *, argv: tuple[str, 
             time.sleep(0.05)
         handle.cancel()
     return handle.wait(), sink
-
-
-def gone(pids: list[int]) -> bool:
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return False
-        except psutil.NoSuchProcess:
-            continue
-    return True
 
 
 def test_a_forked_run_behaves_like_a_fresh_one_and_starts_in_milliseconds(executor, workspace):
