@@ -5,6 +5,7 @@ group, no orphans — and fall back to a fresh process where forking does not ap
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import textwrap
 import threading
@@ -18,7 +19,7 @@ from fault_support import gone
 from loopdeck.engine.config import SandboxSettings
 from loopdeck.engine.run.environment import scrubbed_env
 from loopdeck.engine.run.executor import ExperimentSpec, RunResult, classify
-from loopdeck.engine.run.sandbox import sandboxed_argv
+from loopdeck.engine.run.sandbox import _probe_namespaces, sandboxed_argv
 from loopdeck.engine.run.warm import WarmExecutor
 
 pytestmark = [pytest.mark.timeout(180),
@@ -164,6 +165,22 @@ def test_the_sandbox_limits_apply_in_a_forked_run(executor, workspace):
 
     result, _ = run(executor, workspace, "while True:\n    pass\n", sandbox=SandboxSettings(cpu_seconds=1))
     assert classify(result, None) == ("crash", "killed by SIGXCPU")
+
+
+@pytest.mark.skipif(_probe_namespaces(network=True) != "", reason="no user+network namespaces here")
+def test_network_false_cuts_a_forked_run_off_even_from_the_hosts_loopback(executor, workspace):
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        result, sink = run(executor, workspace, f"""
+            import socket
+            try:
+                socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
+                print("network: connected")
+            except OSError as exc:
+                print(f"network: {{exc}}")
+        """, sandbox=SandboxSettings(network=False))
+    assert sink.lines[0].startswith("loopdeck: warm runner")
+    assert sink.lines[1:] == ["network: [Errno 101] Network is unreachable"] and result.returncode == 0
 
 
 def test_a_changed_harness_gets_a_new_zygote(executor, workspace):
