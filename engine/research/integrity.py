@@ -174,10 +174,11 @@ class Integrity:
         assert row.metric is not None
         self.ctx.emit(Notice(level="info", experiment=row.id, message=f"re-measuring the run-to-run noise on "
                              f"#{row.id}: {why}"))
-        values = [row.metric]
-        seeds = baseline_seeds(self.settings.baseline_seeds)
-        for index, seed in enumerate(seeds, start=2):
-            value = self._repeat(row, "noise", seed, index, len(seeds) + 1)
+        # A metric that is already a mean of several runs is quieter than one run: it is not a sample of the noise.
+        values = [row.metric] if row.metric_runs == 1 else []
+        seeds = baseline_seeds(self.settings.baseline_seeds + (0 if values else 1))
+        for index, seed in enumerate(seeds, start=len(values) + 1):
+            value = self._repeat(row, "noise", seed, index, len(seeds) + len(values))
             if value is not None:
                 values.append(value)
         self._std, self._stale = run_std(values), ""
