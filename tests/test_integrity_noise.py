@@ -176,10 +176,12 @@ def test_the_noise_is_paid_once_per_target_budget_and_machine_and_re_measured_wh
     _, same = run_session(workspace, ScriptedAgent([]))
     assert not same.of(RunRepeated) and [e.n for e in same.of(NoiseEstimated)] == [3]
 
-    # Another machine: the noise is re-measured on the incumbent, once, and stored beside the first estimate.
+    # Another machine: the noise is re-measured on the incumbent, once, and stored beside the first estimate. The
+    # incumbent's metric is a mean of 3 runs, not a sample of the noise: 3 fresh runs measure it.
     monkeypatch.setattr("loopdeck.engine.research.integrity.machine_id", lambda: "elsewhere · 64 threads")
     _, moved = run_session(workspace, ScriptedAgent([]))
-    assert [(e.experiment, e.role, e.seed) for e in moved.of(RunRepeated)] == [(0, "noise", 1), (0, "noise", 2)]
+    assert [(e.experiment, e.role, e.seed) for e in moved.of(RunRepeated)] == [(0, "noise", 1), (0, "noise", 2),
+                                                                               (0, "noise", 3)]
     _, again = run_session(workspace, ScriptedAgent([]))
     assert not again.of(RunRepeated)
 
