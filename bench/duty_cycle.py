@@ -151,6 +151,8 @@ def _configure(workspace: Path, setting: dict[str, str]) -> None:
     text = path.read_text(encoding="utf-8")  # `loopdeck init` writes every setting, one per line
     for name, value in setting.items():
         text = re.sub(rf"(?m)^{name} = \S+", f"{name} = {value}", text)
+    if text == path.read_text(encoding="utf-8"):
+        return  # the defaults already
     path.write_text(text, encoding="utf-8")
     for args in (("add", "loopdeck.toml"), ("-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit",
                                             "-q", "-m", "bench settings")):
