@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import textwrap
 import threading
@@ -239,3 +240,38 @@ def test_a_session_on_the_real_gpt_target_forks_training_noise_runs_and_trusted_
     zygotes = [p for p in psutil.process_iter(["cmdline"]) if "loopdeck.engine.run.zygote" in (p.info["cmdline"] or [])
                and workspace.resolve() in {Path(arg).resolve() for arg in p.info["cmdline"]}]
     assert not zygotes  # the session stopped its zygote
+
+
+ENGINE = '''\
+import os, sys, time
+from pathlib import Path
+from loopdeck.engine.run.environment import scrubbed_env
+from loopdeck.engine.run.executor import ExperimentSpec
+from loopdeck.engine.run.warm import WarmExecutor
+from test_warm_runner import Sink
+
+workspace = Path(sys.argv[1])
+spec = ExperimentSpec(number=1, commit="", checkout=workspace, argv=(sys.executable, "train.py"),
+                      env=scrubbed_env(os.environ), run_dir=workspace / "run", budget_seconds=1, timeout=600)
+WarmExecutor().start(spec, Sink())
+time.sleep(600)
+'''
+
+
+def test_an_engine_killed_mid_run_leaves_neither_its_zygote_nor_the_run_behind(tmp_path):
+    (tmp_path / "harness.py").write_text(HARNESS)
+    pids = tmp_path / "pids"
+    (tmp_path / "train.py").write_text(f"import os, time\nopen({str(pids)!r}, 'w').write(f'{{os.getpid()}} "
+                                       "{os.getppid()}')\ntime.sleep(600)\n")
+    engine = subprocess.Popen([sys.executable, "-c", ENGINE, str(tmp_path)], env={**os.environ, "PYTHONPATH": str(
+        Path(__file__).parent)})
+    deadline = time.monotonic() + 60
+    while (not pids.exists() or len(pids.read_text().split()) < 2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    run_pid, zygote_pid = (int(pid) for pid in pids.read_text().split())
+    engine.kill()
+    engine.wait()
+    deadline = time.monotonic() + 10
+    while not gone([run_pid, zygote_pid]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gone([run_pid, zygote_pid])
