@@ -143,9 +143,9 @@ class Integrity:
         self._std = estimate.std
         if estimate.std is not None:
             values = [run.metric for run in self.ctx.ledger.runs(estimate.experiment)
-                      if run.role == "noise" and run.metric is not None]
+                      if run.role == "noise" and run.metric is not None]  # the latest measurement's last
             self.ctx.emit(NoiseEstimated(std=estimate.std, n=estimate.runs, mean=estimate.mean,
-                                         values=tuple(values)))
+                                         values=tuple(values[-estimate.runs:])))
 
     def _estimate_in_force(self, baseline: ExperimentRow, incumbent: ExperimentRow) -> NoiseEstimate | None:
         """The stored noise estimate that holds for this session (noise.reusable's rule), or None (self._stale
