@@ -143,7 +143,7 @@ class Integrity:
         self._std = estimate.std
         if estimate.std is not None:
             values = [run.metric for run in self.ctx.ledger.runs(estimate.experiment)
-                      if run.role == "noise" and run.metric is not None]  # the latest measurement's last
+                      if run.role == "noise" and run.metric is not None]  # a re-measurement's runs come last
             self.ctx.emit(NoiseEstimated(std=estimate.std, n=estimate.runs, mean=estimate.mean,
                                          values=tuple(values[-estimate.runs:])))
 
