@@ -44,9 +44,9 @@ from loopdeck.engine.research.transfer import Transfer, transfer
 from loopdeck.engine.run.executor import Executor
 from loopdeck.engine.run.preflight import preflight
 from loopdeck.engine.run.ray_executor import import_ray
-from loopdeck.engine.run.runner import LocalExecutor
 from loopdeck.engine.run.sandbox import check_sandbox
 from loopdeck.engine.run.telemetry import TelemetrySampler
+from loopdeck.engine.run.warm import make_executor
 from loopdeck.engine.run.workers import open_workers
 from loopdeck.engine.store.budget import budget_constant, budget_in_force, check_budget_clock
 from loopdeck.engine.store.gitops import BRANCH_PREFIX, ResearchRepo
@@ -281,7 +281,8 @@ class Session(ControlCalls):
     def run(self) -> SessionFinished:
         """Run the loop in this thread until it stops; returns the SessionFinished event."""
         with self._running():
-            workers = open_workers(self.config.workers, pack=Worktrees(self.workspace, self.branch).bundle)
+            workers = open_workers(self.config.workers, pack=Worktrees(self.workspace, self.branch).bundle,
+                                   serial=self._executor)
             try:
                 loop = make_loop(self._context(workers.executor), self._make_agent, workers.count)
                 self.finished = loop.run()
@@ -330,6 +331,7 @@ class Session(ControlCalls):
             raise RuntimeError("a Session runs once; make a new one to resume")
         self._used = True
         self._sampler = TelemetrySampler(self.emit)
+        self._executor = make_executor(self.config)
         poller = threading.Thread(target=self._poll_control, name="loopdeck-control", daemon=True)
         try:
             self._sampler.start()
@@ -344,6 +346,7 @@ class Session(ControlCalls):
             self._sampler.stop()
             if self._notifier is not None:
                 self._notifier.close()
+            self._executor.close()
             self.close()
 
     def close(self) -> None:
@@ -363,7 +366,7 @@ class Session(ControlCalls):
             workspace=self.workspace, state_dir=self.state_dir, config=self.config, repo=self.repo,
             ledger=self.ledger, controller=self.controller, emit=self.emit, branch=self.branch,
             protected_hashes=self.protected_hashes, track_pid=self._sampler.track,
-            resumed=bool(self.ledger.rows()), agent_kind=self.agent_kind, executor=executor or LocalExecutor())
+            resumed=bool(self.ledger.rows()), agent_kind=self.agent_kind, executor=executor or self._executor)
 
     def _make_agent(self) -> Agent:
         if self._agent is not None:

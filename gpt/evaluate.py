@@ -70,7 +70,14 @@ def pinned_sha256(workspace: Path) -> str:
 
 
 def load_harness(path: Path, expected_sha256: str) -> ModuleType:
-    """Import the workspace's harness as module `harness` from the very bytes whose sha256 matches the pin."""
+    """Import the workspace's harness as module `harness` from the very bytes whose sha256 matches the pin.
+
+    Under loopdeck's warm runner this process is forked from a zygote that loaded that very harness (checked the
+    same way, before any experiment code ran): it is used as it is, with the data it has loaded."""
+    preloaded = sys.modules.get("harness")
+    if (preloaded is not None and getattr(preloaded, "__file__", None) == str(path)
+            and getattr(preloaded, "__loopdeck_sha256__", None) == expected_sha256.lower()):
+        return preloaded
     source = path.read_bytes()
     digest = hashlib.sha256(source).hexdigest()
     if digest != expected_sha256.lower():
@@ -78,6 +85,7 @@ def load_harness(path: Path, expected_sha256: str) -> ModuleType:
                        f"{expected_sha256[:12]}…): the harness defines the metric and must be used as it is")
     module = ModuleType("harness")
     module.__file__ = str(path)
+    module.__loopdeck_sha256__ = digest  # type: ignore[attr-defined]
     sys.modules["harness"] = module  # before running it: dataclasses resolve annotations through sys.modules
     exec(compile(source, str(path), "exec"), module.__dict__)
     return module
@@ -173,6 +181,10 @@ def evaluate(workspace: Path, train_file: str, weights: Path, split: str, harnes
     }
     if split != "val":  # the same weights on val: the other half of the transfer gap
         result["val_bpb"] = harness.evaluate_bpb(model, data, device, split="val")
+    subset = min(getattr(harness, "TAMPER_EVAL_TOKENS", 0), harness.EVAL_TOKENS)  # 0: a harness pinned before it
+    if split == "val" and subset:  # what the run scored itself on under loopdeck: compared with what it printed
+        result["subset_tokens"] = subset
+        result["subset_bpb"] = harness.evaluate_bpb(model, data, device, split="val", eval_tokens=subset)
     result["seconds"] = time.perf_counter() - started
     return result
 

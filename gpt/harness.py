@@ -21,6 +21,8 @@ Environment (all optional; the engine sets them, a person may too):
   LOOPDECK_RUN_DIR       where the finished run saves model.pt (default runs/latest under the current directory)
   LOOPDECK_METRICS       JSON-lines file the run appends its start/step/end records to
   LOOPDECK_CACHE         where derived data is kept (built corpus, trained tokenizers; default: the user cache)
+  LOOPDECK_TRUSTED_EVAL  1 when loopdeck's trusted evaluator scores the run's weights: the run's own final
+                         evaluation (`report_bpb`) then scores a short subset only, as a tamper signal
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "BUDGET_CLOCK", "EVAL_BATCH_SIZE", "EVAL_TOKENS", "MAX_SEQ_LEN", "TIME_BUDGET", "UNTIMED_STEPS", "BudgetClock",
-    "Data", "DataError", "MetricsLog", "evaluate_bpb", "format_summary", "load_data", "load_model",
-    "make_train_loader", "open_metrics", "peak_flops", "peak_memory_mb", "pick_device", "run_dir", "run_seed",
-    "save_model",
+    "BUDGET_CLOCK", "EVAL_BATCH_SIZE", "EVAL_TOKENS", "MAX_SEQ_LEN", "TAMPER_EVAL_TOKENS", "TIME_BUDGET",
+    "UNTIMED_STEPS", "BudgetClock", "Data", "DataError", "MetricsLog", "evaluate_bpb", "format_summary", "load_data",
+    "load_model", "make_train_loader", "open_metrics", "peak_flops", "peak_memory_mb", "pick_device", "report_bpb",
+    "run_dir", "run_seed", "save_model",
 ]
 
 
@@ -83,6 +85,7 @@ EVAL_TOKENS = _env_number("LOOPDECK_EVAL_TOKENS", 131072, int)  # validation tok
 EVAL_BATCH_SIZE = 32  # rows of MAX_SEQ_LEN per evaluation forward pass
 UNTIMED_STEPS = 3  # first optimizer steps not counted in the budget: compilation, allocator warm-up
 BUDGET_CLOCK = os.environ.get("LOOPDECK_BUDGET_CLOCK", "").strip().lower() or "process"  # what times the budget
+TAMPER_EVAL_TOKENS = 16384  # what a run scores itself on when loopdeck's trusted evaluator scores it in full
 
 
 # ---------------------------------------------------------------------------
@@ -628,11 +631,23 @@ def _token_stream(tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.int32)
 
 
+# Data already loaded in this process, by (data spec, tokenizer spec): loopdeck's warm runner loads it once in a
+# zygote process and forks every run from there, so a run's load_data() costs nothing.
+_LOADED: dict[tuple[str, str], Data] = {}
+
+
 def load_data(spec: str | None = None, tokenizer_spec: str | None = None) -> Data:
-    """Corpus and tokenizer from the arguments, else from LOOPDECK_DATA / LOOPDECK_TOKENIZER, tokenized by split."""
-    spec = os.environ.get("LOOPDECK_DATA", "") if spec is None else spec
-    tokenizer_spec = os.environ.get("LOOPDECK_TOKENIZER", "") if tokenizer_spec is None else tokenizer_spec
-    corpus = load_corpus(spec.strip() or None)
+    """Corpus and tokenizer from the arguments, else from LOOPDECK_DATA / LOOPDECK_TOKENIZER, tokenized by split
+    (once per process: a second call with the same settings returns the same Data)."""
+    spec = (os.environ.get("LOOPDECK_DATA", "") if spec is None else spec).strip()
+    tokenizer_spec = (os.environ.get("LOOPDECK_TOKENIZER", "") if tokenizer_spec is None else tokenizer_spec).strip()
+    if (spec, tokenizer_spec) not in _LOADED:
+        _LOADED[spec, tokenizer_spec] = _tokenized(spec, tokenizer_spec)
+    return _LOADED[spec, tokenizer_spec]
+
+
+def _tokenized(spec: str, tokenizer_spec: str) -> Data:
+    corpus = load_corpus(spec or None)
     tokenizer = get_tokenizer(tokenizer_spec, corpus)
     return Data(
         corpus_name=corpus.name,
@@ -707,6 +722,16 @@ def evaluate_bpb(model: torch.nn.Module, data: Data, device: torch.device | None
     finally:
         model.train(was_training)
     return total_nats.item() / (math.log(2) * total_bytes.item())
+
+
+def report_bpb(model: torch.nn.Module, data: Data, device: torch.device | None = None) -> tuple[float, int]:
+    """(val_bpb, the eval_tokens it was scored with): what a run reports at its end. Standalone, the full evaluation. Under loopdeck's
+    trusted evaluator (LOOPDECK_TRUSTED_EVAL=1), which scores the saved weights in full anyway, only the first
+    TAMPER_EVAL_TOKENS: evaluation is paid once, and loopdeck compares this number with its own score of the same
+    subset, a cheap signal that the run's code tampered with its model or its output."""
+    trusted_elsewhere = os.environ.get("LOOPDECK_TRUSTED_EVAL") == "1"
+    tokens = min(TAMPER_EVAL_TOKENS, EVAL_TOKENS) if trusted_elsewhere else EVAL_TOKENS
+    return evaluate_bpb(model, data, device, eval_tokens=tokens), tokens
 
 
 # ---------------------------------------------------------------------------
@@ -791,7 +816,9 @@ class MetricsLog:
     def write(self, kind: str, **fields: Any) -> None:
         if self._file is None:
             return
-        record = {"type": kind, **{key: _finite_or_none(value) for key, value in fields.items()}}
+        # "time" (seconds since the epoch): when the run got there, for loopdeck's account of where time goes.
+        record = {"type": kind, "time": time.time(),
+                  **{key: _finite_or_none(value) for key, value in fields.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 

@@ -14,7 +14,8 @@ Notable features:
 - Device: CUDA, else Apple MPS, else CPU (LOOPDECK_DEVICE overrides); bf16 autocast and torch.compile on CUDA.
 - Fails fast on a NaN or exploding loss: prints FAIL and exits 1.
 - A progress line per step, a JSON-lines metrics stream (LOOPDECK_METRICS), the weights saved as model.pt in
-  LOOPDECK_RUN_DIR (default runs/latest), and autoresearch's summary block at the end.
+  LOOPDECK_RUN_DIR (default runs/latest), and autoresearch's summary block at the end (its val_bpb on a short
+  subset when loopdeck's trusted evaluator scores the saved weights in full anyway).
 
 Run: `python train.py` beside harness.py (a loopdeck workspace: only torch needed) or `loopdeck train`.
 Importing this file does not train.
@@ -38,7 +39,6 @@ from harness import (
     UNTIMED_STEPS,
     BudgetClock,
     DataError,
-    evaluate_bpb,
     format_summary,
     load_data,
     make_train_loader,
@@ -46,6 +46,7 @@ from harness import (
     peak_flops,
     peak_memory_mb,
     pick_device,
+    report_bpb,
     run_seed,
     save_model,
 )
@@ -380,7 +381,7 @@ def main() -> None:
                      progress=progress, tokens_per_second=tokens_per_second, mfu_percent=mfu, lr_mult=lrm,
                      ms_per_step=1000 * dt)
 
-    val_bpb = evaluate_bpb(model, data, device)
+    val_bpb, eval_tokens = report_bpb(model, data, device)  # a short subset when loopdeck scores the weights itself
     save_model(asdict(config), model.state_dict())
     timed_steps = max(step - UNTIMED_STEPS, 0)
     summary = {
@@ -395,8 +396,10 @@ def main() -> None:
         "depth": DEPTH,
         "budget_clock": clock.name,
     }
-    metrics.end(summary)
+    metrics.end({**summary, "eval_tokens": eval_tokens})
     metrics.close()
+    if eval_tokens != EVAL_TOKENS:
+        print(f"val_bpb below is on the first {eval_tokens:,} validation tokens: loopdeck scores the weights in full")
     print(format_summary(summary))
 
 

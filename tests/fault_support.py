@@ -69,6 +69,17 @@ def wait_for_line(workspace: Path, predicate: Callable[[str], bool], process: su
     raise AssertionError("timed out waiting for a journal line")
 
 
+def gone(pids: list[int]) -> bool:
+    """True when none of these processes is left (a zombie awaiting its reaper counts as gone)."""
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            continue
+    return True
+
+
 def leftover_processes(workspace: Path) -> list[psutil.Process]:
     """Live processes (not zombies) working inside the workspace: a training run or anything it started.
 

@@ -17,11 +17,12 @@ import pytest
 torch = pytest.importorskip("torch")
 support = pytest.importorskip("support_gpt")
 
-from loopdeck.engine.run.evaluator import read_evaluation  # noqa: E402
+from loopdeck.engine.run.evaluator import Evaluation, read_evaluation  # noqa: E402
 from loopdeck.engine.run.executor import RunResult  # noqa: E402
 from loopdeck.gpt import HARNESS_TEMPLATE  # noqa: E402
 from loopdeck.gpt.evaluate import EXIT_REJECTED, RESULT_PREFIX  # noqa: E402
-from loopdeck.gpt.harness import evaluate_bpb, load_data, save_model  # noqa: E402
+from loopdeck.gpt.harness import EVAL_TOKENS as FULL_TOKENS  # noqa: E402
+from loopdeck.gpt.harness import TAMPER_EVAL_TOKENS, evaluate_bpb, load_data, report_bpb, save_model  # noqa: E402
 
 EVAL_TOKENS = 8192
 PEEKING = ("is_causal=True", "is_causal=False")  # the edit that lets every position attend to the future
@@ -67,10 +68,27 @@ def test_a_causal_model_is_scored_exactly_as_the_harness_scores_it(tmp_path):
     assert (answer["eval_tokens"], answer["batch_size"], answer["seq_len"]) == (EVAL_TOKENS, 32, 256)
     assert answer["probes"] == 32 and answer["corpus_fingerprint"] and answer["harness"] == str(tmp_path / "ws" / "harness.py")
     assert answer["harness_sha256"] == HARNESS_SHA256
+    # What a run under loopdeck prints is scored too: its subset is never more than the whole evaluation.
+    assert answer["subset_tokens"] == EVAL_TOKENS and answer["subset_bpb"] == pytest.approx(answer["bpb"])
 
     code, holdout = score(tmp_path / "ws", split="holdout")
     assert code == 0 and holdout["split"] == "holdout" and holdout["val_bpb"] == pytest.approx(answer["bpb"])
     assert holdout["bpb"] != answer["bpb"]
+
+
+def test_under_loopdeck_a_run_scores_itself_on_a_subset_that_the_evaluator_scores_too(tmp_path, monkeypatch):
+    model = build(tmp_path / "ws", support.tiny_train_source())
+    data = load_data()
+    full, tokens = report_bpb(model, data)  # standalone: the full evaluation, as before
+    assert tokens == FULL_TOKENS > TAMPER_EVAL_TOKENS and full == evaluate_bpb(model, data)
+    monkeypatch.setenv("LOOPDECK_TRUSTED_EVAL", "1")
+    subset, tokens = report_bpb(model, data)
+    assert tokens == TAMPER_EVAL_TOKENS and subset == evaluate_bpb(model, data, eval_tokens=TAMPER_EVAL_TOKENS)
+    assert subset != full
+    # The printed number is compared with the trusted score of the same tokens, whichever the run scored.
+    evaluation = Evaluation("ok", bpb=full, subset_bpb=subset, subset_tokens=TAMPER_EVAL_TOKENS)
+    assert evaluation.printed_counterpart(TAMPER_EVAL_TOKENS) == subset
+    assert evaluation.printed_counterpart(FULL_TOKENS) == full and evaluation.printed_counterpart(None) == full
 
 
 def test_a_model_that_looks_ahead_is_rejected_by_the_causality_probe(tmp_path):

@@ -163,3 +163,53 @@ def edit(description: str, **constants: object) -> Callable[[AgentTurn], Proposa
         return Proposal(description=description, rationale="test", files={"train.py": text})
 
     return make
+
+
+def test_the_noise_is_paid_once_per_target_budget_and_machine_and_re_measured_when_they_move(
+        make_workspace, run_session, monkeypatch):
+    workspace = make_workspace(NOISY_TRAIN.format(value=BASE, sigma=SIGMA, label="base"),
+                               evaluation={"baseline_seeds": 3, "noise_drift": 0.1})
+    run_session(workspace, ScriptedAgent([]))  # the baseline and its two noise seeds
+    with Ledger(workspace / ".loopdeck") as ledger:
+        (estimate,) = ledger.noise_estimates()
+    assert estimate.runs == 3 and estimate.experiment == 0 and "budget" in estimate.key and "threads" in estimate.key
+
+    # A new session on the same target, budget and machine re-runs nothing.
+    _, same = run_session(workspace, ScriptedAgent([]))
+    assert not same.of(RunRepeated) and [e.n for e in same.of(NoiseEstimated)] == [3]
+
+    # Another machine: the noise is re-measured on the incumbent, once, and stored beside the first estimate. The
+    # incumbent's metric is a mean of 3 runs, not a sample of the noise: 3 fresh runs measure it.
+    monkeypatch.setattr("loopdeck.engine.research.integrity.machine_id", lambda: "elsewhere · 64 threads")
+    _, moved = run_session(workspace, ScriptedAgent([]))
+    assert [(e.experiment, e.role, e.seed) for e in moved.of(RunRepeated)] == [(0, "noise", 1), (0, "noise", 2),
+                                                                               (0, "noise", 3)]
+    _, again = run_session(workspace, ScriptedAgent([]))
+    assert not again.of(RunRepeated)
+
+    # A keep far from where the noise was measured (20 % better, past noise_drift) re-measures it on the new
+    # incumbent right away; a small keep would not.
+    _, far = run_session(workspace, ScriptedAgent([edit("much better", VALUE=BASE * 0.8)]))
+    assert [(e.experiment, e.role) for e in far.of(RunRepeated)] == [(1, "noise"), (1, "noise")]
+    with Ledger(workspace / ".loopdeck") as ledger:
+        assert len(ledger.noise_estimates()) == 3
+
+
+def test_the_report_counts_what_confirmation_costs_per_kept_experiment(make_workspace, run_session, tmp_path):
+    from loopdeck.engine.research.report import write_report
+
+    label = lucky_label(BASE - 1.0 * SIGMA, 0.5, 1.5)  # a real but small gain: confirmed, then kept
+    workspace = make_workspace(NOISY_TRAIN.format(value=BASE, sigma=SIGMA, label="base"),
+                               evaluation={"baseline_seeds": 3})
+    run_session(workspace, ScriptedAgent([edit("small", VALUE=BASE - 1.0 * SIGMA, LABEL=label)]))
+    with Ledger(workspace / ".loopdeck") as ledger:
+        rows, runs = ledger.rows(), ledger.runs()
+    confirms = [r for r in runs if r.role == "confirm"]
+    assert len(confirms) == 2
+    _, summary = write_report(rows, tmp_path / "report", runs=runs)
+    kept = sum(r.status == "keep" and not r.is_baseline for r in rows)
+    seconds = sum(r.training_seconds for r in confirms)
+    expected = "2 noise runs (0 s of training), 2 confirmation runs (0 s)"
+    assert f"| integrity runs | {expected}" in summary.read_text()
+    per_kept = f"confirmation per kept experiment: {seconds / kept:.0f} s" if kept else "per kept experiment"
+    assert (per_kept in summary.read_text()) == bool(kept)

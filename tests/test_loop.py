@@ -255,17 +255,18 @@ def test_an_engine_error_ends_the_session_cleanly_with_its_traceback_saved(works
 
 
 def test_every_process_of_an_experiment_runs_through_the_executor(make_workspace, run_session, monkeypatch):
-    from loopdeck.engine.run.runner import LocalExecutor
+    from loopdeck.engine.run.warm import WarmExecutor
 
     specs = []
-    start = LocalExecutor.start
+    start = WarmExecutor.start  # the session's executor
 
     def recording_start(self, spec, sink):
         specs.append(spec)
         return start(self, spec, sink)
 
-    monkeypatch.setattr(LocalExecutor, "start", recording_start)
-    workspace = make_workspace(evaluation={"baseline_seeds": 2})
+    monkeypatch.setattr(WarmExecutor, "start", recording_start)
+    # noise_drift 0: the keep (15 % better) would otherwise have its noise re-measured, a fourth process
+    workspace = make_workspace(evaluation={"baseline_seeds": 2, "noise_drift": 0})
     _, recorded = run_session(workspace, ScriptedAgent([change("LR", 0.3)]), max_experiments=1)
     baseline, candidate = ledger_rows(workspace)
     assert [(s.number, s.commit, s.seed) for s in specs] == [

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from fault_support import gone
 
 from loopdeck.engine.config import DEFAULT_PATTERN, Config
 from loopdeck.engine.run.environment import scrubbed_env, training_env
@@ -39,16 +40,6 @@ def _run(tmp_path: Path, body: str, *, timeout: float = 20, env: dict | None = N
                             on_line=on_line or lines.append, on_metrics=on_metrics or records.append,
                             stop_event=stop_event, grace_seconds=grace)
     return result, lines, records
-
-
-def _gone(pids: list[int]) -> bool:
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return False
-        except psutil.NoSuchProcess:
-            continue
-    return True
 
 
 def _pids(path: Path) -> list[int]:
@@ -149,7 +140,7 @@ def test_hang_past_the_timeout_leaves_no_process(tmp_path: Path) -> None:
     assert result.timed_out and classify(result, None) == ("timeout", "killed after the 1.5 s timeout")
     assert result.returncode == -9
     assert elapsed < 6
-    assert _gone(_pids(pids))
+    assert gone(_pids(pids))
 
 
 def test_descendants_that_outlive_a_finished_run_are_killed(tmp_path: Path) -> None:
@@ -171,7 +162,7 @@ def test_descendants_that_outlive_a_finished_run_are_killed(tmp_path: Path) -> N
         {SUMMARY}
     """)
     assert result.returncode == 0 and result.summary["val_bpb"] == "1.234500"
-    assert _gone(_pids(pids))
+    assert gone(_pids(pids))
 
 
 def test_abort_stops_the_run(tmp_path: Path) -> None:
@@ -182,7 +173,7 @@ def test_abort_stops_the_run(tmp_path: Path) -> None:
     assert result.aborted and not result.timed_out
     assert classify(result, None) == ("aborted", "stopped on request")
     assert time.monotonic() - started < 4
-    assert _gone([result.pid])
+    assert gone([result.pid])
 
 
 def test_supervisor_interrupted_kills_the_run(tmp_path: Path) -> None:
@@ -200,7 +191,7 @@ def test_supervisor_interrupted_kills_the_run(tmp_path: Path) -> None:
                 f.write(json.dumps({{"type": "step"}}) + "\\n")
             time.sleep(600)
         """, on_metrics=on_metrics, grace=0.5)
-    assert _gone(_pids(pids))
+    assert gone(_pids(pids))
 
 
 def test_a_failing_callback_is_raised_after_cleanup(tmp_path: Path) -> None:
@@ -356,7 +347,7 @@ def test_a_cancelled_run_ends_aborted_and_leaves_no_process(tmp_path: Path) -> N
     result = handle.wait()
     assert result.aborted and time.monotonic() - began < 10
     assert classify(result, None) == ("aborted", "stopped on request")
-    assert _gone(sink.pids)
+    assert gone(sink.pids)
 
 
 def test_an_error_in_the_sink_is_raised_by_wait_once_the_run_has_ended(tmp_path: Path) -> None:
@@ -369,4 +360,4 @@ def test_an_error_in_the_sink_is_raised_by_wait_once_the_run_has_ended(tmp_path:
     handle = LocalExecutor(grace_seconds=0.5).start(spec, sink)
     with pytest.raises(RuntimeError, match="sink refused"):
         handle.wait()
-    assert _gone(sink.pids)
+    assert gone(sink.pids)

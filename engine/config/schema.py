@@ -78,6 +78,10 @@ class ExperimentSettings(_Section):
                                    "evaluation; the budget counted 3× on the process clock); then the whole "
                                    "process group is killed")
     data: str = Field(default="", description='training corpus, passed as LOOPDECK_DATA; "" = the embedded corpus')
+    warm_runner: Literal["auto", "off"] = Field(
+        default="auto", description='"auto": fork each run of a loopdeck harness from a process that has imported '
+        "torch and loaded the data (starts in milliseconds; others start fresh, and each run's log says which); "
+        '"off": a fresh process for every run')
     env: dict[str, str] = Field(default={}, description="extra environment variables for the training process")
     env_allow: list[str] = Field(default=[], description="variables passed through the credential scrub "
                                  "(names containing KEY, TOKEN, SECRET, PASSWORD, … are removed otherwise)")
@@ -275,8 +279,13 @@ class EvaluationSettings(_Section):
         default=60.0, ge=0, description="wall time a run may take beyond budget_seconds (start-up, compilation, "
         "final evaluation; at least twice the baseline's own overhead) before it is rejected for ignoring its "
         "budget")
+    evaluate_once: bool = Field(default=True, description="trusted mode: a run's own final evaluation scores a "
+                                "short subset only (a tamper check against the trusted score of the same tokens), "
+                                "since the trusted evaluator scores it in full; false = both evaluate in full")
     baseline_seeds: int = Field(default=3, ge=1, description="baseline runs with different seeds to measure the "
                                 "run-to-run noise (each extra one costs a run; 1 = noise not measured)")
+    noise_drift: float = Field(default=0.1, ge=0, description="re-measure the noise on the incumbent once its "
+                               "metric has moved this fraction away from the mean it was measured at (0 = never)")
     confirm_multiple: float = Field(default=2.0, ge=0, description="an improvement within this many noise "
                                     "standard deviations is re-run before it can be kept")
     confirm_runs: int = Field(default=2, ge=1, description="fresh-seed re-runs of a candidate within the noise")

@@ -18,6 +18,12 @@ watcher, `after_record` and `session_ending` score the incumbent on the holdout 
    be seeded: unless its settings ask otherwise it gets one baseline run (engine/config/files.py), and σ is
    unknown, so nothing is re-run for confirmation. Each extra run is announced (`RunRepeatStarted`, with a label
    such as "baseline seed 2/3") and streams its training steps, so a person sees which run trains and its time left.
+4. Noise paid once: the estimate is stored under its key (target, budget, machine; research/noise.py) and reused
+   by later sessions; `refresh_noise` (at session start) and `after_record` (after a keep) re-measure it on the
+   incumbent when it no longer holds.
+
+About 500 lines: every extra run (noise, confirmation, incumbent, holdout, study) goes through `_repeat`/`_score` here,
+and splitting the noise bookkeeping from them would hand those privates to another module.
 """
 
 from __future__ import annotations
@@ -49,7 +55,10 @@ from loopdeck.engine.research.noise import (
     confirmation_seeds,
     delta_band,
     gain,
+    machine_id,
     needs_confirmation,
+    noise_key,
+    reusable,
     run_std,
 )
 from loopdeck.engine.run.evaluator import (
@@ -59,9 +68,10 @@ from loopdeck.engine.run.evaluator import (
     read_evaluation,
     trusted_hashes,
 )
-from loopdeck.engine.run.executor import LOG_FILE, RunResult, classify
-from loopdeck.engine.run.metrics import metric_from_log
-from loopdeck.engine.store.ledger import ExperimentRow, RunRow, first_baseline
+from loopdeck.engine.run.executor import LOG_FILE, METRICS_FILE, RunResult, classify
+from loopdeck.engine.run.metrics import end_record, metric_from_log
+from loopdeck.engine.store.ledger import ExperimentRow, NoiseEstimate, RunRow, first_baseline
+from loopdeck.engine.store.workspace import file_hashes
 
 WEIGHTS = "model.pt"
 
@@ -82,6 +92,7 @@ class _Score:
     metric: float | None = None
     val_metric: float | None = None
     log_tail: str = ""
+    printed: float | None = None  # the trusted score of what the run printed (the same subset, or in full)
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,8 @@ class Integrity:
         self._reference: dict[str, Any] = shared._reference if shared is not None else {}
         baseline = self._baseline()
         self._std = baseline.noise_std if baseline else None
+        self._machine = machine_id()
+        self._stale = ""  # why the stored noise estimate does not hold (it is re-measured before the next run)
         self._overhead = _overhead(baseline.wall_seconds, baseline.training_seconds) if baseline else None
 
     @property
@@ -134,11 +147,69 @@ class Integrity:
             self.ctx.emit(Notice(level="info", message=f"the target never reads LOOPDECK_SEED: its "
                                  f"{self.settings.baseline_seeds} baseline runs measure its nondeterminism, not "
                                  "seed-to-seed noise"))
-        if baseline is not None and self._std is not None:
-            values = [run.metric for run in self.ctx.ledger.runs(baseline.id)
-                      if run.role == "noise" and run.metric is not None]
-            self.ctx.emit(NoiseEstimated(std=self._std, n=baseline.metric_runs, mean=baseline.metric,
-                                         values=tuple(values)))
+        incumbent = self.ctx.ledger.incumbent()
+        if baseline is None or incumbent is None or self.settings.baseline_seeds < 2:
+            return
+        estimate = self._estimate_in_force(baseline, incumbent)
+        if estimate is None:
+            self._std = None
+            self.ctx.emit(Notice(level="info", message=f"the run-to-run noise is re-measured on the incumbent "
+                                 f"#{incumbent.id} before the next experiment: {self._stale}"))
+            return
+        self._std = estimate.std
+        if estimate.std is not None:
+            values = [run.metric for run in self.ctx.ledger.runs(estimate.experiment)
+                      if run.role == "noise" and run.metric is not None]  # a re-measurement's runs come last
+            self.ctx.emit(NoiseEstimated(std=estimate.std, n=estimate.runs, mean=estimate.mean,
+                                         values=tuple(values[-estimate.runs:])))
+
+    def _estimate_in_force(self, baseline: ExperimentRow, incumbent: ExperimentRow) -> NoiseEstimate | None:
+        """The stored noise estimate that holds for this session (noise.reusable's rule), or None (self._stale
+        says why). A ledger from before estimates were keyed adopts its baseline's σ for the conditions of now."""
+        key, context = self._noise_key()
+        estimates = self.ctx.ledger.noise_estimates()
+        if not estimates and baseline.noise_std is not None:
+            legacy = NoiseEstimate(key, context, baseline.noise_std, baseline.metric or 0.0, baseline.metric_runs,
+                                   baseline.id)
+            self.ctx.ledger.save_noise(legacy)
+            return legacy
+        estimate, self._stale = reusable(estimates, key, context, incumbent.metric, self.settings.noise_drift)
+        return estimate
+
+    def refresh_noise(self) -> None:
+        """Re-measure the noise on the incumbent when the stored estimate does not hold (see session_started)."""
+        incumbent = self.ctx.ledger.incumbent()
+        if self._stale and incumbent is not None:
+            try:
+                self._remeasure(incumbent, self._stale)
+            except _Interrupted:
+                self.ctx.halt_if_requested()
+
+    def _remeasure(self, row: ExperimentRow, why: str) -> None:
+        """Noise runs of a kept experiment (the tree at its commit): the new estimate, stored and in force."""
+        assert row.metric is not None
+        self.ctx.emit(Notice(level="info", experiment=row.id, message=f"re-measuring the run-to-run noise on "
+                             f"#{row.id}: {why}"))
+        # A metric that is already a mean of several runs is quieter than one run: it is not a sample of the noise.
+        values = [row.metric] if row.metric_runs == 1 else []
+        seeds = baseline_seeds(self.settings.baseline_seeds + (0 if values else 1))
+        for index, seed in enumerate(seeds, start=len(values) + 1):
+            value = self._repeat(row, "noise", seed, index, len(seeds) + len(values))
+            if value is not None:
+                values.append(value)
+        self._std, self._stale = run_std(values), ""
+        self._save_estimate(row.id, values)
+
+    def _noise_key(self) -> tuple[str, str]:
+        files = file_hashes(self.ctx.workspace, self.ctx.config.experiment.editable)
+        return noise_key(files, self.ctx.protected_hashes, self.ctx.config.experiment.budget_seconds, self._machine)
+
+    def _save_estimate(self, experiment: int, values: list[float]) -> None:
+        key, context = self._noise_key()
+        mean = statistics.fmean(values)
+        self.ctx.ledger.save_noise(NoiseEstimate(key, context, self._std, mean, len(values), experiment))
+        if self._std is not None:
+            self.ctx.emit(NoiseEstimated(std=self._std, n=len(values), values=tuple(values), mean=mean))
 
     # --- during the run ----------------------------------------------------------------------------------------
 
@@ -170,7 +241,7 @@ class Integrity:
         if score.status != "ok":
             return Judgement(score.status, score.reason, {**fields, "log_tail": score.log_tail})
         assert score.metric is not None
-        fields.update(self._mismatch(row.id, score.metric, reported))
+        fields.update(self._mismatch(row.id, score.printed, reported))
         try:
             if incumbent is None:
                 return self._judge_baseline(row, score.metric, fields)
@@ -215,7 +286,8 @@ class Integrity:
         problem = self._changed_evaluation(evaluation)
         if problem:
             return _Score("rejected", problem, log_tail=result.log_tail)
-        return _Score("ok", metric=evaluation.bpb, val_metric=evaluation.val_bpb)
+        printed = evaluation.printed_counterpart(end_record(run_dir / METRICS_FILE).get("eval_tokens"))
+        return _Score("ok", metric=evaluation.bpb, val_metric=evaluation.val_bpb, printed=printed)
 
     def _changed_evaluation(self, evaluation: Evaluation) -> str:
         if evaluation.harness_sha256 != self.ctx.protected_hashes[self.plan.harness]:
@@ -229,16 +301,26 @@ class Integrity:
             return f"the evaluation changed since the session started ({'; '.join(changed)})"
         return ""
 
-    def _mismatch(self, number: int, metric: float, reported: float | None) -> dict[str, Any]:
-        if not self.plan.trusted or reported is None or abs(reported - metric) <= self.settings.mismatch_tolerance:
+    def _mismatch(self, number: int, metric: float | None, reported: float | None) -> dict[str, Any]:
+        """Flag a printed number that disagrees with the trusted score of the same tokens (`metric`)."""
+        if (not self.plan.trusted or reported is None or metric is None
+                or abs(reported - metric) <= self.settings.mismatch_tolerance):
             return {}
         name = self.ctx.config.metric.name
         self.ctx.emit(Notice(level="warning", experiment=number,
-                             message=f"#{number} printed {name} {reported:.6f} but scores {metric:.6f} in the "
+                             message=f"#{number} printed {name} {reported:.6f} but scores {metric:.6f} on the same tokens in the "
                              "trusted evaluation: the printed number is ignored"))
         return {"metric_mismatch": True}
 
     def _judge_baseline(self, row: ExperimentRow, metric: float, fields: dict[str, Any]) -> Judgement:
+        key, _ = self._noise_key()
+        stored = next((e for e in self.ctx.ledger.noise_estimates() if e.key == key), None)
+        if stored is not None and stored.std is not None and self.settings.baseline_seeds > 1:
+            self._std = stored.std
+            fields.update(metric=metric, noise_std=stored.std)
+            self.ctx.emit(NoiseEstimated(std=stored.std, n=stored.runs, mean=stored.mean, values=()))
+            return Judgement("keep", f"baseline: run-to-run noise σ {stored.std:.6f} reused (measured by "
+                             f"#{stored.experiment} on the same target, budget and machine)", fields)
         values = [metric]
         seeds = baseline_seeds(self.settings.baseline_seeds)
         for index, seed in enumerate(seeds, start=2):
@@ -248,9 +330,10 @@ class Integrity:
         self._std = run_std(values)
         mean = statistics.fmean(values)
         fields.update(metric=mean, metric_runs=len(values), noise_std=self._std)
+        if len(values) > 1:
+            self._save_estimate(row.id, values)
         if self._std is None:
             return Judgement("keep", "baseline", fields)
-        self.ctx.emit(NoiseEstimated(std=self._std, n=len(values), values=tuple(values), mean=mean))
         runs = f"{len(values)} seeds" if self._seedable else f"{len(values)} runs (not seedable: σ is its nondeterminism)"
         return Judgement("keep", f"baseline: mean of {runs}, run-to-run noise σ {self._std:.6f}", fields)
 
@@ -334,11 +417,23 @@ class Integrity:
     # --- the holdout split -------------------------------------------------------------------------------------
 
     def after_record(self, outcome: ExperimentFinished) -> None:
-        """Score the baseline on the holdout split once, and the incumbent every `holdout_every` keeps."""
-        if not self.plan.trusted or outcome.status != "keep":
+        """After a keep: re-measure the noise once the incumbent has drifted far from where it was measured; score
+        the baseline on the holdout split once, and the incumbent every `holdout_every` keeps."""
+        if outcome.status != "keep":
             return
         row = self.ctx.ledger.get(outcome.experiment)
         assert row is not None
+        if not row.is_baseline and self._std is not None and self.settings.baseline_seeds > 1:
+            key, context = self._noise_key()
+            estimate, why = reusable(self.ctx.ledger.noise_estimates(), key, context, row.metric,
+                                     self.settings.noise_drift)
+            if estimate is None:
+                try:
+                    self._remeasure(row, why)
+                except _Interrupted:
+                    return
+        if not self.plan.trusted:
+            return
         kept = sum(r.status == "keep" and not r.is_baseline for r in self.ctx.ledger.rows())
         every = self.settings.holdout_every
         if row.is_baseline or (every and kept % every == 0):

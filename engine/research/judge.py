@@ -118,7 +118,8 @@ class Judge:
         spec = ExperimentSpec(
             number=number, commit=commit, checkout=ctx.workspace,
             argv=tuple(sandboxed_argv(argv or config.command_argv(), config.sandbox)),
-            env=training_env(config, metrics_path=run_dir / METRICS_FILE, run_dir=run_dir, seed=seed),
+            env=training_env(config, metrics_path=run_dir / METRICS_FILE, run_dir=run_dir, seed=seed,
+                             trusted_eval=self.integrity.plan.trusted and config.evaluation.evaluate_once),
             run_dir=run_dir, budget_seconds=config.experiment.budget_seconds, timeout=timeout or config.timeout(),
             seed=seed)
         sink = _RunStream(ctx, number, stream=stream, watch=watch, stop=stop)

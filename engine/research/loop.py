@@ -79,6 +79,7 @@ class ResearchLoop:
             self._pipeline = Pipeline(self.ctx, self.turns, self.gate, self.tally)
             if self.ctx.ledger.incumbent() is None:
                 self.run_baseline()
+            self.integrity.refresh_noise()  # when the stored noise estimate does not hold for this session
             while True:
                 self.checkpoint()
                 self.step()

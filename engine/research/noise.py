@@ -4,14 +4,26 @@ The baseline runs with several seeds; the sample standard deviation of its metri
 whose gain over the incumbent is within `confirm_multiple` × σ is re-run with fresh seeds before it can be kept,
 and kept only if the mean gain over all its runs clears `min_improvement` by one standard error of the
 difference (σ·√(1/n_candidate + 1/n_incumbent), or σ·√(2/n) for runs paired with incumbent re-runs).
+
+The estimate is paid once: stored in the ledger under its key (target, budget, machine) and reused by later
+sessions and baselines while `reusable` says it holds; re-measured on the incumbent when it does not.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
+import os
+import platform
+import socket
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+from loopdeck.engine.store.ledger import NoiseEstimate
 
 # Seeds of extra runs: the baseline's are 1, 2, …; experiment n's confirmations are n*SEED_STRIDE + 1, + 2, …;
 # study s's (ablation, transfer) STUDY_SEED_BASE + s*SEED_STRIDE + 1, + 2, … — past any experiment's.
@@ -108,3 +120,46 @@ def confirm(values: Sequence[float], incumbent_metric: float, incumbent_runs: in
     return Verdict(False, mean, improvement, band, len(values),
                    f"not confirmed: {what} improves on the incumbent by {shown}, within the noise "
                    f"(needs more than {needed:.6f})")
+
+
+# --- the estimate, paid once --------------------------------------------------------------------------------------
+
+
+def machine_id() -> str:
+    """This machine as far as the noise is concerned: host name, CPU model and the threads this process may use."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{socket.gethostname()} · {cpu} · {threads} threads"
+
+
+def noise_key(files: Mapping[str, str], protected: Mapping[str, str], budget: float, machine: str
+              ) -> tuple[str, str]:
+    """(key, context) of a noise estimate: the target (editable files' and protected files' hashes), the budget
+    and the machine; the context leaves out the editable files, which every kept experiment changes."""
+    digest = hashlib.sha256(json.dumps(sorted(protected.items())).encode()).hexdigest()[:16]
+    context = f"harness {digest} · budget {budget:g} s · {machine}"
+    target = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:16]
+    return f"target {target} · {context}", context
+
+
+def reusable(estimates: Sequence[NoiseEstimate], key: str, context: str, metric: float | None,
+             drift: float) -> tuple[NoiseEstimate | None, str]:
+    """The stored estimate that still holds, or None and why none does.
+
+    The rule: an estimate measured on the same target, budget and machine (the same key) holds. One measured on
+    another version of train.py holds while the harness, budget and machine are the same and the current metric
+    is within `drift` (a fraction) of the mean it was measured at: a much better model may be noisier or quieter."""
+    for estimate in estimates:
+        if estimate.key == key:
+            return estimate, ""
+    same = [e for e in estimates if e.context == context]
+    if not same:
+        return None, ("no estimate for this harness, budget and machine" if estimates else "none measured yet")
+    latest = same[0]
+    if metric is not None and drift and abs(metric - latest.mean) > drift * abs(latest.mean):
+        return None, (f"the incumbent's metric {metric:.6f} drifted more than {drift:.0%} from {latest.mean:.6f}, "
+                      "where the noise was measured")
+    return latest, ""

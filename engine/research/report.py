@@ -8,7 +8,7 @@ improvement, transfer.png and incumbent.patch — are research/handover.py's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,7 +84,7 @@ def write_report(
     draw_transfer(studies or [], out_dir / TRANSFER_CHART, metric_name=metric_name)
     if patch:
         (out_dir / PATCH_FILE).write_text(patch, encoding="utf-8")
-    text = _summary_markdown(outcome, metric_name=metric_name, title=title, chart=png.name)
+    text = _summary_markdown(outcome, metric_name=metric_name, title=title, chart=png.name, runs=runs or [])
     if outcome.rows:
         text += "\n".join(handover_sections(outcome.rows, studies or [], runs or [],
                                             improvement=outcome.improvement(), patch=bool(patch)))
@@ -255,7 +255,24 @@ def _shorten(text: str) -> str:
 # --- summary ------------------------------------------------------------------------------------------------------
 
 
-def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart: str) -> str:
+def integrity_cost(runs: Sequence[RunRow], kept: int) -> str:
+    """What the extra runs cost: noise and confirmation runs (with incumbent re-runs), their training time, and
+    the confirmation time per kept experiment ("" without extra runs)."""
+    if not runs:
+        return ""
+    seconds = {role: sum(r.training_seconds or 0.0 for r in runs if r.role == role)
+               for role in ("noise", "confirm", "incumbent")}
+    counts = {role: sum(r.role == role for r in runs) for role in seconds}
+    confirming = seconds["confirm"] + seconds["incumbent"]
+    text = (f"{_count(counts['noise'], 'noise run')} ({seconds['noise']:.0f} s of training), "
+            f"{_count(counts['confirm'] + counts['incumbent'], 'confirmation run')} ({confirming:.0f} s)")
+    if kept:
+        text += f"; confirmation per kept experiment: {confirming / kept:.0f} s"
+    return text
+
+
+def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart: str,
+                      runs: Sequence[RunRow] = ()) -> str:
     lines = [f"# {title or 'loopdeck report'}", ""]
     if not outcome.rows:
         return "\n".join([*lines, "No experiments yet.", ""])
@@ -284,6 +301,9 @@ def _summary_markdown(outcome: _Outcome, *, metric_name: str, title: str, chart:
     if baseline is not None and baseline.noise_std is not None:
         facts.append(("noise", f"run-to-run σ {baseline.noise_std:.6f} ({baseline.metric_runs} baseline seeds); "
                       "gains within the noise were re-run before they were kept"))
+    cost = integrity_cost(runs, kept_count)
+    if cost:
+        facts.append(("integrity runs", cost))
     usage = _usage(outcome.rows)
     if usage:
         facts.append(("agent usage", usage))

@@ -4,6 +4,8 @@
   to a `RunSink`; `classify` turns a result into a status. Executors keep no global state and never write to the
   ledger.
 - `runner`: `LocalExecutor`, the first executor: one process group per run on this machine, supervised by a thread.
+- `warm`, `zygote`: the warm runner, the session's executor: runs forked from a per-workspace process that has
+  imported torch and loaded the harness and data, supervised as `runner` supervises (fresh processes otherwise).
 - `processes`: the process tree of a local run, what it leaves behind, orphans of a dead engine.
 - `ray_executor`: `RayExecutor`, one Ray actor per run (Ray places it), the local runner on the worker.
 - `workers`: `[workers]` resolved to an executor and how many runs it keeps in flight.

@@ -54,9 +54,10 @@ def budget_clock_env(clock: str) -> dict[str, str]:
 
 
 def training_env(config: Config, *, metrics_path: Path, run_dir: Path, seed: int | None = None,
-                 base: Mapping[str, str] | None = None) -> dict[str, str]:
+                 base: Mapping[str, str] | None = None, trusted_eval: bool = False) -> dict[str, str]:
     """The scrubbed environment for one run of `config`: LOOPDECK_TIME_BUDGET/BUDGET_CLOCK/METRICS/RUN_DIR/DATA
-    (/SEED)."""
+    (/SEED), and
+    LOOPDECK_TRUSTED_EVAL=1 when the trusted evaluator scores the run (its own final evaluation is then short)."""
     experiment = config.experiment
     extra = {**budget_clock_env(experiment.budget_clock), **experiment.env,
              "LOOPDECK_TIME_BUDGET": repr(experiment.budget_seconds),
@@ -64,4 +65,6 @@ def training_env(config: Config, *, metrics_path: Path, run_dir: Path, seed: int
              "LOOPDECK_DATA": experiment.data}
     if seed is not None:
         extra["LOOPDECK_SEED"] = str(seed)
+    if trusted_eval:
+        extra["LOOPDECK_TRUSTED_EVAL"] = "1"
     return scrubbed_env(os.environ if base is None else base, experiment.env_allow, extra)

@@ -111,6 +111,15 @@ class Evaluation:
     reference: dict[str, Any] = field(default_factory=dict)  # REFERENCE_KEYS as the evaluator saw them
     harness: str = ""  # the harness file the evaluator imported
     harness_sha256: str = ""  # and the sha256 it checked it against
+    subset_bpb: float | None = None  # on the first `subset_tokens` of val: what a run under loopdeck prints
+    subset_tokens: int | None = None
+
+    def printed_counterpart(self, eval_tokens: object) -> float | None:
+        """The trusted score to compare a run's printed number with: on the subset when the run says it scored
+        only those tokens (its metrics "end" record), else the full score."""
+        if self.subset_tokens is not None and eval_tokens == self.subset_tokens:
+            return self.subset_bpb
+        return self.bpb
 
 
 def read_evaluation(result: RunResult) -> Evaluation:
@@ -133,8 +142,10 @@ def read_evaluation(result: RunResult) -> Evaluation:
     bpb, val_bpb = _finite(answer.get("bpb")), _finite(answer.get("val_bpb"))
     if bpb is None:
         return Evaluation("crash", f"the trusted evaluation returned no usable score ({answer.get('bpb')!r})")
+    tokens = answer.get("subset_tokens")
     return Evaluation("ok", bpb=bpb, val_bpb=val_bpb, harness=str(answer.get("harness", "")),
-                      harness_sha256=str(answer.get("harness_sha256", "")),
+                      harness_sha256=str(answer.get("harness_sha256", "")), subset_bpb=_finite(answer.get("subset_bpb")),
+                      subset_tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
                       reference={key: answer.get(key) for key in REFERENCE_KEYS})
 
 

@@ -47,6 +47,11 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
             yield record
 
 
+def end_record(path: Path) -> dict[str, Any]:
+    """The last "end" record of a finished run's stream ({} when it wrote none)."""
+    return next((r for r in reversed(list(read_records(path))) if r.get("type") == "end"), {})
+
+
 def parse_step(record: Mapping[str, Any], experiment: int = 0) -> TrainStep | None:
     """The TrainStep of a "step" record (for `experiment`); None for another kind or a malformed one."""
     if record.get("type") != "step":

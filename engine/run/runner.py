@@ -23,7 +23,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.run.executor import ExperimentSpec, RunResult, RunSink
@@ -62,20 +62,22 @@ class _Stop(threading.Event):
 class LocalRun:
     """One experiment in flight on this machine (a RunHandle)."""
 
-    def __init__(self, spec: ExperimentSpec, sink: RunSink, grace_seconds: float) -> None:
+    def __init__(self, spec: ExperimentSpec, sink: RunSink, grace_seconds: float, launch: Launch | None = None
+                 ) -> None:
+        """`launch` as for `run_experiment` (the warm runner passes its own)."""
         self._stop = _Stop(sink)
         self._result: RunResult | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(spec, sink, grace_seconds), daemon=True,
-                                        name=f"loopdeck-run-{spec.number}")
+        self._thread = threading.Thread(target=self._run, args=(spec, sink, grace_seconds, launch or Spawned),
+                                        daemon=True, name=f"loopdeck-run-{spec.number}")
         self._thread.start()
 
-    def _run(self, spec: ExperimentSpec, sink: RunSink, grace_seconds: float) -> None:
+    def _run(self, spec: ExperimentSpec, sink: RunSink, grace_seconds: float, launch: Launch) -> None:
         try:
             self._result = run_experiment(
                 spec.argv, cwd=spec.checkout, env=spec.env, log_path=spec.log_path, metrics_path=spec.metrics_path,
                 timeout=spec.timeout, on_line=sink.line, on_metrics=sink.record, stop_event=self._stop,
-                grace_seconds=grace_seconds, on_start=sink.started)
+                grace_seconds=grace_seconds, on_start=sink.started, launch=launch)
         except BaseException as exc:  # handed to the thread that waits, after the run is cleaned up
             self._error = exc
 
@@ -188,15 +190,65 @@ class _MetricsFollower:
                     self.callback_error = self.callback_error or exc
 
 
+# --- the process ---------------------------------------------------------------------------------------------------
+
+
+class Launched(Protocol):
+    """A run's main process as the supervisor sees it: a fresh child (`Spawned`) or one forked by the warm runner's
+    zygote (engine/run/warm.py). Either leads its own session (process group = pid)."""
+
+    pid: int
+    stdout_fd: int  # the read end of its merged stdout/stderr
+    how: str  # how it was started, for the log's first line ("" says nothing)
+
+    def exited(self) -> bool:
+        """True once it has exited; its pid (= the group id) stays reserved until `reap`."""
+
+    def reap(self) -> tuple[int | None, int]:
+        """(returncode, peak RSS in bytes or 0) once it has exited; frees the pid."""
+
+
+# (argv, cwd, env) → the started process; OSError when it cannot be started.
+Launch = Callable[[Sequence[str], Path, Mapping[str, str]], Launched]
+
+
+class Spawned:
+    """A fresh process in a new session: the local executor's way, and the warm runner's fallback."""
+
+    how = ""
+
+    def __init__(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> None:
+        self._process = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self._process.pid
+        assert self._process.stdout is not None
+        self.stdout_fd = self._process.stdout.fileno()
+
+    def exited(self) -> bool:
+        return has_exited(self.pid)
+
+    def reap(self) -> tuple[int | None, int]:
+        """The exit status and the exact peak RSS (ru_maxrss: KiB on Linux, bytes on macOS)."""
+        assert self._process.stdout is not None
+        self._process.stdout.close()
+        try:
+            _, status, rusage = os.wait4(self.pid, 0)
+        except ChildProcessError:
+            return self._process.wait(), 0
+        self._process.returncode = os.waitstatus_to_exitcode(status)
+        return self._process.returncode, rusage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 # --- the run -------------------------------------------------------------------------------------------------------
 
 
 def run_experiment(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_path: Path, metrics_path: Path,
                    timeout: float | None, on_line: Callable[[str], None], on_metrics: Callable[[dict], None],
                    stop_event: threading.Event | None = None, grace_seconds: float = 3.0,
-                   on_start: Callable[[int], None] | None = None) -> RunResult:
+                   on_start: Callable[[int], None] | None = None, launch: Launch = Spawned) -> RunResult:
     """Run argv to completion, timeout or abort; on_line from a reader thread, on_metrics from the caller's,
-    on_start(pid) once the process exists.
+    on_start(pid) once the process exists. `launch` starts it (a fresh process by default); how it did, when it
+    says, is the log's first line.
 
     The log file is (re)written from the start; a stale metrics file is removed first, so that only this run's
     records are followed. Raises the first exception a callback raised, after the run is fully cleaned up, and
@@ -209,31 +261,30 @@ def run_experiment(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], lo
     with log:
         output = _Output(log, on_line)
         try:
-            process = subprocess.Popen(list(argv), cwd=cwd, env={**env, RUN_MARK_VAR: mark},
-                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = launch(argv, cwd, {**env, RUN_MARK_VAR: mark})
         except OSError as exc:
             return _not_started(argv, exc, output, log_path, timeout)
+        if process.how:
+            output.feed(f"loopdeck: {process.how}\n".encode())
         tree = ProcessTree(process.pid, mark, started_wall)
         if on_start is not None:
             try:
                 on_start(process.pid)
             except BaseException:
-                _terminate(process.pid, tree, grace_seconds)
+                _terminate(process, tree, grace_seconds)
                 raise
         follower = _MetricsFollower(metrics_path, on_metrics)
-        assert process.stdout is not None
         stop_reading, closed = threading.Event(), threading.Event()
-        reader = threading.Thread(target=_read_output, args=(process.stdout.fileno(), output, stop_reading, closed),
+        reader = threading.Thread(target=_read_output, args=(process.stdout_fd, output, stop_reading, closed),
                                   name=f"run-output-{process.pid}", daemon=True)
         reader.start()
         timed_out = aborted = False
         try:
-            ended_by = _supervise(process.pid, tree, follower, closed, started, timeout, stop_event, grace_seconds)
+            ended_by = _supervise(process, tree, follower, closed, started, timeout, stop_event, grace_seconds)
             timed_out, aborted = ended_by == "timeout", ended_by == "abort"
         except BaseException:
             # Ctrl-C or a bug in the engine: the run must not outlive its supervisor.
-            _terminate(process.pid, tree, grace_seconds)
+            _terminate(process, tree, grace_seconds)
             raise
         finally:
             wall_seconds = time.monotonic() - started
@@ -241,25 +292,19 @@ def run_experiment(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], lo
             if not closed.wait(1.0):
                 stop_reading.set()  # something we could not find still holds the pipe open
             reader.join()
-            process.stdout.close()
-            rusage = _reap(process)
+            returncode, peak_rss = process.reap()
             follower.poll(final=True)
     for error in (output.callback_error, follower.callback_error):
         if error is not None:
             raise error
     if output.log_error is not None:
         raise LoopdeckError(_log_problem(log_path, output.log_error))
-    return RunResult(returncode=process.returncode, timed_out=timed_out, aborted=aborted, wall_seconds=wall_seconds,
-                     peak_rss_mb=_peak_mb(tree, rusage), log_tail="\n".join(output.tail),
+    peak = max(tree.peak_rss, peak_rss)
+    return RunResult(returncode=returncode, timed_out=timed_out, aborted=aborted, wall_seconds=wall_seconds,
+                     peak_rss_mb=peak / 2**20 if peak else None, log_tail="\n".join(output.tail),
                      summary=summary_fields(output.summary_lines) if output.summary_lines is not None else {},
                      saw_fail=output.saw_fail, has_traceback=output.has_traceback, error_line=output.error_line,
                      log_path=log_path, timeout_seconds=timeout, pid=process.pid)
-
-
-def _peak_mb(tree: ProcessTree, rusage: Any) -> float | None:
-    # ru_maxrss is in KiB on Linux and in bytes on macOS.
-    peak = max(tree.peak_rss, (rusage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)) if rusage else 0)
-    return peak / 2**20 if peak else None
 
 
 def _open_log(log_path: Path) -> Any:
@@ -286,11 +331,11 @@ def _log_problem(log_path: Path, exc: OSError) -> str:
             "writable) and run again: the session resumes where it stopped")
 
 
-def _supervise(pid: int, tree: ProcessTree, follower: _MetricsFollower, closed: threading.Event, started: float,
+def _supervise(process: Launched, tree: ProcessTree, follower: _MetricsFollower, closed: threading.Event, started: float,
                timeout: float | None, stop_event: threading.Event | None, grace_seconds: float) -> str:
     """Watch the run until its main process exits; returns "timeout", "abort" or "" (it ended by itself)."""
     reason, kill_at, killed, next_sample = "", None, False, 0.0
-    while not has_exited(pid):
+    while not process.exited():
         now = time.monotonic()
         if now >= next_sample:
             tree.sample()
@@ -314,10 +359,10 @@ def _supervise(pid: int, tree: ProcessTree, follower: _MetricsFollower, closed: 
     return reason
 
 
-def _terminate(pid: int, tree: ProcessTree, grace_seconds: float) -> None:
+def _terminate(process: Launched, tree: ProcessTree, grace_seconds: float) -> None:
     tree.signal_all(signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline and not has_exited(pid):
+    while time.monotonic() < deadline and not process.exited():
         time.sleep(0.02)
     tree.signal_all(signal.SIGKILL)
 
@@ -335,14 +380,3 @@ def _read_output(fd: int, output: _Output, stop: threading.Event, closed: thread
     finally:
         output.close()
         closed.set()
-
-
-def _reap(process: subprocess.Popen) -> Any:
-    """Collect the main process's exit status and resource usage (its exact peak RSS)."""
-    try:
-        _, status, rusage = os.wait4(process.pid, 0)
-    except ChildProcessError:
-        process.wait()
-        return None
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return rusage

@@ -43,6 +43,7 @@ import resource
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -179,7 +180,17 @@ def apply_limits(memory_mb: int = 0, cpu_seconds: int = 0, max_processes: int = 
             raise SandboxFailure(f"cannot set a resource limit: {exc}") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@dataclass(frozen=True)
+class Limits:
+    """What the launcher applies before it runs the command (its command-line flags)."""
+
+    no_network: bool = False
+    memory_mb: int = 0
+    cpu_seconds: int = 0
+    max_processes: int = 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loopdeck sandbox", description="Run a command with no network "
                                      "and/or resource limits (loopdeck's training launcher).")
     parser.add_argument("--no-network", action="store_true")
@@ -188,12 +199,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-processes", type=int, default=0)
     parser.add_argument("--probe", action="store_true", help="apply, then exit 0 without running anything")
     parser.add_argument("command", nargs="*")
+    return parser
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(args.no_network, args.memory_mb, args.cpu_seconds, args.max_processes)
+
+
+def unwrap(argv: Sequence[str]) -> tuple[list[str], Limits]:
+    """(the command, its limits) of a command `sandboxed_argv` wrapped; (argv, no limits) for any other. The warm
+    runner (engine/run/warm.py) applies the same limits in its forked process instead of exec-ing the launcher."""
+    head = [sys.executable, "-I", "-S", str(LAUNCHER)]
+    if list(argv[:4]) != head or "--" not in argv:
+        return list(argv), Limits()
+    args = _parser().parse_args(list(argv[4:]))
+    return list(args.command), _limits(args)
+
+
+def enter(limits: Limits) -> None:
+    """Apply `limits` to this process (and so to everything it starts); SandboxFailure when it cannot."""
+    if limits.no_network or limits.max_processes > 0:
+        # A user namespace of the run's own: the network's owner, and the scope of the process count.
+        enter_namespaces(network=limits.no_network)
+    apply_limits(limits.memory_mb, limits.cpu_seconds, limits.max_processes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if args.no_network or args.max_processes > 0:
-            # A user namespace of the run's own: the network's owner, and the scope of the process count.
-            enter_namespaces(network=args.no_network)
-        apply_limits(args.memory_mb, args.cpu_seconds, args.max_processes)
+        enter(_limits(args))
     except SandboxFailure as exc:
         print(f"loopdeck sandbox: {exc}", file=sys.stderr, flush=True)
         return EXIT_SANDBOX_FAILED

@@ -20,13 +20,17 @@ class Workers:
     close: Callable[[], None]
 
 
-def open_workers(settings: WorkersSettings, pack: Callable | None = None) -> Workers:
-    """The executor `settings` ask for (a Ray one starts or joins Ray now) and the worker count."""
+def open_workers(settings: WorkersSettings, pack: Callable | None = None, serial: Executor | None = None) -> Workers:
+    """The executor `settings` ask for (a Ray one starts or joins Ray now) and the worker count. `serial` runs the
+    experiments when the local backend runs one at a time (the warm runner; its owner closes it)."""
     if settings.backend == "local":
         # Local runs all see the same devices (loopdeck never hands out GPUs itself: Ray does), so on a GPU
         # machine "auto" is one run at a time; `backend = "ray"` uses every GPU.
         count = 1 if settings.count == "auto" and visible_gpus() else _count(settings, 0, float(os.cpu_count() or 1))
-        return Workers(LocalExecutor(), count, lambda: None)
+        # The warm runner keeps a zygote per checkout, and parallel runs each have their own worktree: a copy of
+        # torch per experiment in flight would cost more than the start-up it saves, so they start fresh.
+        executor = serial if serial is not None and count == 1 else LocalExecutor()
+        return Workers(executor, count, lambda: None)
     from loopdeck.engine.run.ray_executor import RayExecutor
 
     gpus_per_worker = settings.gpus_per_worker

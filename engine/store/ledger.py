@@ -10,8 +10,8 @@ Recovery from a corrupt ledger (the open fails with a `LoopdeckError` saying so)
 rewrites it. `loopdeck run` then starts a fresh ledger (numbering from 0, a new baseline at the current incumbent);
 `sqlite3 ledger.sqlite ".recover"` can often salvage the rows of the damaged file; events.jsonl keeps the events.
 
-The rows (experiments, their extra runs, studies of the kept chain), their schema and the store share this module
-(about 500 lines): a new field touches all three.
+The rows (experiments, their extra runs, studies of the kept chain, noise estimates), their schema and the store
+share this module (about 550 lines): a new field touches all three.
 results.tsv's format is `results_tsv`'s.
 """
 
@@ -132,6 +132,18 @@ class StudyRow:
     detail: str = ""
     created_at: float = 0.0
     id: int | None = None
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """The metric's run-to-run noise, measured once and reused while what it depends on stays the same: the
+    target (train.py and harness hashes), the budget and the machine (engine/research/noise.py keys it)."""
+
+    key: str  # target + context: an exact match is the same measurement's conditions
+    context: str  # harness, budget and machine: what must match for the estimate to carry over to a new incumbent
+    std: float | None
+    mean: float
+    runs: int
+    experiment: int  # the experiment whose runs measured it (the baseline, or an incumbent re-measured)
+    measured_at: float = 0.0
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentRow))
@@ -225,6 +237,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     ('ALTER TABLE experiments ADD COLUMN "worker" TEXT NOT NULL DEFAULT \'\'',),
     ("""ALTER TABLE experiments ADD COLUMN "budget_clock" TEXT NOT NULL DEFAULT 'wall'""",),
+    (
+        """CREATE TABLE noise (
+            "key" TEXT PRIMARY KEY,
+            "context" TEXT NOT NULL,
+            "std" REAL,
+            "mean" REAL NOT NULL,
+            "runs" INTEGER NOT NULL,
+            "experiment" INTEGER NOT NULL,
+            "measured_at" REAL NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -374,6 +397,19 @@ class Ledger:
             row = dict(zip(_STUDY_FIELDS, values, strict=True))
             rows.append(StudyRow(**{**row, **{name: json.loads(row[name]) for name in _STUDY_JSON}}))
         return rows
+    def save_noise(self, estimate: NoiseEstimate) -> None:
+        """Store a noise estimate (replacing one with the same key)."""
+        values = {**dataclasses.asdict(estimate), "measured_at": estimate.measured_at or time.time()}
+        with self._transaction("record a noise estimate"):
+            self._conn.execute(f"INSERT OR REPLACE INTO noise ({', '.join(values)}) VALUES "
+                               f"({', '.join('?' for _ in values)})", tuple(values.values()))
+
+    def noise_estimates(self) -> list[NoiseEstimate]:
+        """Every stored noise estimate, newest first."""
+        names = [f.name for f in dataclasses.fields(NoiseEstimate)]
+        with self._lock:
+            found = self._conn.execute(f"SELECT {', '.join(names)} FROM noise ORDER BY measured_at DESC").fetchall()
+        return [NoiseEstimate(**dict(zip(names, row, strict=True))) for row in found]
 
     def close(self) -> None:
         with self._lock:
