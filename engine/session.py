@@ -288,7 +288,7 @@ class Session:
         if self.agent_kind == "offline":
             from loopdeck.engine.agents.offline.agent import OfflineAgent
 
-            return OfflineAgent(seed=self.config.agent.seed)
+            return OfflineAgent(seed=self.config.agent.seed, search=self.config.agent.offline.search)
         if self.agent_kind == "openai":
             from loopdeck.engine.agents.openai.agent import OpenAIAgent, OpenAISettings
 

@@ -23,9 +23,11 @@ AUTORESEARCH_BUDGET = 300.0
 AgentKind = Literal["auto", "offline", "claude", "openai", "claude-code", "codex"]
 ApprovalPolicy = Literal["ask", "auto"]
 PipelineMode = Literal["auto", "on", "off"]
+OfflineSearch = Literal["rules", "tpe"]
 AGENT_KINDS: tuple[str, ...] = get_args(AgentKind)
 APPROVALS: tuple[str, ...] = get_args(ApprovalPolicy)
 PIPELINE_MODES: tuple[str, ...] = get_args(PipelineMode)
+OFFLINE_SEARCHES: tuple[str, ...] = get_args(OfflineSearch)
 
 
 def _relative_path(value: str) -> str:
@@ -205,6 +207,13 @@ class CliAgentSettings(_Section):
                                      description="claude-code's --allowedTools (codex: its workspace-write sandbox)")
 
 
+class OfflineSettings(_Section):
+    """The built-in offline agent's search (engine/agents/offline/)."""
+
+    search: OfflineSearch = Field(default="rules", description="rules (hand-written one-knob-at-a-time moves) | "
+                                  "tpe (Optuna's TPE over the same knobs; needs pip install 'loopdeck[optuna]')")
+
+
 class AgentSettings(_Section):
     """Who proposes the changes."""
 
@@ -214,6 +223,20 @@ class AgentSettings(_Section):
     claude: ClaudeSettings = Field(default_factory=ClaudeSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     cli: CliAgentSettings = Field(default_factory=CliAgentSettings)
+    offline: OfflineSettings = Field(default_factory=OfflineSettings)
+
+
+class ResearchSettings(_Section):
+    """How the research planner steers each turn (engine/research/planner.py)."""
+
+    planner: bool = Field(default=True, description="true = each turn has a mode (explore | exploit | combine | "
+                          "ablate) chosen from the history; false = plain greedy turns")
+    plateau_k: int = Field(default=5, ge=1, description="a plateau: this many experiments without a keep (or keeps "
+                           "gaining less than the noise band); the planner then changes direction")
+    near_miss_band: float = Field(default=0.0, ge=0, description="± band of a near-miss when the noise is not "
+                                  "measured; 0 = 0.5% of the incumbent metric")
+    skip_repeats: bool = Field(default=True, description="true = an idea already tried against the incumbent "
+                               "(same code, same direction, not kept) is rejected before it runs; false = flagged")
 
 
 class SandboxSettings(_Section):
@@ -268,8 +291,8 @@ class EvaluationSettings(_Section):
 
 
 class Config(_Section):
-    """Root of loopdeck.toml: `.experiment`, `.metric`, `.loop`, `.agent` (with `.agent.claude`, `.agent.openai`),
-    `.sandbox`, `.evaluation`."""
+    """Root of loopdeck.toml: `.experiment`, `.metric`, `.loop`, `.agent` (with `.agent.claude`, `.agent.openai`,
+    `.agent.offline`), `.sandbox`, `.evaluation`, `.research`."""
 
     experiment: ExperimentSettings = Field(default_factory=ExperimentSettings)
     metric: MetricSettings = Field(default_factory=MetricSettings)
@@ -277,6 +300,7 @@ class Config(_Section):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    research: ResearchSettings = Field(default_factory=ResearchSettings)
 
     def timeout(self) -> float:
         """Hard per-run timeout in seconds: timeout_seconds, or budget*2 + 120 when it is 0."""

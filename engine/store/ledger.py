@@ -74,6 +74,13 @@ class ExperimentRow:
     delta_band: float | None = None  # ± on `delta`: one standard error of the difference
     holdout_metric: float | None = None  # this experiment's weights on the holdout split (never decides anything)
     holdout_val_metric: float | None = None  # the same weights on the validation split, for the transfer gap
+    # The research log (engine/agents/regions.py, engine/research/planner.py): what the idea touched, which way
+    # each constant moved, the planner's mode and reason for its turn, and the experiment it repeated.
+    region: str = ""  # space-separated `path:NAME` entries
+    signs: dict = field(default_factory=dict)  # `path:NAME` -> +1 | -1 | a fingerprint of its new code
+    mode: str = ""  # explore | exploit | combine | ablate ("" before the planner, and for a baseline)
+    mode_reason: str = ""
+    repeat_of: int | None = None
 
     @property
     def is_baseline(self) -> bool:
@@ -108,7 +115,7 @@ class RunRow:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentRow))
-_JSON_FIELDS = frozenset({"env", "meta"})
+_JSON_FIELDS = frozenset({"env", "meta", "signs"})
 _BOOL_FIELDS = frozenset({"self_reported", "metric_mismatch"})
 _COLUMNS = ", ".join(f'"{name}"' for name in _FIELDS)
 _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRow))
@@ -172,6 +179,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             "id" INTEGER PRIMARY KEY AUTOINCREMENT
         )""",
         'CREATE INDEX runs_experiment ON runs ("experiment")',
+    ),
+    (
+        "ALTER TABLE experiments ADD COLUMN region TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE experiments ADD COLUMN signs TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE experiments ADD COLUMN mode TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE experiments ADD COLUMN mode_reason TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE experiments ADD COLUMN repeat_of INTEGER",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
