@@ -20,7 +20,7 @@ from pathlib import Path
 from loopdeck.engine.agents.base import Agent
 from loopdeck.engine.agents.cli.agent import CLI_KINDS, CodingCliAgent, cli_problem
 from loopdeck.engine.config import AGENT_KINDS, APPROVALS, Config, load_config
-from loopdeck.engine.control import Controller, ControlReader, control_path, make_command
+from loopdeck.engine.control import MODE_CHOICES, Controller, ControlReader, control_path, make_command
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.events import (
     EngineState,
@@ -344,6 +344,12 @@ class Session:
         if policy not in APPROVALS:
             raise LoopdeckError(f"approval policy must be one of {', '.join(APPROVALS)}, got {policy!r}")
         self._send("approval", policy=policy)
+
+    def set_mode(self, mode: str) -> None:
+        """Force the research planner's mode from the next turn on ("auto": the planner chooses again)."""
+        if mode not in MODE_CHOICES:
+            raise LoopdeckError(f"research mode must be one of {', '.join(MODE_CHOICES)}, got {mode!r}")
+        self._send("mode", mode=mode)
 
 
 def _kept(ledger: Ledger) -> int:

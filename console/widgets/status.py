@@ -55,6 +55,9 @@ def status_segments(view: SessionView, now: float) -> list[tuple[int, Content]]:
             good = fmt.improved(gain, view.direction)
             best = best.append(Content.styled(f" ({fmt.signed(gain)})", "$text-success" if good else "$text-error"))
         segments.append((3, best))
+    if view.research_mode:
+        forced = " (forced)" if view.research_forced else ""
+        segments.append((4, Content.assemble(("mode ", "$text-muted"), f"{view.research_mode}{forced}")))
     kept, total = view.kept_and_total()
     segments.append((4, Content.assemble(("kept ", "$text-muted"), f"{kept}/{total}")))
     if view.noise_std is not None:
