@@ -1,8 +1,8 @@
 """`python -m bench [--quick] [names…]`: run the benchmarks, print one table, record it in bench/RESULTS.md.
 
-Benchmarks, cheapest first: loop_overhead, console_events, reference_gpt, duty_cycle, research_efficiency (each
-module's docstring says what it measures and how). --quick scales every one down to a minute or two; the full
-run takes about half an hour on 2 CPU cores. RESULTS.md keeps one section per date, mode and machine: a run
+Benchmarks, cheapest first: loop_overhead, console_events, reference_gpt, duty_cycle, search_strategies,
+research_efficiency (each module's docstring says what it measures and how). --quick scales every one down to a
+minute or two; the full run takes about 45 minutes on 2 CPU cores. RESULTS.md keeps one section per date, mode and machine: a run
 replaces the figures it measured in its own section and leaves the rest.
 """
 
@@ -20,7 +20,8 @@ from pathlib import Path
 from bench.common import Figure, load, machine, print_figures
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-ORDER = ("loop_overhead", "console_events", "reference_gpt", "duty_cycle", "research_efficiency", "soak")
+ORDER = ("loop_overhead", "console_events", "reference_gpt", "duty_cycle", "search_strategies", "research_efficiency",
+         "soak")
 HEADER = """\
 # Benchmark results
 

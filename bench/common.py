@@ -96,6 +96,64 @@ def sleeping_target(lr: float = 0.5) -> str:
     return SLEEPING_TARGET.format(lr=lr)
 
 
+SYNTHETIC_TARGET = '''\
+"""A training target whose val_bpb is a known function of its constants (loopdeck's search benchmarks).
+
+val_bpb = 1 + 0.05 * a**2 + 0.004 * (DEPTH - 8)**2 + 0.02 * w**2 + 0.4 * (WARMUP_RATIO - 0.3)**2
+          + 0.03 * a * (DEPTH - 8) / 4 + noise,  a = log2(MATRIX_LR * DEPTH / 0.64), w = log10(WEIGHT_DECAY / 0.01)
+The best learning rate depends on the depth (an interaction: the optimum is a valley, not a point per knob);
+ADAM_BETA2 does nothing. Minimum 1.0 at MATRIX_LR 0.08, DEPTH 8, WEIGHT_DECAY 0.01, WARMUP_RATIO 0.3. The noise
+(σ 0.002 unless the benchmark says otherwise) is seeded by LOOPDECK_SEED and the configuration, so a run is reproducible. It sleeps for its budget.
+"""
+
+import json
+import math
+import os
+import random
+import time
+
+# Hyperparameters (edit these directly)
+MATRIX_LR = {matrix_lr}        # learning rate of the matrix parameters
+DEPTH = {depth}                # transformer layers
+WEIGHT_DECAY = {weight_decay}  # AdamW weight decay
+WARMUP_RATIO = {warmup_ratio}  # fraction of the budget spent warming up
+ADAM_BETA2 = 0.95      # second-moment decay
+
+
+def main():
+    budget = float(os.environ.get("LOOPDECK_TIME_BUDGET", "1"))
+    path = os.environ.get("LOOPDECK_METRICS")
+    stream = open(path, "a") if path else None
+    if stream:
+        stream.write(json.dumps({{"type": "start", "device": "cpu", "budget_seconds": budget}}) + "\\n")
+        stream.flush()
+    time.sleep(budget)
+    a = math.log2(MATRIX_LR * DEPTH / 0.64)
+    w = math.log10(max(WEIGHT_DECAY, 1e-6) / 0.01)
+    clean = (1.0 + 0.05 * a * a + 0.004 * (DEPTH - 8) ** 2 + 0.02 * w * w + 0.4 * (WARMUP_RATIO - 0.3) ** 2
+             + 0.03 * a * (DEPTH - 8) / 4)
+    seed = f"{{os.environ.get('LOOPDECK_SEED', '0')}}:{{MATRIX_LR}}:{{DEPTH}}:{{WEIGHT_DECAY}}:{{WARMUP_RATIO}}"
+    val_bpb = clean + random.Random(seed).gauss(0.0, {noise})  # not a module constant: no knob to tune
+    print("---")
+    print(f"val_bpb:          {{val_bpb:.6f}}")
+    print(f"training_seconds: {{budget:.3f}}")
+    print("peak_vram_mb:     0.0")
+    if stream:
+        stream.write(json.dumps({{"type": "end", "val_bpb": val_bpb, "training_seconds": budget}}) + "\\n")
+
+
+if __name__ == "__main__":
+    main()
+'''
+SYNTHETIC_START = {"matrix_lr": 0.02, "depth": 4, "weight_decay": 0.1, "warmup_ratio": 0.1}
+SYNTHETIC_OPTIMUM = 1.0  # the clean metric's minimum
+
+
+def synthetic_target(noise: float = 0.002, **constants: float) -> str:
+    """The synthetic target's train.py, starting from SYNTHETIC_START unless constants say otherwise."""
+    return SYNTHETIC_TARGET.format(noise=noise, **{**SYNTHETIC_START, **constants})
+
+
 def loop_toml(budget: float, pipeline: str = "off") -> str:
     return f"""\
 [experiment]

@@ -180,20 +180,6 @@ class ResearchRepo:
             raise LoopdeckError("the patch changes nothing")
         return touched
 
-    def merge_file(self, current: str, base: str, other: str) -> str | None:
-        """A three-way merge of one file's text (`git merge-file`): `current` with the change from `base` to
-        `other` applied; None when they conflict."""
-        with tempfile.TemporaryDirectory(prefix="loopdeck-merge-") as scratch:
-            paths = []
-            for name, text in (("current", current), ("base", base), ("other", other)):
-                path = Path(scratch) / name
-                path.write_text(text, encoding="utf-8")
-                paths.append(str(path))
-            result = self._run("merge-file", "-p", *paths)
-        if result.returncode != 0:  # the number of conflicts, or an error
-            return None
-        return result.stdout.decode("utf-8")
-
     # --- plumbing ----------------------------------------------------------------------------------------------
 
     def _run(self, *args: str, env: Mapping[str, str] | None = None, stdin: str | None = None,

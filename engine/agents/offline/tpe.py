@@ -64,7 +64,7 @@ def ask(space: Mapping[str, list], origin: int | None, history: Sequence[Experim
     optuna = optuna_module()
     distributions = {key: _distribution(optuna, bounds) for key, bounds in space.items()}
     sampler = optuna.samplers.TPESampler(seed=seed + len(history), n_startup_trials=STARTUP_TRIALS,
-                                         multivariate=True, warn_independent_sampling=False)
+                                         multivariate=True)
     study = optuna.create_study(direction=direction, sampler=sampler)
     for summary in history:
         params = _params(summary, space, origin)
