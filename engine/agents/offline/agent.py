@@ -29,6 +29,7 @@ from loopdeck.engine.agents.offline.memory import Directive, Memory, merge_direc
 from loopdeck.engine.agents.offline.modes import pick
 from loopdeck.engine.agents.offline.search import MAX_FAILURES, Candidate, Search
 from loopdeck.engine.agents.offline.steps import SEQUENCE_NAMES
+from loopdeck.engine.agents.regions import repeat_of, touched
 from loopdeck.engine.events import (
     AgentTextDelta,
     AgentThinkingDelta,
@@ -38,6 +39,7 @@ from loopdeck.engine.events import (
 )
 
 _WORDS_PER_DELTA = 4
+TPE_ASKS = 8  # configurations asked of TPE per turn, so that repeats can be passed over
 
 
 class OfflineAgent:
@@ -138,25 +140,27 @@ class OfflineAgent:
 
     def _tpe(self, turn: AgentTurn, knobs: Sequence[Knob], frame: Mapping[str, Value], context: list[str]
              ) -> Proposal | None:
-        """TPE's next configuration as a proposal; None when it asks for the incumbent's own values."""
+        """TPE's next configuration as a proposal, passing over repeats; None when every one it asks for is the
+        incumbent's own or a repeat (the rules search then proposes)."""
         incumbent = turn.incumbent.id if turn.incumbent is not None else None
         space, origin = tpe.space_of(knobs, turn.history, incumbent)
         if not space:
             return None
-        asked = tpe.ask(space, origin, turn.history, turn.direction, self.seed)
         by_key = {k.key: k for k in knobs}
-        edits = {key: _readable(value, space[key]) for key, value in asked.items() if key in by_key}
-        edits = {key: value for key, value in edits.items() if normalise(value) != normalise(by_key[key].value)}
-        if not edits:
-            return None
-        files = {path: apply_edits(turn.files[path], [(by_key[k], render(by_key[k], v)) for k, v in edits.items()
-                                                      if by_key[k].path == path])
-                 for path in sorted({by_key[k].path for k in edits})}
-        description = ", ".join(f"{k} {by_key[k].text} -> {render(by_key[k], v)}" for k, v in edits.items())
-        why = (f"TPE (Optuna) over {len(space)} constants, modelled on the experiments so far, asks for this "
-               "configuration next.")
-        return self._finish(turn, frame, files, description[:200], [*context, why],
-                            {"space": space, "space_origin": origin})
+        for asked in tpe.ask(space, origin, turn.history, turn.direction, self.seed, count=TPE_ASKS):
+            edits = {key: _readable(value, space[key]) for key, value in asked.items() if key in by_key}
+            edits = {key: value for key, value in edits.items() if normalise(value) != normalise(by_key[key].value)}
+            files = {path: apply_edits(turn.files[path], [(by_key[k], render(by_key[k], v))
+                                                          for k, v in edits.items() if by_key[k].path == path])
+                     for path in sorted({by_key[k].path for k in edits})}
+            if not edits or repeat_of(touched(turn.files, {**turn.files, **files}), turn.history, incumbent):
+                continue
+            description = ", ".join(f"{k} {by_key[k].text} -> {render(by_key[k], v)}" for k, v in edits.items())
+            why = (f"TPE (Optuna) over {len(space)} constants, modelled on the experiments so far, asks for this "
+                   "configuration next.")
+            return self._finish(turn, frame, files, description[:200], [*context, why],
+                                {"space": space, "space_origin": origin})
+        return None
 
     def _finish(self, turn: AgentTurn, frame: Mapping[str, Value], files: dict[str, str], description: str,
                 reasons: list[str], meta: dict) -> Proposal:

@@ -59,8 +59,9 @@ def space_of(knobs: Sequence[Knob], history: Sequence[ExperimentSummary], incumb
 
 
 def ask(space: Mapping[str, list], origin: int | None, history: Sequence[ExperimentSummary], direction: str,
-        seed: int) -> dict[str, Value]:
-    """The next configuration TPE asks for, given every earlier experiment it can place in `space`."""
+        seed: int, count: int = 1) -> list[dict[str, Value]]:
+    """The next `count` configurations TPE asks for, best guess first, given every earlier experiment it can place
+    in `space` (more than one lets the agent pass over a repeat)."""
     optuna = optuna_module()
     distributions = {key: _distribution(optuna, bounds) for key, bounds in space.items()}
     sampler = optuna.samplers.TPESampler(seed=seed + len(history), n_startup_trials=STARTUP_TRIALS,
@@ -76,8 +77,7 @@ def ask(space: Mapping[str, list], origin: int | None, history: Sequence[Experim
         state = optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.COMPLETE
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, state=state,
                                                   value=None if failed else summary.metric))
-    trial = study.ask(distributions)
-    return dict(trial.params)
+    return [dict(study.ask(distributions).params) for _ in range(count)]
 
 
 def _distribution(optuna: Any, bounds: Sequence[Any]) -> Any:
