@@ -89,13 +89,19 @@ def test_the_research_log_tool_answers_by_region_and_checks_for_repeats(tmp_path
     assert bench.run("propose_experiment", {"description": "lower LR", "rationale": "stabler"}).ok
 
 
-def test_the_opening_message_states_the_mode_and_the_merged_near_misses(tmp_path):
-    (tmp_path / "train.py").write_text(TRAIN)
+COMBINED = {"train.py": TRAIN.replace("LR = 0.02", "LR = 0.03").replace("DEPTH = 4", "DEPTH = 6")}
+
+
+def combine_turn(workspace: Path):
+    """A combine-mode turn whose near-misses #1 and #2 were merged into COMBINED."""
+    (workspace / "train.py").write_text(TRAIN)
     past = history()
-    combined = {"train.py": TRAIN.replace("LR = 0.02", "LR = 0.03").replace("DEPTH = 4", "DEPTH = 6")}
-    turn = make_turn(tmp_path, history=past, incumbent=past[0], mode="combine", mode_reason="#1 and #2 came close",
-                     near_misses=past[1:], combined=combined)
-    message = first_message(turn)
+    return make_turn(workspace, history=past, incumbent=past[0], mode="combine", mode_reason="#1 and #2 came close",
+                     near_misses=past[1:], combined=COMBINED)
+
+
+def test_the_opening_message_states_the_mode_and_the_merged_near_misses(tmp_path):
+    message = first_message(combine_turn(tmp_path))
     assert "## Research mode: combine\n#1 and #2 came close." in message
     assert "-LR = 0.02\n" in message and "+LR = 0.03\n" in message and "+DEPTH = 6\n" in message
 
@@ -104,13 +110,8 @@ def test_the_opening_message_states_the_mode_and_the_merged_near_misses(tmp_path
 
 
 def test_the_offline_agent_proposes_the_merged_near_misses_in_combine_mode(tmp_path):
-    (tmp_path / "train.py").write_text(TRAIN)
-    past = history()
-    combined = {"train.py": TRAIN.replace("LR = 0.02", "LR = 0.03").replace("DEPTH = 4", "DEPTH = 6")}
-    turn = make_turn(tmp_path, history=past, incumbent=past[0], mode="combine", mode_reason="close",
-                     near_misses=past[1:], combined=combined)
-    proposal = OfflineAgent().propose(turn)
-    assert dict(proposal.files) == combined and proposal.meta["combines"] == [1, 2]
+    proposal = OfflineAgent().propose(combine_turn(tmp_path))
+    assert dict(proposal.files) == COMBINED and proposal.meta["combines"] == [1, 2]
     assert proposal.description.startswith("combine #1 (change 1) + #2 (change 2)")
 
 
