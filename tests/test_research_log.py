@@ -3,8 +3,11 @@ the offline agent acting on the planner's modes, TPE on a synthetic objective, a
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -220,3 +223,31 @@ def test_a_planned_loop_on_the_synthetic_target_improves_and_records_its_modes(m
     assert [e.experiment for e in recorded.of(ev.PlanChosen)][0] == 1
     if search == "tpe":
         assert any(row.meta.get("space") for row in rows[1:])
+
+
+@pytest.mark.slow
+def test_loopdeck_ctl_mode_forces_the_next_turns_of_a_headless_session(make_workspace, capsys):
+    from loopdeck.cli.main import main
+
+    workspace = make_workspace(fake_train_source(lr=0.5))
+    journal = workspace / ".loopdeck/events.jsonl"
+    sent: list[int] = []
+
+    def force_when_planned() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if journal.exists() and '"kind":"plan_chosen"' in journal.read_text():
+                sent.append(main(["ctl", str(workspace), "mode", "exploit"]))
+                return
+            time.sleep(0.02)
+
+    helper = threading.Thread(target=force_when_planned)
+    helper.start()
+    code = main(["run", str(workspace), "--headless", "--max-experiments", "4"])
+    helper.join()
+    assert code == 0 and sent == [0]
+    journaled = [ev.event_from_dict(json.loads(line)) for line in journal.read_text().splitlines()]
+    plans = [e for e in journaled if isinstance(e, ev.PlanChosen)]
+    assert plans[0].forced is False
+    assert plans[-1].forced and plans[-1].mode == "exploit" and plans[-1].reason == "a person asked to exploit"
+    assert "sent mode to the session" in capsys.readouterr().out
