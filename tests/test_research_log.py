@@ -251,3 +251,27 @@ def test_loopdeck_ctl_mode_forces_the_next_turns_of_a_headless_session(make_work
     assert plans[0].forced is False
     assert plans[-1].forced and plans[-1].mode == "exploit" and plans[-1].reason == "a person asked to exploit"
     assert "sent mode to the session" in capsys.readouterr().out
+
+
+def test_the_console_key_forces_the_next_mode_and_the_status_line_shows_it(tmp_path):
+    from test_console_support import FakeSession, feed, make_app, run, screen_text, settle
+
+    async def scenario() -> None:
+        session = FakeSession()
+        app = make_app(tmp_path, session=session)
+        async with app.run_test() as pilot:
+            await feed(app, pilot, [ev.SessionStarted(workspace="ws", branch="loopdeck/x", agent="offline",
+                                                      approval="ask", budget_seconds=1.0, metric_name="val_bpb",
+                                                      metric_direction="minimize"),
+                                    ev.PlanChosen(experiment=1, mode="exploit", reason="#0 gained")])
+            assert "mode exploit" in screen_text(app)
+            await pilot.press("r")
+            await settle(app, pilot)
+            assert session.calls[-1] == ("set_mode", ("explore",), {})
+            await feed(app, pilot, [ev.PlanChosen(experiment=2, mode="explore", reason="asked", forced=True)])
+            assert "mode explore (forced)" in screen_text(app)
+            await pilot.press("r")
+            await settle(app, pilot)
+            assert session.calls[-1] == ("set_mode", ("exploit",), {})
+
+    run(scenario())

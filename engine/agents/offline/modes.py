@@ -14,7 +14,7 @@ from loopdeck.engine.agents.base import AgentTurn
 from loopdeck.engine.agents.offline.search import Candidate
 from loopdeck.engine.agents.regions import Touch, repeat_of, touched
 
-RECENT = 4  # explore avoids what this many latest experiments touched
+RECENT = 2  # explore avoids what this many latest experiments touched
 
 
 def pick(turn: AgentTurn, ranked: Sequence[Candidate], files_of: Callable[[Candidate], Mapping[str, str]]
