@@ -1,7 +1,7 @@
 """The research planner: from the ledger's history, each turn's mode (explore, exploit, combine, ablate) and why.
 
 Greedy hill-climbing plateaus and repeats itself. The planner reads the incumbent's history and says what the next
-turn should do: *exploit* right after a keep whose gain is outside the noise band (refine it: the same code, further
+turn should do: *exploit* right after a keep whose gain is clearly outside the noise band (twice the band; refine it: the same code, further
 the same way); *combine* when two or more near-misses — runs against the incumbent that were not kept but came within
 the noise band of it — touch different code (their changes, merged three-way onto the incumbent, are the next
 experiment); *ablate* on a plateau when there is a kept chain to take apart and an ablation hook was given (part of
@@ -20,6 +20,7 @@ from loopdeck.engine.config.schema import ResearchSettings
 from loopdeck.engine.store.ledger import ExperimentRow
 
 FALLBACK_BAND = 0.005  # near-miss band relative to the incumbent's metric when no noise was measured
+CLEAR_GAIN = 2.0  # a keep is worth refining when it gained this many bands (a smaller one may be noise)
 _NOT_TRIED = frozenset({"running", "interrupted", "rejected", "vetoed"})
 
 
@@ -50,7 +51,7 @@ class Planner:
         last = tried[-1] if tried else None
         if last is not None and incumbent is not None and last.id == incumbent.id:
             gain, band = self._gain(last), self._band(last, incumbent)
-            if gain > band:
+            if gain > CLEAR_GAIN * band:
                 return Plan("exploit", f"#{last.id} gained {gain:.4g} (band ±{band:.2g}): refining it further")
         pair = self._near_misses(since, incumbent, rows)
         if pair:
