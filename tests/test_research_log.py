@@ -128,7 +128,9 @@ def test_the_offline_agent_exploits_the_kept_direction_and_explores_elsewhere(tm
     assert float(exploit.description.split("-> ")[1]) < 0.05
     explore = OfflineAgent().propose(make_turn(tmp_path, history=past, incumbent=past[-1], mode="explore",
                                                mode_reason="plateau"))
-    assert touched({"train.py": kept_source}, dict(explore.files)).region == ("train.py:WARMUP_RATIO",)
+    took = {(name, sign) for s in past[1:] for name, sign in s.signs.items()}  # LR up, DEPTH up, WEIGHT_DECAY down
+    explored = touched({"train.py": kept_source}, dict(explore.files))
+    assert explored.region and not set(explored.signs.items()) & took
 
 
 def synthetic_metric(params: dict) -> float:

@@ -1,8 +1,8 @@
 """How the offline agent acts on the planner's mode: which of the search's candidates fits the turn, repeats skipped.
 
-explore: the best candidate on code none of the last few experiments touched; exploit: the best one that moves a
-constant the incumbent's kept change moved, the same way; no mode (the planner off): the best candidate. In every
-mode a candidate that repeats an idea already tried against the incumbent (engine/agents/regions.py) is skipped
+explore: the best candidate that moves no code the way one of the last few experiments did (the other way is a
+new direction); exploit: the best one that moves a constant the incumbent's kept change moved, the same way; no
+mode (the planner off): the best candidate. In every mode a candidate that repeats an idea already tried against the incumbent (engine/agents/regions.py) is skipped
 while another is left.
 """
 
@@ -14,7 +14,7 @@ from loopdeck.engine.agents.base import AgentTurn
 from loopdeck.engine.agents.offline.search import Candidate
 from loopdeck.engine.agents.regions import Touch, repeat_of, touched
 
-RECENT = 2  # explore avoids what this many latest experiments touched
+RECENT = 4  # explore avoids the directions this many latest experiments took
 
 
 def pick(turn: AgentTurn, ranked: Sequence[Candidate], files_of: Callable[[Candidate], Mapping[str, str]]
@@ -36,9 +36,10 @@ def pick(turn: AgentTurn, ranked: Sequence[Candidate], files_of: Callable[[Candi
                                    for name, sign in touch.signs.items())
         what = f"pushing what #{turn.incumbent.id} changed further the same way"
     elif turn.mode == "explore":
-        recent = {name for s in [s for s in turn.history if not s.baseline][-RECENT:] for name in s.region}
-        wanted = lambda touch: not set(touch.region) & recent  # noqa: E731
-        what = f"a constant none of the last {RECENT} experiments touched"
+        recent = {(name, s.signs.get(name)) for s in [s for s in turn.history if not s.baseline][-RECENT:]
+                  for name in s.region}
+        wanted = lambda touch: not {(name, touch.signs.get(name)) for name in touch.region} & recent  # noqa: E731
+        what = f"a direction none of the last {RECENT} experiments took"
     if wanted is None:
         return pool[0], reasons
     fitting = [c for c in pool if wanted(touches[id(c)])]
