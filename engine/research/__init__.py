@@ -7,6 +7,8 @@
 - `judge`: run → classify → judge → keep/revert → record, every process through the executor; `record` writes
   the final ledger row.
 - `pipeline`: drafting the next proposal while an experiment trains (depends on turns and the gate only).
+- `planner`: each turn's mode (explore, exploit, combine, ablate) and why; `combine`: near-misses merged onto the
+  incumbent for combine mode.
 - `integrity`, `budget_check`, `noise`, `early_abort`, `guard`: the rules a result and a change must pass;
   `history`, `report`.
 
