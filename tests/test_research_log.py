@@ -103,6 +103,37 @@ def combine_turn(workspace: Path):
                      near_misses=past[1:], combined=COMBINED)
 
 
+def test_claude_is_told_the_mode_queries_the_log_and_hears_a_repeat_before_proposing(tmp_path):
+    from fake_anthropic import FakeAnthropic, reply, tool_use
+
+    from loopdeck.engine.agents.claude.agent import ClaudeAgent, ClaudeSettings
+
+    (tmp_path / "train.py").write_text(TRAIN)
+    past = history()
+    turn = make_turn(tmp_path, history=past, incumbent=past[0], mode="explore", mode_reason="plateau: no keep in 5")
+    with FakeAnthropic() as api:
+        api.script(
+            reply(tool_use("research_log", region="LR")),
+            reply(tool_use("edit_file", path="train.py", old_string="LR = 0.02", new_string="LR = 0.04")),
+            reply(tool_use("propose_experiment", description="raise LR", rationale="faster")),
+            reply(tool_use("edit_file", path="train.py", old_string="LR = 0.04", new_string="LR = 0.01")),
+            reply(tool_use("propose_experiment", description="lower LR", rationale="the raise was tried (#1)")),
+        )
+        proposal = ClaudeAgent(ClaudeSettings(base_url=api.url), api_key="sk-ant-test").propose(turn)
+        bodies = [request.body for request in api.requests if request.path.startswith("/v1/messages")]
+    assert proposal.description == "lower LR"
+    opening = bodies[0]["messages"][0]["content"]
+    opening = opening if isinstance(opening, str) else " ".join(block.get("text", "") for block in opening)
+    assert "## Research mode: explore\nplateau: no keep in 5." in opening
+
+    def answer(body: dict) -> str:
+        block = next(b for b in body["messages"][-1]["content"] if b.get("type") == "tool_result")
+        return json.dumps(block["content"])
+
+    assert "#1 discard +0.0100" in answer(bodies[1]) and "train.py:LR up" in answer(bodies[1])
+    assert "repeat of #1" in answer(bodies[3])
+
+
 def test_the_opening_message_states_the_mode_and_the_merged_near_misses(tmp_path):
     message = first_message(combine_turn(tmp_path))
     assert "## Research mode: combine\n#1 and #2 came close." in message
