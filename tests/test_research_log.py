@@ -308,3 +308,20 @@ def test_the_console_key_forces_the_next_mode_and_the_status_line_shows_it(tmp_p
             assert session.calls[-1] == ("set_mode", ("exploit",), {})
 
     run(scenario())
+
+
+def test_on_a_plateau_the_loop_runs_the_injected_ablation_once_per_incumbent(make_workspace, run_session, monkeypatch):
+    import loopdeck.engine.session as session_module
+
+    ablations: list[int] = []
+    real_loop = session_module.ResearchLoop
+    monkeypatch.setattr(session_module, "ResearchLoop",
+                        lambda ctx, factory: real_loop(ctx, factory, ablate=lambda: ablations.append(1)))
+    workspace = make_workspace(fake_train_source(lr=0.5), research={"plateau_k": 2})
+    script = [change("LR", 0.3), change("LR", 0.25), change("STEPS", 5), change("STEP_SECONDS", 0.01),
+              change("STEPS", 3)]
+    _, recorded = run_session(workspace, ScriptedAgent(script))
+    modes = [e.mode for e in recorded.of(ev.PlanChosen)]
+    assert modes[:5] == ["explore", "exploit", "exploit", "explore", "combine"]
+    assert modes[5] == "ablate" and modes.count("ablate") == 1 and ablations == [1]
+    assert [r.mode for r in ledger_rows(workspace)][1:] == modes[:5]

@@ -116,8 +116,11 @@ class Planner:
                  and row.delta is not None and -self._gain(row) <= self._band(row, incumbent)]
         close.sort(key=self._gain, reverse=True)
         combined = {frozenset(row.meta.get("combines", ())) for row in rows if row.mode == "combine"}
+        parts = {row.id: set(row.meta.get("combines", ())) for row in close}  # a combination is not combined with its own parts
         for first, second in itertools.combinations(close, 2):
             if set(first.region.split()) & set(second.region.split()):
+                continue
+            if first.id in parts[second.id] or second.id in parts[first.id]:
                 continue
             if frozenset((first.id, second.id)) not in combined:
                 return (first, second)
