@@ -3,9 +3,10 @@
 A region is `path:NAME` for each module-level UPPER_CASE constant whose value changed and `path:Qualified.name`
 for each function or class whose code changed (`path` alone when the change is elsewhere in the file, or the file
 does not parse). Each named entry also has a direction: +1 / -1 for a constant that moved numerically up / down,
-else a fingerprint of its new code (a string constant's new value, a function's new body), so that only the
-same rewrite counts as the same direction. Two ideas are the same when they touch the same region in the same
-directions; a repeat is the same idea as one that was tried against the current incumbent and not kept. Agents and the research layer both use this one test.
+else a fingerprint of its new code (a string constant's new value, a function's new body), so that only the same
+rewrite counts as the same direction. Two ideas are the same when they touch the same region in the same
+directions; a repeat is the same idea as one that was tried against the current incumbent and not kept. Agents
+and the research layer both use this one test.
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """The research planner: from the ledger's history, each turn's mode (explore, exploit, combine, ablate) and why.
 
-Greedy hill-climbing plateaus and repeats itself. The planner reads the incumbent's history and says what the next
-turn should do: *exploit* right after a keep whose gain is clearly outside the noise band (twice the band; refine it: the same code, further
-the same way); *combine* when two or more near-misses — runs against the incumbent that were not kept but came within
-the noise band of it — touch different code (their changes, merged three-way onto the incumbent, are the next
-experiment); *ablate* on a plateau when there is a kept chain to take apart and an ablation hook was given (part of
-the engine that owns ablation runs it; without one the planner never chooses it); otherwise *explore* a direction
-not tried recently. A plateau is K experiments without a keep, or keeps whose gains are all inside the band. A
-person may force a mode (`loopdeck ctl DIR mode …`, the console); "auto" hands the choice back.
+Greedy hill-climbing plateaus and repeats itself. The planner reads the incumbent's history and says what the
+next turn should do: *exploit* right after a keep whose gain is clearly outside the noise band (twice the band;
+refine it: the same code, further the same way); *combine* when two or more near-misses — runs against the
+incumbent that were not kept but came within the noise band of it — touch different code (their changes, merged
+three-way onto the incumbent, are the next experiment); *ablate* on a plateau when there is a kept chain to take
+apart and an ablation hook was given (part of the engine that owns ablation runs it; without one the planner
+never chooses it); otherwise *explore* a direction not tried recently. A plateau is K experiments without a keep,
+or keeps whose gains are all inside the band. A person may force a mode (`loopdeck ctl DIR mode …`, the console);
+"auto" hands the choice back.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ class Planner:
                  and row.delta is not None and -self._gain(row) <= self._band(row, incumbent)]
         close.sort(key=self._gain, reverse=True)
         combined = {frozenset(row.meta.get("combines", ())) for row in rows if row.mode == "combine"}
-        parts = {row.id: set(row.meta.get("combines", ())) for row in close}  # a combination is not combined with its own parts
+        # A combination is never combined again with one of its own parts.
+        parts = {row.id: set(row.meta.get("combines", ())) for row in close}
         for first, second in itertools.combinations(close, 2):
             if set(first.region.split()) & set(second.region.split()):
                 continue

@@ -1,13 +1,13 @@
 """The built-in offline agent: a hyperparameter search over a training file's constants, no API key, no network.
 
 Each turn it scans the editable Python files for knobs (`constants`), reads the history and people's notes back
-(`memory`), picks the best-scoring next move (`search`, stepping knobs by `steps`) and rewrites just those literals
-(`edit`). The planner's mode steers the pick (`modes`): explore a constant not moved lately, exploit the kept
-change's direction, combine the near-misses the engine merged; repeats of ideas tried against the incumbent are
-skipped. With `search="tpe"` the configuration comes from Optuna's TPE over the same knobs (`tpe`) instead of
+(`memory`), picks the best-scoring next move (`search`, stepping knobs by `steps`) and rewrites just those
+literals (`edit`). The planner's mode steers the pick (`modes`): explore a direction not taken lately, exploit the
+kept change's direction, combine the near-misses the engine merged; repeats of ideas tried against the incumbent
+are skipped. With `search="tpe"` the configuration comes from Optuna's TPE over the same knobs (`tpe`) instead of
 the rules, in every mode but exploit and combine. Its reasoning (the reasons that decided the score) streams as
-thinking deltas before the proposal is returned. Given the same seed, history and notes it proposes the same thing. When nothing is left to try it stops
-the session with `AgentError(fatal=True, stop_reason="exhausted")`.
+thinking deltas before the proposal is returned. Given the same seed, history and notes it proposes the same
+thing. When nothing is left to try it stops the session with `AgentError(fatal=True, stop_reason="exhausted")`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""How the offline agent acts on the planner's mode: which of the search's candidates fits the turn, repeats skipped.
+"""How the offline agent acts on the planner's mode: the search's candidate that fits the turn, repeats skipped.
 
 explore: the best candidate that moves no code the way one of the last few experiments did (the other way is a
 new direction); exploit: the best one that moves a constant the incumbent's kept change moved, the same way; no
-mode (the planner off): the best candidate. In every mode a candidate that repeats an idea already tried against the incumbent (engine/agents/regions.py) is skipped
-while another is left.
+mode (the planner off): the best candidate. In every mode a candidate that repeats an idea already tried against
+the incumbent (engine/agents/regions.py) is skipped while another is left.
 """
 
 from __future__ import annotations

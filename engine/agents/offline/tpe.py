@@ -2,10 +2,11 @@
 
 Stateless between turns, like the rules search: each turn rebuilds an in-memory study from the history. Every
 offline proposal records its whole configuration (`meta["params"]`) and the search space it was drawn from
-(`meta["space"]`, fixed at the first TPE turn around the incumbent's values then, and `meta["space_origin"]`, that
-incumbent's number); each such experiment, and the origin at the space's centre, is told to the study with its measured metric (a crash as a failed trial), and the
-study asks for the next configuration. Knobs enter the space as log-uniform ranges around their value (integers:
-half to double); batch sizes (tied by micro-batch arithmetic) and window patterns stay as they are.
+(`meta["space"]`, fixed at the first TPE turn around the incumbent's values then, and `meta["space_origin"]`,
+that incumbent's number); each such experiment, and the origin at the space's centre, is told to the study with
+its measured metric (a crash as a failed trial), and the study asks for the next configuration. Knobs enter the
+space as log-uniform ranges around their value (integers: half to double); batch sizes (tied by micro-batch
+arithmetic) and window patterns stay as they are.
 """
 
 from __future__ import annotations
