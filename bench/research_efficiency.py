@@ -4,7 +4,8 @@ A fresh workspace from `loopdeck init` (the real gpt template, the embedded corp
 0, no approval gate, N experiments of a fixed budget, once with the research planner (the default) and once as the
 plain greedy loop (`[research] planner = false`): the baseline val_bpb, the best val_bpb after N, the number of
 the first experiment that beat the baseline, and how many were kept. Full: 30 s budget, N = 30 (about an hour on 2
-CPU cores); --quick: 5 s, N = 3 (both sessions, about 8 minutes on 2 loaded cores). The same sessions from the command line:
+CPU cores); --quick: 5 s, N = 3 (both sessions, about 8 minutes on 2 loaded cores). The same sessions from the
+command line:
 
     loopdeck init /tmp/ws --budget 30 --agent offline
     loopdeck run /tmp/ws --headless --autonomous --max-experiments 30
