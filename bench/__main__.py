@@ -1,7 +1,7 @@
 """`python -m bench [--quick] [names…]`: run the benchmarks, print one table, record it in bench/RESULTS.md.
 
 Benchmarks, cheapest first: loop_overhead, console_events, channel_latency, reference_gpt, muon_step, duty_cycle,
-research_efficiency, soak, scale, load_clock (each module's docstring says what it measures and how). --quick
+search_strategies, research_efficiency, soak, scale, load_clock (each module's docstring says what it measures and how). --quick
 scales every one down to a minute or two; the full run takes about an hour and a quarter on 2 CPU cores
 (load_clock's 20 runs of 60 s, half of them beside a CPU hog, take about 40 minutes). RESULTS.md keeps one section
 per date, mode and machine: a run replaces the figures it measured in its own section and leaves the rest.
@@ -22,7 +22,7 @@ from bench.common import Figure, load, machine, print_figures
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 ORDER = ("loop_overhead", "console_events", "channel_latency", "reference_gpt", "muon_step", "duty_cycle",
-         "research_efficiency", "soak", "scale", "load_clock")
+         "search_strategies", "research_efficiency", "soak", "scale", "load_clock")
 HEADER = """\
 # Benchmark results
 

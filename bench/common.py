@@ -59,15 +59,21 @@ def standalone(run: Callable[[bool], list[Figure]]) -> None:
 # --- scratch workspaces --------------------------------------------------------------------------------------------
 
 
-SLEEPING_TARGET = '''\
-"""A training target that sleeps for exactly its budget: val_bpb = |LR - 0.2| + 1 (loopdeck benchmarks)."""
+# A training target that sleeps for exactly its budget and prints `metric()`: the benchmarks' stand-in for training.
+_SLEEPING = '''\
+"""{doc}"""
 
 import json
+import math
 import os
+import random
 import time
 
-LR = {lr}
-STEP = 0  # benchmarks change this to make a new experiment without changing the metric
+{constants}
+
+
+def metric():
+{metric}
 
 
 def main():
@@ -78,7 +84,7 @@ def main():
         stream.write(json.dumps({{"type": "start", "device": "cpu", "budget_seconds": budget}}) + "\\n")
         stream.flush()
     time.sleep(budget)
-    val_bpb = abs(LR - 0.2) + 1.0
+    val_bpb = metric()
     print("---")
     print(f"val_bpb:          {{val_bpb:.6f}}")
     print(f"training_seconds: {{budget:.3f}}")
@@ -93,7 +99,42 @@ if __name__ == "__main__":
 
 
 def sleeping_target(lr: float = 0.5) -> str:
-    return SLEEPING_TARGET.format(lr=lr)
+    """val_bpb = |LR - 0.2| + 1 (loopdeck benchmarks); STEP lets a benchmark make a new experiment without
+    changing the metric."""
+    return _SLEEPING.format(
+        doc="A training target that sleeps for exactly its budget: val_bpb = |LR - 0.2| + 1 (loopdeck benchmarks).",
+        constants=f"LR = {lr}\nSTEP = 0  # benchmarks change this to make a new experiment without changing the metric",
+        metric="    return abs(LR - 0.2) + 1.0")
+
+
+# The synthetic objective (bench/search_strategies.py): a known function of four constants with an interaction (the
+# best learning rate depends on the depth: the optimum is a valley, not a point per knob) and a constant that does
+# nothing. Minimum 1.0 at MATRIX_LR 0.08, DEPTH 8, WEIGHT_DECAY 0.01, WARMUP_RATIO 0.3. The noise is seeded by
+# LOOPDECK_SEED and the configuration, so a run is reproducible; it is not a module constant, so not a knob.
+SYNTHETIC_CONSTANTS = """\
+# Hyperparameters (edit these directly)
+MATRIX_LR = {matrix_lr}        # learning rate of the matrix parameters
+DEPTH = {depth}                # transformer layers
+WEIGHT_DECAY = {weight_decay}  # AdamW weight decay
+WARMUP_RATIO = {warmup_ratio}  # fraction of the budget spent warming up
+ADAM_BETA2 = 0.95      # second-moment decay"""
+SYNTHETIC_METRIC = """\
+    a = math.log2(MATRIX_LR * DEPTH / 0.64)
+    w = math.log10(max(WEIGHT_DECAY, 1e-6) / 0.01)
+    clean = (1.0 + 0.05 * a * a + 0.004 * (DEPTH - 8) ** 2 + 0.02 * w * w + 0.4 * (WARMUP_RATIO - 0.3) ** 2
+             + 0.03 * a * (DEPTH - 8) / 4)
+    seed = f"{{os.environ.get('LOOPDECK_SEED', '0')}}:{{MATRIX_LR}}:{{DEPTH}}:{{WEIGHT_DECAY}}:{{WARMUP_RATIO}}"
+    return clean + random.Random(seed).gauss(0.0, {noise})"""
+SYNTHETIC_START = {"matrix_lr": 0.02, "depth": 4, "weight_decay": 0.1, "warmup_ratio": 0.1}
+SYNTHETIC_OPTIMUM = 1.0  # the clean metric's minimum
+
+
+def synthetic_target(noise: float = 0.002, **constants: float) -> str:
+    """The synthetic objective's train.py, starting from SYNTHETIC_START unless constants say otherwise."""
+    return _SLEEPING.format(doc="A training target whose val_bpb is a known function of its constants (see "
+                            "bench/common.py).", constants=SYNTHETIC_CONSTANTS.format(**{**SYNTHETIC_START,
+                                                                                           **constants}),
+                            metric=SYNTHETIC_METRIC.format(noise=noise))
 
 
 def loop_toml(budget: float, pipeline: str = "off") -> str:

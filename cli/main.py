@@ -219,9 +219,10 @@ def _add_ctl(add_parser: AddParser) -> None:
     ctl.add_argument("action", choices=CTL_ACTIONS, metavar="ACTION",
                      help="approve / veto: decide on the pending change; note: add TEXT as a note; pause / resume; "
                      "stop: stop after the current experiment; abort: stop now; autonomous / supervised: set the "
-                     "approval policy to auto / ask")
+                     "approval policy to auto / ask; mode explore|exploit|combine|ablate|auto: force the research "
+                     "planner's mode from the next turn (auto: the planner chooses again)")
     ctl.add_argument("text", nargs="?", default="", metavar="TEXT",
-                     help="the note (for `note`, or a veto's reason; default: none)")
+                     help="the note (for `note`), a veto's reason, or the mode (for `mode`); default: none")
     ctl.add_argument("--experiment", type=int, metavar="N",
                      help="which pending experiment (default: the pending one)")
     ctl.set_defaults(handler=_target("loopdeck.cli.workspace:control_command"))

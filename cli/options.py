@@ -23,7 +23,7 @@ RUN_FLAGS = {"agent": "--agent", "approval": "--approve", "max_experiments": "--
 CTL_ACTIONS = {"approve": ("decide", {"approve": True}), "veto": ("decide", {"approve": False}),
                "note": ("note", {}), "pause": ("pause", {}), "resume": ("resume", {}), "stop": ("stop", {}),
                "abort": ("abort", {}), "autonomous": ("approval", {"policy": "auto"}),
-               "supervised": ("approval", {"policy": "ask"})}
+               "supervised": ("approval", {"policy": "ask"}), "mode": ("mode", {})}
 
 
 def parse_scale(text: str) -> float:

@@ -125,6 +125,8 @@ def control_command(args: argparse.Namespace) -> int:
         fields = {"note": text}
     elif action == "decide":
         fields = {**fields, "note": text, "experiment": args.experiment}
+    elif action == "mode":
+        fields = {"mode": text or "auto"}
     send_command(workspace, action, **fields)
     print(f"sent {args.action} to the session in {workspace} (engine pid {holder.get('pid', '?')})")
     return 0

@@ -32,7 +32,7 @@ from loopdeck.console.screens.help import HelpScreen
 from loopdeck.console.screens.main import MainScreen
 from loopdeck.console.screens.studies import StudiesScreen
 from loopdeck.console.settings import load_settings, save_settings
-from loopdeck.console.state import SessionView
+from loopdeck.console.state import SessionView, next_research_mode
 from loopdeck.engine import events as ev
 from loopdeck.themes import DEFAULT_THEME, LOOPDECK_THEMES, STYLESHEET
 
@@ -55,6 +55,7 @@ class SessionControls(Protocol):
     def stop_after_current(self) -> None: ...
     def abort(self) -> None: ...
     def set_approval(self, policy: str) -> None: ...
+    def set_mode(self, mode: str) -> None: ...
 
 
 class LoopdeckApp(App[None]):
@@ -329,6 +330,13 @@ class LoopdeckApp(App[None]):
 
     async def action_go_supervised(self) -> None:
         await self._set_approval("ask")
+
+    async def action_cycle_research_mode(self) -> None:
+        mode = next_research_mode(self.view.research_mode, self.view.research_forced)
+        self._control().set_mode(mode)
+        self.notify(f"Research mode: {mode} from the next turn." if mode != "auto"
+                    else "Research mode: the planner chooses again.", timeout=4)
+        await self._after_control()
 
     async def action_pause(self) -> None:
         self._control().pause()

@@ -67,6 +67,8 @@ class SessionView:
         self.pause_intent: bool | None = None  # asked to pause (True) or resume (False), not yet in effect
         self.failure = ""  # a console-side failure (a worker died), shown until the session ends
         self.stopping = ""  # the console asked the engine to stop and waits for it
+        self.research_mode = ""  # the planner's mode for the current turn ("" without a planner)
+        self.research_forced = False  # a person chose it
         self.events_applied = 0
         self.dirty: set[str] = set()
 
@@ -207,6 +209,12 @@ class SessionView:
 
     def _on_policy_changed(self, e: ev.ApprovalPolicyChanged) -> None:
         self.set_approval(e.approval)
+
+    def _on_plan_chosen(self, e: ev.PlanChosen) -> None:
+        row = self._experiment(e.experiment)
+        row.mode, row.mode_reason = e.mode, e.reason
+        self.research_mode, self.research_forced = e.mode, e.forced
+        self.dirty |= {STATUS, TABLE}
 
     # agent ---------------------------------------------------------------------------------------------------
 
@@ -431,6 +439,7 @@ _HANDLERS = {
     ev.SessionFinished: SessionView._on_session_finished,
     ev.StateChanged: SessionView._on_state_changed,
     ev.ApprovalPolicyChanged: SessionView._on_policy_changed,
+    ev.PlanChosen: SessionView._on_plan_chosen,
     ev.AgentThinkingDelta: SessionView._on_thinking,
     ev.AgentTextDelta: SessionView._on_text,
     ev.AgentToolCall: SessionView._on_tool_call,
@@ -455,3 +464,12 @@ _HANDLERS = {
     ev.RunRepeatStarted: SessionView._on_repeat_started,
     ev.RunRepeated: SessionView._on_repeat_finished,
 }
+
+
+def next_research_mode(current: str, forced: bool) -> str:
+    """The mode the console's research-mode key asks for next: the one after the current forced mode, or the
+    first when the planner chooses; after the last, "auto"."""
+    modes = (*ev.RESEARCH_MODES, "auto")
+    if not forced or current not in modes:
+        return modes[0]
+    return modes[modes.index(current) + 1]

@@ -74,6 +74,8 @@ class ExperimentView:
     noise: float | None = None  # ± band of delta
     reported_metric: float | None = None  # what the training file printed
     evaluation: str = ""  # "trusted" | "self_reported" | ""
+    mode: str = ""  # the research planner's mode for its turn
+    mode_reason: str = ""
 
     @property
     def finished(self) -> bool:

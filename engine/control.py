@@ -17,6 +17,8 @@ Actions and their fields:
   abort     stop now: the running training process group is killed, the experiment recorded `interrupted`
   approval  policy: "ask" | "auto"
 Every command may say who sent it (`client`, e.g. "ann@gpu1:4242"; the channel fills it in), shown with decisions.
+  mode      mode: "explore" | "exploit" | "combine" | "ablate" | "auto"   the research planner's mode from the next
+            turn on, until another `mode`; "auto" lets the planner choose again
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from loopdeck.engine.errors import LoopdeckError
-from loopdeck.engine.events import ApprovalPolicyChanged, Event, Notice
+from loopdeck.engine.events import RESEARCH_MODES, ApprovalPolicyChanged, Event, Notice
 
 CONTROL_FILE = "control.jsonl"
-ACTIONS = ("decide", "note", "pause", "resume", "stop", "abort", "approval")
+ACTIONS = ("decide", "note", "pause", "resume", "stop", "abort", "approval", "mode")
 POLICIES = ("ask", "auto")
+MODE_CHOICES = (*RESEARCH_MODES, "auto")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class ControlCommand:
     note: str = ""
     experiment: int | None = None
     policy: str = ""
+    mode: str = ""
     id: str = ""
     ts: float = 0.0
     client: str = ""  # who sent it: user@host:pid of a console, "" for control.jsonl
@@ -59,6 +63,9 @@ class ControlCommand:
         policy = str(data.get("policy", ""))
         if action == "approval" and policy not in POLICIES:
             raise ValueError(f"approval policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        mode = str(data.get("mode", ""))
+        if action == "mode" and mode not in MODE_CHOICES:
+            raise ValueError(f"mode must be one of {', '.join(MODE_CHOICES)}, got {mode!r}")
         experiment = data.get("experiment")
         if experiment is not None and (isinstance(experiment, bool) or not isinstance(experiment, int)):
             raise ValueError(f"experiment must be a whole number, got {experiment!r}")
@@ -68,6 +75,7 @@ class ControlCommand:
             note=str(data.get("note", data.get("text", ""))),
             experiment=experiment,
             policy=policy,
+            mode=mode,
             id=str(data.get("id", "")),
             ts=float(data.get("ts", 0.0)),
             client=str(data.get("client", "")),
@@ -75,7 +83,7 @@ class ControlCommand:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "ts": self.ts, "action": self.action, "approve": self.approve, "note": self.note,
-                "experiment": self.experiment, "policy": self.policy, "client": self.client}
+                "experiment": self.experiment, "policy": self.policy, "mode": self.mode, "client": self.client}
 
 
 def control_path(state_dir: Path) -> Path:
@@ -136,6 +144,12 @@ class ControlCalls:
         if policy not in POLICIES:
             raise LoopdeckError(f"approval policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self._send("approval", policy=policy)
+
+    def set_mode(self, mode: str) -> None:
+        """Force the research planner's mode from the next turn on ("auto": the planner chooses again)."""
+        if mode not in MODE_CHOICES:
+            raise LoopdeckError(f"research mode must be one of {', '.join(MODE_CHOICES)}, got {mode!r}")
+        self._send("mode", mode=mode)
 
 
 class ControlReader:
@@ -208,6 +222,7 @@ class Controller:
         self.stop_requested = False
         self.abort_event = threading.Event()
         self.abort_reason = ""  # SessionFinished reason of an abort: "aborted", or "stopped" for SIGTERM/Ctrl-C
+        self.forced_mode = ""  # the research mode a person chose; "" = the planner chooses
         self._notes: list[str] = []
         self._pending: int | None = None
         self._decision: Decision | None = None
@@ -236,6 +251,10 @@ class Controller:
             elif command.action == "approval" and command.policy != self.approval:
                 self.approval = command.policy
                 events.append(ApprovalPolicyChanged(approval=command.policy))
+            elif command.action == "mode":
+                self.forced_mode = "" if command.mode == "auto" else command.mode
+                chosen = "the planner chooses again" if command.mode == "auto" else f"{command.mode} from the next turn"
+                events.append(Notice(level="info", message=f"research mode: {chosen}"))
             self._cond.notify_all()
         for event in events:
             self._emit(event)

@@ -24,6 +24,9 @@ EngineState = Literal[
 ExperimentStatus = Literal[
     "running", "keep", "discard", "crash", "timeout", "nan", "rejected", "vetoed", "interrupted", "aborted",
 ]
+# What a research turn sets out to do (engine/research/planner.py chooses; "auto" lets it choose).
+ResearchMode = Literal["explore", "exploit", "combine", "ablate"]
+RESEARCH_MODES: tuple[str, ...] = typing.get_args(ResearchMode)
 
 _REGISTRY: dict[str, type[Event]] = {}
 
@@ -163,6 +166,17 @@ class NoteDelivered(Event):
     kind: ClassVar[str] = "note_delivered"
     experiment: int
     text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanChosen(Event):
+    """The research planner's mode for the next turn and why (`forced`: a person chose it)."""
+
+    kind: ClassVar[str] = "plan_chosen"
+    experiment: int
+    mode: ResearchMode
+    reason: str
+    forced: bool = False
 
 
 # --- proposal and review -----------------------------------------------------------------------------------------

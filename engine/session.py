@@ -284,7 +284,8 @@ class Session(ControlCalls):
             workers = open_workers(self.config.workers, pack=Worktrees(self.workspace, self.branch).bundle,
                                    serial=self._executor)
             try:
-                loop = make_loop(self._context(workers.executor), self._make_agent, workers.count)
+                ctx = self._context(workers.executor)
+                loop = make_loop(ctx, self._make_agent, workers.count, ablate=lambda: ablate(ctx))
                 self.finished = loop.run()
             finally:
                 workers.close()
@@ -374,7 +375,7 @@ class Session(ControlCalls):
         if self.agent_kind == "offline":
             from loopdeck.engine.agents.offline.agent import OfflineAgent
 
-            return OfflineAgent(seed=self.config.agent.seed)
+            return OfflineAgent(seed=self.config.agent.seed, search=self.config.agent.offline.search)
         if self.agent_kind == "openai":
             from loopdeck.engine.agents.openai.agent import OpenAIAgent, OpenAISettings
 

@@ -31,6 +31,9 @@ kind = "offline"
 
 [evaluation]
 {evaluation}
+
+[research]
+{research}
 """
 # One baseline run and no early stops, so engine tests keep their shape and speed (users get 3 baseline seeds and
 # early abort); make_workspace(evaluation={...}) overrides any [evaluation] setting.
@@ -73,14 +76,16 @@ def private_state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
 
 @pytest.fixture
 def make_workspace(tmp_path: Path) -> Callable[..., Path]:
-    """make_workspace(train=…, approval=…, timeout=…, protected=…, crashes=…, extra_files=…, env=…, evaluation=…)
-    -> a committed workspace; `env` becomes [experiment] env, the training process's extra environment, and
-    `evaluation` overrides [evaluation] settings (TEST_EVALUATION otherwise)."""
+    """make_workspace(train=…, approval=…, timeout=…, protected=…, crashes=…, extra_files=…, env=…, evaluation=…,
+    research=…) -> a committed workspace; `env` becomes [experiment] env, the training process's extra
+    environment, `evaluation` overrides [evaluation] settings (TEST_EVALUATION otherwise), `research` sets
+    [research] settings."""
     counter = iter(range(1000))
 
     def make(train: str | None = None, *, approval: str = "auto", timeout: float = 10.0,
              protected: tuple[str, ...] = (), crashes: int = 5, extra_files: dict[str, str] | None = None,
-             env: dict[str, str] | None = None, evaluation: dict[str, object] | None = None) -> Path:
+             env: dict[str, str] | None = None, evaluation: dict[str, object] | None = None,
+             research: dict[str, object] | None = None) -> Path:
         settings = {**TEST_EVALUATION, **(evaluation or {})}
         files = {
             "train.py": train if train is not None else fake_train_source(),
@@ -89,6 +94,7 @@ def make_workspace(tmp_path: Path) -> Callable[..., Path]:
                 protected=list(protected), timeout=timeout, approval=approval, crashes=crashes,
                 env="{" + ", ".join(f'{name} = "{value}"' for name, value in (env or {}).items()) + "}",
                 evaluation="\n".join(f"{name} = {json.dumps(value)}" for name, value in settings.items()),
+                research="\n".join(f"{name} = {json.dumps(value)}" for name, value in (research or {}).items()),
             ).replace("'", '"'),
             ".gitignore": ".loopdeck/\n__pycache__/\n",
             **(extra_files or {}),

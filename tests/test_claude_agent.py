@@ -146,7 +146,8 @@ def test_request_shape_caching_thinking_and_no_sampling_parameters(api, rec, wor
     assert body["system"][0]["text"].startswith("# Research program (program.md)\nUse Muon wisely.")
     assert body["tools"][-1]["cache_control"] == {"type": "ephemeral"}
     assert [tool["name"] for tool in body["tools"]] == [
-        "read_file", "list_files", "search_files", "edit_file", "write_file", "read_history", "propose_experiment"]
+        "read_file", "list_files", "search_files", "edit_file", "write_file", "read_history", "research_log",
+        "propose_experiment"]
     assert body["thinking"] == {"type": "adaptive", "display": "summarized"}
     assert body["output_config"] == {"effort": "high"}
     assert not {"temperature", "top_p", "top_k", "tool_choice"} & set(body)

@@ -61,6 +61,9 @@ class FakeSession:
     def set_approval(self, policy: str) -> None:
         self._record("set_approval", policy)
 
+    def set_mode(self, mode: str) -> None:
+        self._record("set_mode", mode)
+
     def names(self) -> list[str]:
         return [name for name, _, _ in self.calls]
 

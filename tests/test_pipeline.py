@@ -215,7 +215,8 @@ def test_a_stop_while_drafting_cancels_the_draft_and_leaves_no_row(make_workspac
 def test_supervised_the_next_diff_is_reviewed_while_the_current_one_trains(make_workspace):
     from loopdeck.engine.session import RunOptions, Session
 
-    workspace = make_workspace(fake_train_source(lr=0.5, **RUN), approval="ask")
+    # LR goes up three times against one incumbent: repeats, let through so that each one runs.
+    workspace = make_workspace(fake_train_source(lr=0.5, **RUN), approval="ask", research={"skip_repeats": False})
 
     def rethink(draft: Proposal, turn: AgentTurn) -> Proposal:
         return Proposal(description="LR 0.55", rationale="changed after #1",
@@ -292,7 +293,7 @@ def test_a_session_that_ends_while_a_draft_awaits_approval_closes_its_gate(make_
 @pytest.mark.parametrize("mode", ["off", "auto"])
 def test_off_is_strictly_sequential_and_auto_drafts_during_the_baseline_and_once_the_agent_is_slow(make_workspace, run_session,
                                                                                      mode):
-    workspace = make_workspace(fake_train_source(lr=0.5, **RUN))
+    workspace = make_workspace(fake_train_source(lr=0.5, **RUN), research={"skip_repeats": False})  # as above
     agent = TimedAgent([change("LR", 0.6), change("LR", 0.7), change("LR", 0.8)])
     session, recorded = run_pipelined(run_session, workspace, agent, pipeline=mode, max_experiments=3)
 

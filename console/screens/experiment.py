@@ -46,6 +46,9 @@ def experiment_content(row: ExperimentView, view: SessionView, live_log: list[st
     ]
     for name, value in facts(row, view):
         parts.append(Content.assemble((name.rjust(15), "$text-muted"), "  ", value))
+    if row.mode:
+        parts.append(Content.assemble(("research mode".rjust(15), "$text-muted"), "  ",
+                                      f"{row.mode} — {row.mode_reason}" if row.mode_reason else row.mode))
     for name, text in (("reason", row.reason), ("your note", row.note)):
         if text:
             parts.append(Content.assemble((name.rjust(15), "$text-muted"), "  ", (text, "$text-warning")))

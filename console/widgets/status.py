@@ -75,6 +75,9 @@ def status_segments(view: SessionView, now: float) -> list[tuple[int, Content]]:
         segments.append((2, Content.styled(study, "$text-accent")))
     if view.workers > 1:
         segments.append((2, Content(f"{view.busy_workers}/{view.workers} workers busy")))
+    if view.research_mode:
+        forced = " (forced)" if view.research_forced else ""
+        segments.append((4, Content.assemble(("mode ", "$text-muted"), f"{view.research_mode}{forced}")))
     kept, total = view.kept_and_total()
     segments.append((4, Content.assemble(("kept ", "$text-muted"), f"{kept}/{total}")))
     if view.noise_std is not None:

@@ -30,6 +30,13 @@ class ExperimentSummary:
     # A run of the unchanged incumbent that starts a research line, not an experiment. Usually #0, but a failed
     # first baseline makes the next one #1 (the ledger's `ExperimentRow.is_baseline` decides).
     baseline: bool = False
+    # The research log (engine/agents/regions.py): the code it touched, which way each constant moved, the turn's
+    # mode, the ± band of `delta`, and the earlier experiment it repeated.
+    region: tuple[str, ...] = ()
+    signs: Mapping[str, int | str] = field(default_factory=dict)
+    mode: str = ""
+    delta_band: float | None = None
+    repeat_of: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,13 @@ class AgentTurn:
     cancelled: Callable[[], bool] = lambda: False  # poll it in long work; return or raise AgentCancelled
     # Experiments in flight while this one is drafted (several workers): ideas already being tried, not to repeat.
     running: tuple[ExperimentSummary, ...] = ()
+    # The research planner's plan for this turn (engine/research/planner.py): explore a new direction, exploit
+    # the last gain, or combine near-misses (runs within the noise band that touch different code); for combine,
+    # `combined` holds the near-misses' changes merged three-way onto the incumbent's files.
+    mode: str = ""
+    mode_reason: str = ""
+    near_misses: tuple[ExperimentSummary, ...] = ()
+    combined: Mapping[str, str] = field(default_factory=dict)
 
 
 class AgentError(Exception):

@@ -35,6 +35,8 @@ BUDGET_CLOCKS: tuple[str, ...] = get_args(BudgetClockKind)
 # Wall seconds one second of a process-clock budget may take: that clock stops while the run waits for a CPU, and a
 # neighbour as busy as a 2-core hog halves what the run gets. The timeout and the outside budget check allow it.
 PROCESS_CLOCK_STRETCH = 3.0
+OfflineSearch = Literal["rules", "tpe"]
+OFFLINE_SEARCHES: tuple[str, ...] = get_args(OfflineSearch)
 
 
 def _relative_path(value: str) -> str:
@@ -242,6 +244,13 @@ class CliAgentSettings(_Section):
                                "CLI bills that API key per token")
 
 
+class OfflineSettings(_Section):
+    """The built-in offline agent's search (engine/agents/offline/)."""
+
+    search: OfflineSearch = Field(default="rules", description="rules (hand-written one-knob-at-a-time moves) | "
+                                  "tpe (Optuna's TPE over the same knobs; needs pip install 'loopdeck[optuna]')")
+
+
 class AgentSettings(_Section):
     """Who proposes the changes."""
 
@@ -251,6 +260,7 @@ class AgentSettings(_Section):
     claude: ClaudeSettings = Field(default_factory=ClaudeSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     cli: CliAgentSettings = Field(default_factory=CliAgentSettings)
+    offline: OfflineSettings = Field(default_factory=OfflineSettings)
 
 
 class SandboxSettings(_Section):
@@ -310,7 +320,17 @@ class EvaluationSettings(_Section):
 
 
 class ResearchSettings(_Section):
-    """Studies of the kept chain: ablation (`loopdeck ablate`) and the scale-transfer check (`loopdeck transfer`)."""
+    """How the research planner steers each turn (engine/research/planner.py), and the studies of the kept chain:
+    ablation (`loopdeck ablate`) and the scale-transfer check (`loopdeck transfer`)."""
+
+    planner: bool = Field(default=True, description="true = each turn has a mode (explore | exploit | combine | "
+                          "ablate) chosen from the history; false = plain greedy turns")
+    plateau_k: int = Field(default=5, ge=1, description="a plateau: this many experiments without a keep (or keeps "
+                           "gaining less than the noise band); the planner then changes direction")
+    near_miss_band: float = Field(default=0.0, ge=0, description="± band of a near-miss when the noise is not "
+                                  "measured; 0 = 0.5% of the incumbent metric")
+    skip_repeats: bool = Field(default=True, description="true = an idea already tried against the incumbent "
+                               "(same code, same direction, not kept) is rejected before it runs; false = flagged")
 
     study_seeds: int = Field(default=3, ge=1, description="runs per variant in an ablation or transfer study, the "
                              "same seeds for every variant (compared run by run)")
@@ -379,8 +399,8 @@ class WorkersSettings(_Section):
 
 
 class Config(_Section):
-    """Root of loopdeck.toml: `.experiment`, `.metric`, `.loop`, `.agent` (with `.agent.claude`, `.agent.openai`),
-    `.sandbox`, `.evaluation`, `.research`, `.notify`, `.workers`."""
+    """Root of loopdeck.toml: `.experiment`, `.metric`, `.loop`, `.agent` (with `.agent.claude`, `.agent.openai`,
+    `.agent.offline`), `.sandbox`, `.evaluation`, `.research`, `.notify`, `.workers`."""
 
     experiment: ExperimentSettings = Field(default_factory=ExperimentSettings)
     metric: MetricSettings = Field(default_factory=MetricSettings)

@@ -8,6 +8,8 @@
   the final ledger row.
 - `pipeline`: drafting the next proposal while an experiment trains (depends on turns and the gate only).
 - `parallel`: several experiments in flight, each in its own worktree; concurrent keeps rebased and confirmed.
+- `planner`: each turn's mode (explore, exploit, combine, ablate) and why; `combine`: near-misses merged onto the
+  incumbent for combine mode.
 - `integrity`, `budget_check`, `noise`, `early_abort`, `guard`: the rules a result and a change must pass;
   `history`, `report` (with `handover` and `markdown`).
 - `study`, `ablation`, `transfer`: studies of the kept chain in scratch worktrees (`ablate(ctx, apply)`,

@@ -28,7 +28,8 @@ def summary(row: ExperimentRow) -> ExperimentSummary:
         id=row.id, status=row.status, metric=row.metric, delta=row.delta, description=row.description,
         diff=_head(row.diff, SUMMARY_DIFF_CHARS), reason=row.reason,
         log_tail=_tail(row.log_tail, SUMMARY_LOG_LINES, SUMMARY_LOG_CHARS), meta=dict(row.meta),
-        baseline=row.is_baseline,
+        baseline=row.is_baseline, region=tuple(row.region.split()), signs=dict(row.signs), mode=row.mode,
+        delta_band=row.delta_band, repeat_of=row.repeat_of,
     )
 
 

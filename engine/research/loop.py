@@ -31,13 +31,16 @@ import traceback
 from collections.abc import Callable
 
 from loopdeck.engine.agents.base import Agent, AgentError, Proposal
+from loopdeck.engine.agents.regions import repeat_of, touched
 from loopdeck.engine.errors import LoopdeckError
 from loopdeck.engine.events import DecisionMade, ExperimentFinished, Notice, SessionFinished, SessionStarted
 from loopdeck.engine.research.context import LoopContext, LoopStopped, Tally, one_line
 from loopdeck.engine.research.gate import Gate
 from loopdeck.engine.research.guard import GuardRejection
+from loopdeck.engine.research.history import agent_history
 from loopdeck.engine.research.judge import Judge, feedback
 from loopdeck.engine.research.pipeline import Pipeline, Review
+from loopdeck.engine.research.planner import Plan
 from loopdeck.engine.research.record import Recorder
 from loopdeck.engine.research.transfer import transfer
 from loopdeck.engine.research.turns import Turns, usage_fields
@@ -50,12 +53,19 @@ __all__ = ["LoopContext", "ResearchLoop"]  # what a session needs
 
 
 class ResearchLoop:
-    def __init__(self, ctx: LoopContext, agent_factory: Callable[[], Agent]) -> None:
+    """`ablate`: runs an ablation of the kept chain when the planner chooses that mode (without it, it never
+    does)."""
+
+    def __init__(self, ctx: LoopContext, agent_factory: Callable[[], Agent],
+                 ablate: Callable[[], object] | None = None) -> None:
         self.ctx = ctx
         self.config = ctx.config
         self.tally = Tally()
         recorder = Recorder(ctx, self.tally)
         self.turns = Turns(ctx, agent_factory, self.tally)
+        self.ablate = ablate
+        if self.turns.planner is not None:
+            self.turns.planner.can_ablate = ablate is not None
         self.gate = Gate(ctx, self.turns, recorder)
         self.judge = Judge(ctx, recorder)
         # Trusted score, budget check, noise-aware keep, early abort, holdout (engine/research/integrity.py).
@@ -201,6 +211,11 @@ class ResearchLoop:
     def step(self) -> None:
         number = self.ctx.ledger.next_id()
         assert self._pipeline is not None and self.turns.agent is not None
+        if self.ablate is not None and (plan := self.turns.plan(number)) is not None and plan.mode == "ablate":
+            if plan.forced:
+                self.ctx.controller.forced_mode = ""  # an ablation is one action, not a standing mode
+            self.ablate()
+            return
         proposed = self._pipeline.propose(number)  # the draft made while the last run trained, or a fresh turn
         if proposed is None:
             return
@@ -208,12 +223,12 @@ class ResearchLoop:
         self.ctx.halt_if_requested()  # a stop that arrived while the agent worked: the proposal is dropped, never run
         self.tally.numbers_used += 1
         self.run_candidate(number, proposal, agent_name=self.turns.agent.name, usage=record.usage, gate=True,
-                           review=review)
+                           review=review, plan=record.plan)
 
     def run_candidate(self, number: int, proposal: Proposal, *, agent_name: str, usage: dict,
-                      gate: bool, review: Review | None = None) -> ExperimentFinished | None:
+                      gate: bool, review: Review | None = None, plan: Plan | None = None) -> ExperimentFinished | None:
         """guard → ChangeProposed → gate → commit → run → keep/revert → record, for one proposal. `review`: what
-        was shown and decided about it (a draft) while the previous experiment trained."""
+        was shown and decided about it (a draft) while the previous experiment trained; `plan`: the turn's mode."""
         ctx = self.ctx
         incumbent = ctx.ledger.incumbent()
         assert incumbent is not None
@@ -222,6 +237,10 @@ class ResearchLoop:
                             rationale=proposal.rationale, parent_commit=incumbent.commit, agent=agent_name,
                             incumbent_metric=incumbent.metric, meta=_json_safe(proposal.meta),
                             **usage_fields(usage))
+        if plan is not None:
+            row.mode, row.mode_reason = plan.mode, plan.reason
+            if plan.mode == "combine":
+                row.meta["combines"] = list(plan.near_misses)
         if review is not None and review.vetoed:  # a person vetoed it while the previous experiment trained
             row.diff = review.diff
             vetoed = self.gate.decide(row, review.decision)
@@ -231,6 +250,9 @@ class ResearchLoop:
             new_files, row.diff = self.gate.check_change(proposal, old_files)
         except GuardRejection as rejection:
             return self.gate.reject(row, rejection.reason)
+        repeated = self._log_idea(row, old_files, new_files, incumbent)
+        if repeated and gate and self.config.research.skip_repeats:
+            return self.gate.reject(row, repeated)
         shown = review is not None and review.covers(row.diff)
         if not shown:
             self.gate.announce_change(number, proposal, row.diff, new_files)
@@ -253,6 +275,21 @@ class ResearchLoop:
         if self._pipeline is not None:
             self._pipeline.start(row)  # the agent drafts the next experiment while this one trains
         return self._run(row, incumbent)
+
+    def _log_idea(self, row: ExperimentRow, old_files: dict[str, str], new_files: dict[str, str],
+                  incumbent: ExperimentRow) -> str:
+        """Fill the row's research log (region, directions, the experiment it repeats); the repeat's message, or
+        "" when the idea is new against this incumbent."""
+        touch = touched(old_files, new_files)
+        row.region, row.signs = " ".join(touch.region), dict(touch.signs)
+        earlier = repeat_of(touch, agent_history(self.ctx.ledger.rows()), incumbent.id)
+        if earlier is None:
+            return ""
+        row.repeat_of = earlier.id
+        message = (f"a repeat of #{earlier.id} ({touch.describe()}; {earlier.status}): that idea was already tried "
+                   "against this incumbent, so try another region or direction")
+        self.ctx.emit(Notice(level="warning", experiment=row.id, message=message))
+        return message
 
     def run_baseline(self) -> None:
         number = self.ctx.ledger.next_id()

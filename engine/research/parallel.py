@@ -207,6 +207,10 @@ class ParallelLoop(ResearchLoop):
                 thread.join()
 
 
-def make_loop(ctx: LoopContext, agent_factory: Callable[[], Agent], workers: int = 1) -> ResearchLoop:
-    """The research loop for `workers` experiments in flight: the serial one for one."""
-    return ParallelLoop(ctx, agent_factory, workers) if workers > 1 else ResearchLoop(ctx, agent_factory)
+def make_loop(ctx: LoopContext, agent_factory: Callable[[], Agent], workers: int = 1,
+              ablate: Callable[[], object] | None = None) -> ResearchLoop:
+    """The research loop for `workers` experiments in flight: the serial one for one. `ablate` is the planner's
+    ablate mode; only the serial loop takes it (an ablation measures the incumbent, which flights would move)."""
+    if workers > 1:
+        return ParallelLoop(ctx, agent_factory, workers)
+    return ResearchLoop(ctx, agent_factory, ablate=ablate)

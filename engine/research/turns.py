@@ -25,9 +25,11 @@ from loopdeck.engine.agents.base import (
     ExperimentSummary,
     Proposal,
 )
-from loopdeck.engine.events import AgentUsage, Event, NoteDelivered, Notice
+from loopdeck.engine.events import AgentUsage, Event, NoteDelivered, Notice, PlanChosen
+from loopdeck.engine.research.combine import combined_files
 from loopdeck.engine.research.context import LoopContext, LoopStopped, Tally
-from loopdeck.engine.research.history import agent_history, in_flight
+from loopdeck.engine.research.history import agent_history, in_flight, summary
+from loopdeck.engine.research.planner import Plan, Planner
 from loopdeck.engine.store.ledger import ExperimentRow
 
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
@@ -40,6 +42,7 @@ class TurnRecord:
 
     usage: dict[str, float] = field(default_factory=dict)
     delivered: set[str] = field(default_factory=set)
+    plan: Plan | None = None  # the planner's mode for the turn (None with the planner off)
 
 
 class Turns:
@@ -53,6 +56,9 @@ class Turns:
         self.agent: Agent | None = None  # made by `open`
         self.feedback = ""  # about the last experiment, for the next turn
         self._notes: list[str] = []  # veto notes and notes of dropped turns, for the next turn
+        research = ctx.config.research
+        self.planner = Planner(research, ctx.config.metric.direction) if research.planner else None
+        self._shown_plan: tuple[int, Plan] | None = None
 
     # --- the agent's lifetime ----------------------------------------------------------------------------------
 
@@ -142,7 +148,35 @@ class Turns:
             direction=config.metric.direction, history=agent_history(rows),
             incumbent=_summary(incumbent), notes=tuple(notes), feedback=feedback, emit=turn_emit,
             cancelled=lambda: ctx.controller.halted, running=in_flight(rows))
+        record.plan = self.plan(number)
+        if record.plan is not None:
+            turn.mode, turn.mode_reason = record.plan.mode, record.plan.reason
+            if record.plan.mode == "combine":
+                turn.near_misses = tuple(s for s in turn.history if s.id in record.plan.near_misses)
+                turn.combined = self._combined(record.plan, turn.files)
         return turn, record
+
+    # --- the research plan -------------------------------------------------------------------------------------
+
+    def plan(self, number: int) -> Plan | None:
+        """The planner's mode for experiment `number` (None with the planner off); announced once per change."""
+        if self.planner is None:
+            return None
+        ledger = self.ctx.ledger
+        plan = self.planner.choose(ledger.rows(), ledger.incumbent(), self.ctx.controller.forced_mode)
+        if plan.mode == "combine" and self._combined(plan, self.ctx.incumbent_files(ledger.incumbent())) == {}:
+            plan = Plan("explore", f"{_ids(plan.near_misses)} conflict when merged: exploring instead",
+                        forced=plan.forced)
+        if self._shown_plan != (number, plan):
+            self._shown_plan = (number, plan)
+            self.ctx.emit(PlanChosen(experiment=number, mode=plan.mode,  # type: ignore[arg-type]
+                                     reason=plan.reason, forced=plan.forced))
+        return plan
+
+    def _combined(self, plan: Plan, files: dict[str, str]) -> dict[str, str]:
+        """The near-misses' changes merged onto `files` ({} when they conflict or change nothing together)."""
+        rows = [row for row in self.ctx.ledger.rows() if row.id in plan.near_misses]
+        return combined_files(self.ctx.repo, files, rows) or {}
 
     def settle_turn(self, number: int, notes: list[str], record: TurnRecord, produce: Callable[[], Proposal]
                     ) -> Proposal | None:
@@ -213,7 +247,8 @@ def _program(workspace: Path) -> str:
 
 
 def _summary(row: ExperimentRow | None) -> ExperimentSummary | None:
-    if row is None:
-        return None
-    return ExperimentSummary(id=row.id, status=row.status, metric=row.metric, delta=row.delta,
-                             description=row.description, meta=dict(row.meta))
+    return None if row is None else summary(row)
+
+
+def _ids(numbers: tuple[int, ...]) -> str:
+    return " and ".join(f"#{n}" for n in numbers)

@@ -77,6 +77,13 @@ class ExperimentRow:
     holdout_val_metric: float | None = None  # the same weights on the validation split, for the transfer gap
     worker: str = ""  # where the run happened, when experiments run on several workers (engine/run/ray_executor.py)
     budget_clock: str = "wall"  # what timed the run's budget (process | wall): scores of different clocks differ
+    # The research log (engine/agents/regions.py, engine/research/planner.py): what the idea touched, which way
+    # each constant moved, the planner's mode and reason for its turn, and the experiment it repeated.
+    region: str = ""  # space-separated `path:NAME` entries
+    signs: dict = field(default_factory=dict)  # `path:NAME` -> +1 | -1 | a fingerprint of its new code
+    mode: str = ""  # explore | exploit | combine | ablate ("" before the planner, and for a baseline)
+    mode_reason: str = ""
+    repeat_of: int | None = None
 
     @property
     def is_baseline(self) -> bool:
@@ -147,7 +154,7 @@ class NoiseEstimate:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentRow))
-_JSON_FIELDS = frozenset({"env", "meta"})
+_JSON_FIELDS = frozenset({"env", "meta", "signs"})
 _BOOL_FIELDS = frozenset({"self_reported", "metric_mismatch"})
 _COLUMNS = ", ".join(f'"{name}"' for name in _FIELDS)
 _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunRow))
@@ -247,6 +254,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             "experiment" INTEGER NOT NULL,
             "measured_at" REAL NOT NULL
         )""",
+    ),
+    (
+        "ALTER TABLE experiments ADD COLUMN region TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE experiments ADD COLUMN signs TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE experiments ADD COLUMN mode TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE experiments ADD COLUMN mode_reason TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE experiments ADD COLUMN repeat_of INTEGER",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from loopdeck.engine.agents.base import AgentTurn, ExperimentSummary
+from loopdeck.engine.agents.claude.research_log import mode_section
 
 RECENT_IN_DETAIL = 5  # newest experiments shown with diff, reason and log tail
 LINES_PER_GROUP = 25  # newest one-liners kept per group of older experiments
@@ -45,6 +46,8 @@ next turn. Many turns run unattended overnight; a human may watch, veto proposal
 # Tools
 - read_file, list_files, search_files: look at the workspace (paths relative to the workspace root).
 - read_history: the experiment ledger; pass `experiment` to see one experiment's diff, reason and log tail.
+- research_log: what was tried on which code (region), which way, with what result; `check=true` tells you
+  whether your edits repeat an idea already tried against the incumbent (a repeat is rejected unrun).
 - edit_file: replace an exact, unique string in an editable file (include enough context to be unique).
 - write_file: replace a whole editable file (prefer edit_file for small changes).
 - propose_experiment: finish the turn with a one-line description and a rationale. Your edits so far are the
@@ -90,6 +93,8 @@ def first_message(turn: AgentTurn) -> str:
         parts.extend(f"- {cut(note.strip(), NOTE_CHARS)}" for note in turn.notes)
     if turn.feedback.strip():
         parts.append(f"\n## What happened to your previous proposal\n{cut(turn.feedback.strip(), FEEDBACK_CHARS)}")
+    if turn.mode:
+        parts.append(mode_section(turn))
     parts.append("\n" + history_overview(turn.history, turn.incumbent, turn.direction,
                                          told=_told_log_of(turn)))
     if turn.running:

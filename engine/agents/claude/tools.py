@@ -16,6 +16,7 @@ from typing import Any
 
 from loopdeck.engine.agents.base import AgentTurn
 from loopdeck.engine.agents.claude.context import cut, experiment_detail, history_overview
+from loopdeck.engine.agents.claude.research_log import log_answer, repeat_check
 
 OFF_LIMITS = frozenset({".git", ".loopdeck"})
 _SKIPPED_DIRS = frozenset({"__pycache__", "node_modules"})
@@ -85,6 +86,16 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
         "description": "The experiment ledger: without arguments a compact overview of every experiment; with "
         "experiment=N that experiment's diff, outcome, reason and log tail.",
         "input_schema": {"type": "object", "properties": {"experiment": {"type": "integer", "minimum": 0}}},
+    },
+    {
+        "name": "research_log",
+        "description": "The structured research log: per experiment the idea, the code region it touched "
+        "(file:CONSTANT or file:function), the direction (up/down), the outcome and delta ± noise band. Pass "
+        "region (e.g. LR or GPT.forward) to see what was tried there; pass check=true to test your current edits "
+        "for a repeat of an idea already tried against the incumbent.",
+        "input_schema": {"type": "object", "properties": {
+            "region": {"type": "string", "description": "part of a region name, e.g. MATRIX_LR"},
+            "check": {"type": "boolean", "description": "check the edits made so far for a repeat"}}},
     },
     {
         "name": "propose_experiment",
@@ -241,6 +252,20 @@ class Workbench:
         ids = f"#{self._history[0].id}–#{self._history[-1].id}" if self._history else "none yet"
         raise ToolRefused(f"no experiment #{wanted} in the history (experiments: {ids})")
 
+    def _tool_research_log(self, args: Mapping[str, Any]) -> ToolOutcome:
+        if args.get("check"):
+            touch, earlier = repeat_check(self._original, self.changed_files(), self._history, self._incumbent)
+            if not touch.region:
+                return ToolOutcome(True, "no editable file has changed yet", "nothing to check")
+            if earlier is None:
+                return ToolOutcome(True, f"a new idea against this incumbent ({touch.describe()})", "new idea")
+            return ToolOutcome(True, f"a repeat of #{earlier.id} ({touch.describe()}; {earlier.status}, "
+                               f"{earlier.description}): it would be rejected; try another region or direction",
+                               f"a repeat of #{earlier.id}")
+        region = args.get("region")
+        answer = log_answer(self._history, region if isinstance(region, str) else "")
+        return ToolOutcome(True, answer, cut(answer.splitlines()[0], SUMMARY_CHARS))
+
     def _tool_propose_experiment(self, args: Mapping[str, Any]) -> ToolOutcome:
         description, rationale = args.get("description"), args.get("rationale")
         if not isinstance(description, str) or not description.strip():
@@ -256,6 +281,10 @@ class Workbench:
         for rel in changed:
             if (problem := _syntax_error(rel, changed[rel])) is not None:
                 raise ToolRefused(f"{rel} does not compile ({problem}); fix it before proposing")
+        touch, earlier = repeat_check(self._original, changed, self._history, self._incumbent)
+        if earlier is not None:
+            raise ToolRefused(f"this is a repeat of #{earlier.id} ({touch.describe()}; {earlier.status}): that idea "
+                              "was already tried against this incumbent; change another region or direction")
         return ToolOutcome(True, "proposal recorded", cut(f"proposed: {description}", SUMMARY_CHARS),
                            proposal=(description, rationale.strip()))
 

@@ -1,10 +1,13 @@
 """The built-in offline agent: a hyperparameter search over a training file's constants, no API key, no network.
 
 Each turn it scans the editable Python files for knobs (`constants`), reads the history and people's notes back
-(`memory`), picks the best-scoring next move (`search`, stepping knobs by `steps`) and rewrites just those literals
-(`edit`). Its reasoning (the reasons that decided the score) streams as thinking deltas before the proposal is
-returned. Given the same seed, history and notes it proposes the same thing. When nothing is left to try it stops
-the session with `AgentError(fatal=True, stop_reason="exhausted")`.
+(`memory`), picks the best-scoring next move (`search`, stepping knobs by `steps`) and rewrites just those
+literals (`edit`). The planner's mode steers the pick (`modes`): explore a direction not taken lately, exploit the
+kept change's direction, combine the near-misses the engine merged; repeats of ideas tried against the incumbent
+are skipped. With `search="tpe"` the configuration comes from Optuna's TPE over the same knobs (`tpe`) instead of
+the rules, in every mode but exploit and combine. Its reasoning (the reasons that decided the score) streams as
+thinking deltas before the proposal is returned. Given the same seed, history and notes it proposes the same
+thing. When nothing is left to try it stops the session with `AgentError(fatal=True, stop_reason="exhausted")`.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from loopdeck.engine.agents.base import AgentCancelled, AgentError, AgentTurn, Proposal
+from loopdeck.engine.agents.offline import tpe
 from loopdeck.engine.agents.offline.constants import Knob, Value, discover, module_constants
 from loopdeck.engine.agents.offline.edit import apply_edits, render
 from loopdeck.engine.agents.offline.memory import Directive, Memory, merge_directives, normalise, parse_note
+from loopdeck.engine.agents.offline.modes import pick
 from loopdeck.engine.agents.offline.search import MAX_FAILURES, Candidate, Search
 from loopdeck.engine.agents.offline.steps import SEQUENCE_NAMES
+from loopdeck.engine.agents.regions import repeat_of, touched
 from loopdeck.engine.events import (
     AgentTextDelta,
     AgentThinkingDelta,
@@ -34,6 +40,7 @@ from loopdeck.engine.events import (
 )
 
 _WORDS_PER_DELTA = 4
+TPE_ASKS = 8  # configurations asked of TPE per turn, so that repeats can be passed over
 
 
 class OfflineAgent:
@@ -41,10 +48,13 @@ class OfflineAgent:
 
     name = "offline"
 
-    def __init__(self, seed: int = 0, stream_delay: float = 0.0) -> None:
+    def __init__(self, seed: int = 0, stream_delay: float = 0.0, search: str = "rules") -> None:
         self.seed = seed
         self.stream_delay = stream_delay  # seconds between reasoning deltas; 0 streams them at once
+        self.search = search  # "rules" | "tpe"
         self._directives: list[Directive] = []
+        if search == "tpe":
+            tpe.optuna_module()  # a missing extra ends the session before the baseline, with the install command
 
     def close(self) -> None:
         """Nothing to release: the agent holds no connection or file."""
@@ -66,19 +76,34 @@ class OfflineAgent:
         for note in turn.notes:
             turn.emit(NoteDelivered(experiment=turn.experiment, text=note))
 
+        context = _context(turn, memory, knobs, new_directives)
+        if turn.mode == "combine" and turn.combined:
+            return self._combination(turn, knobs, frame, context)
+        if self.search == "tpe" and turn.mode != "exploit" and not new_directives:
+            proposal = self._tpe(turn, knobs, frame, context)
+            if proposal is not None:
+                return proposal
         rules = {d.key: d.rule for d in directives}
         running = {move.get("key") for row in turn.running for move in row.meta.get("moves", [])
                    if isinstance(move, Mapping)}
         search = Search(knobs, memory, {**rules, **dict.fromkeys(running, "avoid")},
                         _sequence_length(sources, frame),
                         random.Random(f"offline:{self.seed}:{turn.experiment}:{len(turn.history)}"))
-        choice = search.best() or dataclasses.replace(search, rules=rules).best()  # distinct knobs while any are left
-        if choice is None:
+
+        def files(candidate: Candidate) -> dict[str, str]:
+            return _files(turn, knobs, candidate)
+
+        # Knobs distinct from the runs in flight while any are left, then any.
+        picked = (pick(turn, search.candidates(), files)
+                  or pick(turn, dataclasses.replace(search, rules=rules).candidates(), files))
+        if picked is None:
             raise AgentError("the offline agent has tried every step it knows around the incumbent "
                              f"({len(knobs)} constants); nothing is left to propose", fatal=True,
                              stop_reason="exhausted")
+        choice, why = picked
+        choice.reasons.extend(why)
         self._directives = _carried_forward(directives, choice)
-        return self._proposal(turn, knobs, choice, _context(turn, memory, knobs, new_directives))
+        return self._proposal(turn, knobs, frame, choice, context)
 
     def revise(self, draft: Proposal, turn: AgentTurn) -> Proposal:
         """A draft written while the previous experiment ran stands unless the history now argues against it: it
@@ -105,18 +130,60 @@ class OfflineAgent:
                                  f"{why}.\n"))
         return self.propose(turn)
 
-    def _proposal(self, turn: AgentTurn, knobs: Sequence[Knob], choice: Candidate, context: list[str]) -> Proposal:
+    def _proposal(self, turn: AgentTurn, knobs: Sequence[Knob], frame: Mapping[str, Value], choice: Candidate,
+                  context: list[str]) -> Proposal:
         by_key = {k.key: k for k in knobs}
-        paths = sorted({m.path for m in choice.moves})
-        files = {path: apply_edits(turn.files[path], [(by_key[m.key], render(by_key[m.key], m.new))
-                                                      for m in choice.moves if m.path == path]) for path in paths}
         description = ", ".join(f"{m.key} {by_key[m.key].text} -> {render(by_key[m.key], m.new)}"
                                 for m in choice.moves)
-        rationale = " ".join([*context, *choice.reasons, f"Proposing {description}."])
+        meta = {"moves": [m.to_meta() for m in choice.moves], "directives": [d.to_meta() for d in self._directives],
+                "score": round(choice.score, 3)}
+        return self._finish(turn, frame, _files(turn, knobs, choice), description,
+                            [*context, *choice.reasons], meta)
+
+    def _combination(self, turn: AgentTurn, knobs: Sequence[Knob], frame: Mapping[str, Value],
+                     context: list[str]) -> Proposal:
+        """Combine mode: the near-misses' changes, which the engine merged onto the incumbent."""
+        ids = [summary.id for summary in turn.near_misses]
+        description = "combine " + " + ".join(f"#{s.id} ({s.description})" for s in turn.near_misses)
+        why = f"Mode combine: {turn.mode_reason}." if turn.mode_reason else "Mode combine."
+        return self._finish(turn, frame, dict(turn.combined), description[:200], [*context, why],
+                            {"combines": ids})
+
+    def _tpe(self, turn: AgentTurn, knobs: Sequence[Knob], frame: Mapping[str, Value], context: list[str]
+             ) -> Proposal | None:
+        """TPE's next configuration as a proposal, passing over repeats; None when every one it asks for is the
+        incumbent's own or a repeat (the rules search then proposes)."""
+        incumbent = turn.incumbent.id if turn.incumbent is not None else None
+        space, origin = tpe.space_of(knobs, turn.history, incumbent)
+        if not space:
+            return None
+        by_key = {k.key: k for k in knobs}
+        for asked in tpe.ask(space, origin, turn.history, turn.direction, self.seed, count=TPE_ASKS):
+            edits = {key: _readable(value, space[key]) for key, value in asked.items() if key in by_key}
+            edits = {key: value for key, value in edits.items() if normalise(value) != normalise(by_key[key].value)}
+            files = {path: apply_edits(turn.files[path], [(by_key[k], render(by_key[k], v))
+                                                          for k, v in edits.items() if by_key[k].path == path])
+                     for path in sorted({by_key[k].path for k in edits})}
+            if not edits or repeat_of(touched(turn.files, {**turn.files, **files}), turn.history, incumbent):
+                continue
+            description = ", ".join(f"{k} {by_key[k].text} -> {render(by_key[k], v)}" for k, v in edits.items())
+            why = (f"TPE (Optuna) over {len(space)} constants, modelled on the experiments so far, asks for this "
+                   "configuration next.")
+            return self._finish(turn, frame, files, description[:200], [*context, why],
+                                {"space": space, "space_origin": origin})
+        return None
+
+    def _finish(self, turn: AgentTurn, frame: Mapping[str, Value], files: dict[str, str], description: str,
+                reasons: list[str], meta: dict) -> Proposal:
+        """Stream the reasoning and return the proposal, its whole configuration recorded for the TPE search."""
+        if turn.mode:
+            reasons = [f"Planner: {turn.mode} ({turn.mode_reason}).", *reasons]
+        rationale = " ".join([*reasons, f"Proposing {description}."])
         self._stream(turn, rationale)
         turn.emit(AgentTextDelta(experiment=turn.experiment, text=f"Proposal: {description}"))
-        meta = {"agent": self.name, "moves": [m.to_meta() for m in choice.moves],
-                "directives": [d.to_meta() for d in self._directives], "score": round(choice.score, 3)}
+        sources = {path: text for path, text in {**turn.files, **files}.items() if path.endswith(".py")}
+        params = {k.key: k.value for k in discover(sources, exclude=frame) if not isinstance(k.value, str)}
+        meta = {"agent": self.name, "search": self.search, **meta, "params": params}
         return Proposal(description=description, rationale=rationale, files=files, meta=meta)
 
     def _stream(self, turn: AgentTurn, text: str) -> None:
@@ -128,6 +195,22 @@ class OfflineAgent:
                                          text="".join(words[start : start + _WORDS_PER_DELTA])))
             if self.stream_delay > 0:
                 time.sleep(self.stream_delay)
+
+
+def _files(turn: AgentTurn, knobs: Sequence[Knob], choice: Candidate) -> dict[str, str]:
+    """The files a candidate's moves change, with the moves applied."""
+    by_key = {k.key: k for k in knobs}
+    paths = sorted({m.path for m in choice.moves})
+    return {path: apply_edits(turn.files[path], [(by_key[m.key], render(by_key[m.key], m.new))
+                                                 for m in choice.moves if m.path == path]) for path in paths}
+
+
+def _readable(value: Value, bounds: Sequence[object]) -> Value:
+    """A TPE value as a person would write it: three significant digits, inside the space."""
+    if isinstance(value, int) or bounds[0] == "int":
+        return int(value)
+    low, high = float(bounds[1]), float(bounds[2])  # type: ignore[arg-type]
+    return min(high, max(low, float(f"{float(value):.3g}")))
 
 
 def _carried_forward(directives: Sequence[Directive], choice: Candidate) -> list[Directive]:

@@ -55,9 +55,13 @@ class Search:
     rng: random.Random
 
     def best(self) -> Candidate | None:
+        candidates = self.candidates()
+        return candidates[0] if candidates else None
+
+    def candidates(self) -> list[Candidate]:
+        """Every candidate, best first."""
         singles = [c for knob in self.knobs for c in self._singles(knob)]
-        candidates = singles + self._pairs(singles)
-        return max(candidates, key=lambda c: c.score) if candidates else None
+        return sorted(singles + self._pairs(singles), key=lambda c: c.score, reverse=True)
 
     # --- single moves ---------------------------------------------------------------------------------------------
 
