@@ -90,6 +90,7 @@ class ChannelServer:
         self._replay = replay if replay is not None else ReplayLog()
         self._clients: list[_Client] = []
         self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
         self.refused = 0  # connections from another user, for tests and the log
         self.started = time.time()  # when the engine began serving: consoles tell its start-up news from history
 
@@ -101,7 +102,8 @@ class ChannelServer:
         os.chmod(self.path, 0o600)  # before listen(): nobody can connect in between
         listener.listen(16)
         self._listener = listener
-        threading.Thread(target=self._accept_loop, name="loopdeck-channel", daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept_loop, name="loopdeck-channel", daemon=True)
+        self._acceptor.start()
 
     def publish(self, event: Event) -> None:
         frame = event_frame(event)
@@ -117,6 +119,12 @@ class ChannelServer:
         """Stop listening and hang up on every client once what it was sent (the session's end) is written."""
         listener, self._listener = self._listener, None
         if listener is not None:
+            # close() alone does not wake a thread blocked in accept(): it would sit on the file descriptor, and
+            # once the number is reused (another socket of this process) take that socket's connections.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            if self._acceptor is not None:
+                self._acceptor.join(5.0)
             listener.close()
             with contextlib.suppress(OSError):
                 self.path.unlink()
