@@ -281,7 +281,8 @@ class Session(ControlCalls):
     def run(self) -> SessionFinished:
         """Run the loop in this thread until it stops; returns the SessionFinished event."""
         with self._running():
-            workers = open_workers(self.config.workers, pack=Worktrees(self.workspace, self.branch).bundle,
+            worktrees = Worktrees(self.workspace, self.branch)
+            workers = open_workers(self.config.workers, pack=lambda spec: worktrees.bundle(spec.commit),
                                    on_telemetry=self.emit)
             try:
                 loop = make_loop(self._context(workers.executor), self._make_agent, workers.count)

@@ -180,6 +180,9 @@ class RayRun:
         self._executor, self._actor, self._spec, self._sink = executor, actor, spec, sink
         self._holds, self._unplaced = holds, not placed
         self._cancel = threading.Event()
+        # A shipped run's log as it streams, here: what remains of it if its node is lost (the run's own log
+        # replaces it when it comes back).
+        self._copy = _open_log(spec.log_path) if holds is not None else None
         self._ref = actor.run.remote(_spec_fields(spec), shipment.bundle, shipment.inputs, shipment.beside,
                                      executor.grace_seconds)
         self._placed: dict[str, Any] = {}  # node id, pid and its create time, once the actor has started the run
@@ -197,9 +200,11 @@ class RayRun:
             if type(exc).__name__ not in _LOST_ERRORS:
                 raise
             self._kill_leftovers()
-            return _lost(self._spec, f"its Ray worker died ({type(exc).__name__}: {str(exc).splitlines()[0]})",
-                         self._where())
+            why = f"its Ray worker died ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            self._close_copy(f"loopdeck: {why}")
+            return _lost(self._spec, why, self._where())
         finally:
+            self._close_copy()
             self._started()
             self._executor.release(self._actor, healthy, self._holds)
 
@@ -214,11 +219,19 @@ class RayRun:
             if ready:
                 break
         fields = ray.get(self._ref)
+        self._close_copy()
         for name, data in fields.pop("files").items():  # from a node that does not share this disk
             target = self._spec.run_dir / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         return RunResult(**fields, log_path=self._spec.log_path, worker=self._where())
+
+    def _close_copy(self, last_line: str = "") -> None:
+        if self._copy is not None:
+            if last_line:
+                self._copy.write(last_line + "\n")
+            self._copy.close()
+            self._copy = None
 
     def _started(self) -> None:
         if self._unplaced:
@@ -233,6 +246,9 @@ class RayRun:
                 self._sink.started(polled["pid"])  # a pid of this machine: telemetry and orphan notes use it
         for line in polled["lines"]:
             self._sink.line(line)
+        if self._copy is not None and polled["lines"]:
+            self._copy.write("".join(f"{line}\n" for line in polled["lines"]))
+            self._copy.flush()
         for record in polled["records"]:
             self._sink.record(record)
         sample, on_telemetry = polled["telemetry"], self._executor.on_telemetry
@@ -267,10 +283,13 @@ class _Worker:
     its node's hardware, and keeps a shipped run's scratch directory until its next run."""
 
     def __init__(self) -> None:
+        import ray
+
         self._lock = threading.Lock()
         self._lines: list[str] = []
         self._records: list[dict] = []
-        self._pid, self._create_time, self._node = 0, 0.0, ""
+        self._pid, self._create_time = 0, 0.0
+        self._node = ray.get_runtime_context().get_node_id()  # an actor never moves
         self._stop = threading.Event()
         self._scratch: Path | None = None
         self._sampler = TelemetrySampler(lambda sample: None)
@@ -278,12 +297,9 @@ class _Worker:
 
     def run(self, fields: dict[str, Any], bundle: bytes | None, inputs: dict[str, bytes] | None, beside: bool,
             grace: float) -> dict[str, Any]:
-        import ray
-
         with self._lock:  # a reused actor: nothing of its previous run carries over
             self._lines, self._records, self._pid, self._create_time = [], [], 0, 0.0
             self._stop.clear()
-        node = ray.get_runtime_context().get_node_id()
         if not beside:
             self.drop()
             self._scratch = Path(tempfile.mkdtemp(prefix="loopdeck-worker-")) if bundle is not None else None
@@ -294,7 +310,7 @@ class _Worker:
             result = run_experiment(spec.argv, cwd=spec.checkout, env=env, log_path=spec.log_path,
                                     metrics_path=spec.metrics_path, timeout=spec.timeout, on_line=self._line,
                                     on_metrics=self._record, stop_event=self._stop, grace_seconds=grace,
-                                    on_start=lambda pid: self._started(pid, node))
+                                    on_start=self._started)
         except BaseException:
             self.drop()
             raise
@@ -311,12 +327,12 @@ class _Worker:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
-    def _started(self, pid: int, node: str) -> None:
+    def _started(self, pid: int) -> None:
         import psutil
 
         self._sampler.track(pid)
         with self._lock:
-            self._pid, self._node = pid, node
+            self._pid = pid
             self._create_time = psutil.Process(pid).create_time()
 
     def _line(self, text: str) -> None:
@@ -393,6 +409,11 @@ def _files(run_dir: Path, nested: bool = True) -> dict[str, bytes]:
     """A run directory's files by relative path (`nested`: those of its subdirectories too)."""
     found = run_dir.rglob("*") if nested else run_dir.glob("*")
     return {str(path.relative_to(run_dir)): path.read_bytes() for path in found if path.is_file()}
+
+
+def _open_log(path: Path) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("w", encoding="utf-8", errors="replace")
 
 
 def _lost(spec: ExperimentSpec, why: str, where: str) -> RunResult:
