@@ -14,8 +14,9 @@ import psutil
 import pytest
 from conftest import Recorded, git, ledger_rows
 from fake_targets import ScriptedAgent, change
-from fault_support import assert_consistent, assert_no_leftovers
+from fault_support import assert_no_leftovers
 from test_parallel import exp_branches, two_knob_source
+from test_workers import LineSink
 
 from loopdeck.engine.events import Event, TelemetrySample, TrainStep
 from loopdeck.engine.run.executor import ExperimentSpec, RunResult
@@ -71,23 +72,6 @@ def two_nodes() -> Iterator[TwoNodes]:
         nodes.close()
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
-
-    def record(self, record: dict) -> None:
-        pass
-
-    def started(self, pid: int) -> None:
-        pass
-
-    def cancelled(self) -> bool:
-        return False
-
-
 def spec(workspace: Path, run_dir: Path, script: str, inputs_from: Path | None = None) -> ExperimentSpec:
     return ExperimentSpec(number=1, commit=git(workspace, "rev-parse", "HEAD"), checkout=workspace,
                           argv=(sys.executable, "-c", script, str(run_dir), str(inputs_from or "")),
@@ -104,10 +88,10 @@ EVALUATE = ("import os, pathlib, sys; weights = pathlib.Path(sys.argv[2], 'model
 
 
 def run(executor: RayExecutor, job: ExperimentSpec) -> tuple[RunResult, list[str]]:
-    sink = Sink()
-    result = executor.start(job, sink).wait()
+    lines: list[str] = []
+    result = executor.start(job, LineSink(lines)).wait()
     assert result.returncode == 0, result.log_tail
-    return result, sink.lines
+    return result, lines
 
 
 def test_an_evaluation_runs_beside_its_weights_on_the_node_that_trained_them(two_nodes, workspace, tmp_path):
@@ -192,8 +176,12 @@ def test_a_lost_node_interrupts_its_experiment_and_the_loop_goes_on(two_nodes, m
     session.run()
     assert removed.is_set() and recorded.finished.reason == "exhausted", session.error
 
-    rows = assert_consistent(workspace)  # every row once, none left running
-    assert len(rows) == 5
+    rows = ledger_rows(workspace)
+    assert [row.id for row in rows] == [0, 1, 2, 3, 4]  # every row once, none left running
+    tsv = (workspace / ".loopdeck/results.tsv").read_text().splitlines()[1:]
+    assert sorted(line.split("\t")[0] for line in tsv) == sorted(row.commit[:7] for row in rows)
+    incumbent = max((row for row in rows if row.status == "keep"), key=lambda row: row.finished_at)
+    assert git(workspace, "rev-parse", "HEAD") == incumbent.commit and git(workspace, "status", "--porcelain") == ""
     (lost,) = [row for row in rows if row.status == "interrupted"]
     assert "Ray worker died" in lost.reason and lost.worker == f"ray node {two_nodes.far_label}", lost.reason
     assert all(row.status in ("keep", "discard") for row in rows if row is not lost)

@@ -54,7 +54,7 @@ def test_local_runs_name_the_slot_they_ran_in(workspace, tmp_path):
         run_dir = tmp_path / str(number)
         return executor.start(ExperimentSpec(
             number=number, commit="", checkout=workspace, argv=(sys.executable, "-c", f"import time; time.sleep({seconds})"),
-            env={"PATH": "/usr/bin:/bin"}, run_dir=run_dir, budget_seconds=1.0, timeout=30.0), _Sink([]))
+            env={"PATH": "/usr/bin:/bin"}, run_dir=run_dir, budget_seconds=1.0, timeout=30.0), LineSink([]))
 
     first, second = start(1, 1.0), start(2, 0.1)
     assert second.wait().worker == "local:2"
@@ -92,7 +92,7 @@ def test_a_shipped_run_checks_its_commit_out_of_a_bundle_and_sends_its_files_bac
     lines: list[str] = []
     executor = RayExecutor(num_cpus=1, ship=True, pack=lambda s: Worktrees(workspace, "unused").bundle(s.commit))
     try:
-        result = executor.start(spec, _Sink(lines)).wait()
+        result = executor.start(spec, LineSink(lines)).wait()
     finally:
         executor.close()
     assert classify(result, 0.0) == ("ok", "")
@@ -106,7 +106,7 @@ def test_a_shipped_run_checks_its_commit_out_of_a_bundle_and_sends_its_files_bac
     assert not ray.is_initialized()
 
 
-class _Sink:
+class LineSink:
     def __init__(self, lines: list[str]) -> None:
         self.lines = lines
         self.lock = threading.Lock()
