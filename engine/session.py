@@ -47,7 +47,7 @@ from loopdeck.engine.run.ray_executor import import_ray
 from loopdeck.engine.run.runner import LocalExecutor
 from loopdeck.engine.run.sandbox import check_sandbox
 from loopdeck.engine.run.telemetry import TelemetrySampler
-from loopdeck.engine.run.workers import open_workers
+from loopdeck.engine.run.workers import LocalSlots, open_workers
 from loopdeck.engine.store.budget import budget_constant, budget_in_force, check_budget_clock
 from loopdeck.engine.store.gitops import BRANCH_PREFIX, ResearchRepo
 from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal
@@ -365,7 +365,7 @@ class Session(ControlCalls):
             workspace=self.workspace, state_dir=self.state_dir, config=self.config, repo=self.repo,
             ledger=self.ledger, controller=self.controller, emit=self.emit, branch=self.branch,
             protected_hashes=self.protected_hashes, track_pid=self._sampler.track,
-            resumed=bool(self.ledger.rows()), agent_kind=self.agent_kind, executor=executor or LocalExecutor())
+            resumed=bool(self.ledger.rows()), agent_kind=self.agent_kind, executor=executor or LocalSlots(LocalExecutor()))
 
     def _make_agent(self) -> Agent:
         if self._agent is not None:

@@ -79,12 +79,14 @@ def spec(workspace: Path, run_dir: Path, script: str, inputs_from: Path | None =
                           inputs_from=inputs_from)
 
 
-# Training: the weights name the actor that made them, and it runs long enough for telemetry.
+# Training: the weights name the actor that made them, it changes a file of its checkout, and it runs long enough
+# for telemetry.
 TRAIN = ("import os, pathlib, sys, time; pathlib.Path(sys.argv[1], 'model.pt').write_text(f'made by {os.getppid()}'); "
-         "print('trainer', os.getppid(), os.getcwd()); time.sleep(2.5)")
-# An evaluation: reads the weights of the run directory it was given.
+         "pathlib.Path('program.md').write_text('changed'); print('trainer', os.getppid(), os.getcwd()); time.sleep(2.5)")
+# An evaluation: reads the weights of the run directory it was given, and looks at the checkout it runs in.
 EVALUATE = ("import os, pathlib, sys; weights = pathlib.Path(sys.argv[2], 'model.pt'); "
-            "print('evaluator', os.getppid(), weights, weights.read_text())")
+            "print('evaluator', os.getppid(), weights, weights.read_text()); "
+            "print('checkout', 'as committed' if pathlib.Path('program.md').read_text() != 'changed' else 'changed')")
 
 
 def run(executor: RayExecutor, job: ExperimentSpec) -> tuple[RunResult, list[str]]:
@@ -112,6 +114,7 @@ def test_an_evaluation_runs_beside_its_weights_on_the_node_that_trained_them(two
         assert evaluated.worker == trained.worker == f"ray node {two_nodes.far_label}"
         assert evaluator[1] == trainer[1] and evaluator[3:] == ["made", "by", trainer[1]]  # same actor, its files
         assert "loopdeck-worker-" in evaluator[2] and str(tmp_path) not in evaluator[2]
+        assert "checkout as committed" in lines  # not what the training run left in it
         assert "evaluator" in (run_dir / "eval-val" / "log.txt").read_text()
 
         # Another run takes that actor: an evaluation after it gets the weights shipped from here instead.

@@ -80,7 +80,8 @@ class RayExecutor:
         self._actor = self.ray.remote(RunActor)
         self.kill_task = self.ray.remote(num_cpus=0)(kill_group)
         self._lock = threading.Lock()
-        self._idle: list[Any] = []  # actors whose run ended cleanly, reused: a new one costs a process start
+        # Actors (and their nodes) whose run ended cleanly, reused: a new one costs a process start.
+        self._idle: list[tuple[Any, str]] = []
         self._holding: dict[Path, Any] = {}  # run directory here → the idle actor that still has its files
         # New actors Ray has not placed yet: an idle actor may hold the resources one waits for, so none is kept.
         self._unplaced = 0
@@ -90,8 +91,9 @@ class RayExecutor:
         return dict(self.ray.cluster_resources())
 
     def start(self, spec: ExperimentSpec, sink: RunSink) -> RayRun:
-        ship = self._ship if self._ship is not None else len([n for n in self.ray.nodes() if n["Alive"]]) > 1
-        actor, beside = self._take(spec.inputs_from if ship else None)
+        alive = {node["NodeID"] for node in self.ray.nodes() if node["Alive"]}
+        ship = self._ship if self._ship is not None else len(alive) > 1
+        actor, beside = self._take(spec.inputs_from if ship else None, alive)
         bundle = inputs = None
         if ship and not beside:
             bundle = self.ray.put(self._pack(spec)) if self._pack is not None else None
@@ -106,20 +108,24 @@ class RayExecutor:
         holds = (spec.inputs_from or spec.run_dir) if bundle is not None or beside else None
         return RayRun(self, actor, spec, sink, _Shipment(bundle, inputs, beside), holds, placed)
 
-    def _take(self, inputs_from: Path | None) -> tuple[Any, bool]:
+    def _take(self, inputs_from: Path | None, alive: set[str]) -> tuple[Any, bool]:
         """An idle actor for a run, and whether it holds the files of `inputs_from`: that one if it is idle, else
-        one that holds nothing still wanted, else the one idle longest (its files are dropped)."""
+        one that holds nothing still wanted, else the one idle longest (its files are dropped). Actors of nodes
+        that are gone are forgotten (a run given to one would be lost before it began)."""
         with self._lock:
+            self._idle = [(actor, node) for actor, node in self._idle if node in alive]
+            self._holding = {path: actor for path, actor in self._holding.items()
+                             if any(actor is idle for idle, _ in self._idle)}
             holder = self._holding.pop(inputs_from, None) if inputs_from is not None else None
             if holder is not None:
-                self._idle = [actor for actor in self._idle if actor is not holder]
+                self._idle = [(actor, node) for actor, node in self._idle if actor is not holder]
                 return holder, True
             if not self._idle:
                 return None, False
-            held = [actor for actor in self._holding.values()]
-            free = [actor for actor in self._idle if not any(actor is other for other in held)]
-            actor = (free or self._idle)[0]
-            self._idle = [other for other in self._idle if other is not actor]
+            held = list(self._holding.values())
+            free = [actor for actor, _ in self._idle if not any(actor is other for other in held)]
+            actor = (free or [actor for actor, _ in self._idle])[0]
+            self._idle = [(other, node) for other, node in self._idle if other is not actor]
             self._holding = {path: other for path, other in self._holding.items() if other is not actor}
             return actor, False
 
@@ -128,12 +134,12 @@ class RayExecutor:
         with self._lock:
             self._unplaced -= 1
 
-    def release(self, actor: Any, healthy: bool, holds: Path | None = None) -> None:
-        """An actor whose run has ended: kept for the next run (with the files of the run directory `holds`), or
-        (its run was lost, or a new actor waits for room) ended."""
+    def release(self, actor: Any, node: str, healthy: bool, holds: Path | None = None) -> None:
+        """An actor (on `node`) whose run has ended: kept for the next run (with the files of the run directory
+        `holds`), or (its run was lost, or a new actor waits for room) ended."""
         with self._lock:
             if healthy and not self._unplaced:
-                self._idle.append(actor)
+                self._idle.append((actor, node))
                 if holds is not None:
                     self._holding[holds] = actor
                 return
@@ -149,7 +155,7 @@ class RayExecutor:
         """End the idle actors, and stop the local Ray instance if this executor started it."""
         with self._lock:
             idle, self._idle, self._holding = self._idle, [], {}
-        for actor in idle:
+        for actor, _ in idle:
             self._end(actor, True)
         if self._owns and self.ray.is_initialized():
             self.ray.shutdown()
@@ -179,6 +185,7 @@ class RayRun:
         self._ref = actor.run.remote(_spec_fields(spec), shipment.bundle, shipment.inputs, shipment.beside,
                                      executor.grace_seconds)
         self._placed: dict[str, Any] = {}  # node id, pid and its create time, once the actor has started the run
+        self._node = ""  # the actor's node, from its first poll
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -199,7 +206,7 @@ class RayRun:
         finally:
             self._close_copy()
             self._started()
-            self._executor.release(self._actor, healthy, self._holds)
+            self._executor.release(self._actor, self._node, healthy, self._holds)
 
     def _follow(self, ray: Any) -> RunResult:
         cancelled = False
@@ -233,6 +240,7 @@ class RayRun:
 
     def _forward(self, polled: dict[str, Any]) -> None:
         self._started()
+        self._node = polled["node"]
         if polled["pid"] and not self._placed:
             self._placed = {key: polled[key] for key in ("node", "pid", "create_time")}
             if polled["node"] == self._executor.driver_node:
