@@ -365,7 +365,8 @@ class Session(ControlCalls):
             workspace=self.workspace, state_dir=self.state_dir, config=self.config, repo=self.repo,
             ledger=self.ledger, controller=self.controller, emit=self.emit, branch=self.branch,
             protected_hashes=self.protected_hashes, track_pid=self._sampler.track,
-            resumed=bool(self.ledger.rows()), agent_kind=self.agent_kind, executor=executor or LocalSlots(LocalExecutor()))
+            resumed=bool(self.ledger.rows()), agent_kind=self.agent_kind,
+            executor=executor or LocalSlots(LocalExecutor()))
 
     def _make_agent(self) -> Agent:
         if self._agent is not None:
