@@ -7,8 +7,9 @@ the same process-group machinery as on this machine. Its log lines and metrics r
 and polled by the driver, which hands them to the run's sink and tells the actor to cancel when the sink says so.
 
 A worker on another node checks the experiment's commit out of a git bundle shipped through Ray's object store
-(`pack`, given by the session) into a scratch directory, and sends the run's files back when it ends; they land
-in the run's directory here. The actor keeps that scratch directory while it is idle, so a run that reads an
+(`pack`, given by the session) into a scratch directory (engine/run/ray_worker.py), and sends the run's files back
+when it ends; they land in the run's directory here, where its log has grown line by line meanwhile (what is left
+of a run whose node is lost). The actor keeps that scratch directory while it is idle, so a run that reads an
 earlier run's files (`ExperimentSpec.inputs_from`: the trusted evaluation of its weights) goes to the actor that
 holds them and runs beside them, on the node that trained them; if that actor was given to another run meanwhile,
 the files are shipped with it instead. An actor on another node also samples its node's hardware
