@@ -376,6 +376,7 @@ class SessionView:
         row.reason = e.reason or row.reason
         row.log_tail = e.log_tail
         row.noise, row.reported_metric, row.evaluation = e.noise, e.reported_metric, e.evaluation
+        row.worker = e.worker or row.worker
         if row.baseline and e.metric is not None:
             self.baseline_metric = e.metric
         if e.status == "keep" and e.metric is not None:

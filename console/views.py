@@ -5,6 +5,7 @@ Plain Python, no Textual; `state.SessionView` owns them and folds events into th
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -76,6 +77,7 @@ class ExperimentView:
     evaluation: str = ""  # "trusted" | "self_reported" | ""
     mode: str = ""  # the research planner's mode for its turn
     mode_reason: str = ""
+    worker: str = ""  # where it ran: "local:2", "ray node 3f2a…" (several workers)
 
     @property
     def finished(self) -> bool:
@@ -110,14 +112,18 @@ class ReasoningBlock:
 
 @dataclass
 class Telemetry:
-    """Latest sample plus short histories for sparklines."""
+    """Latest sample plus short histories for sparklines, of this machine; other nodes' in `nodes`, one each."""
 
     latest: ev.TelemetrySample | None = None
     gpu: dict[int, dict[str, deque[float]]] = field(default_factory=dict)
     cpu: deque[float] = field(default_factory=lambda: deque(maxlen=TELEMETRY_POINTS))
     ram: deque[float] = field(default_factory=lambda: deque(maxlen=TELEMETRY_POINTS))
+    nodes: dict[str, Telemetry] = field(default_factory=dict)  # by Ray node (its workers' own telemetry)
 
     def add(self, sample: ev.TelemetrySample) -> None:
+        if sample.node:
+            self.nodes.setdefault(sample.node, Telemetry()).add(dataclasses.replace(sample, node=""))
+            return
         self.latest = sample
         self.cpu.append(sample.cpu_percent)
         if sample.memory_total_mb:

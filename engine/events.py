@@ -444,6 +444,7 @@ class TelemetrySample(Event):
     memory_total_mb: float = 0.0
     process_cpu_percent: float | None = None  # training process tree; None when nothing trains
     process_rss_mb: float | None = None
+    node: str = ""  # "" for the engine's machine; else the Ray node it was measured on (its worker's telemetry)
 
 
 # --- (de)serialisation -------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from loopdeck.engine.run.ray_executor import import_ray
 from loopdeck.engine.run.sandbox import check_sandbox
 from loopdeck.engine.run.telemetry import TelemetrySampler
 from loopdeck.engine.run.warm import make_executor
-from loopdeck.engine.run.workers import open_workers
+from loopdeck.engine.run.workers import LocalSlots, open_workers
 from loopdeck.engine.store.budget import budget_constant, budget_in_force, check_budget_clock
 from loopdeck.engine.store.gitops import BRANCH_PREFIX, ResearchRepo
 from loopdeck.engine.store.journal import JournalFollower, JournalWriter, check_journal
@@ -281,8 +281,9 @@ class Session(ControlCalls):
     def run(self) -> SessionFinished:
         """Run the loop in this thread until it stops; returns the SessionFinished event."""
         with self._running():
-            workers = open_workers(self.config.workers, pack=Worktrees(self.workspace, self.branch).bundle,
-                                   serial=self._executor)
+            worktrees = Worktrees(self.workspace, self.branch)
+            workers = open_workers(self.config.workers, pack=lambda spec: worktrees.bundle(spec.commit),
+                                   on_telemetry=self.emit, serial=self._executor)
             try:
                 ctx = self._context(workers.executor)
                 loop = make_loop(ctx, self._make_agent, workers.count, ablate=lambda: ablate(ctx))
@@ -367,7 +368,8 @@ class Session(ControlCalls):
             workspace=self.workspace, state_dir=self.state_dir, config=self.config, repo=self.repo,
             ledger=self.ledger, controller=self.controller, emit=self.emit, branch=self.branch,
             protected_hashes=self.protected_hashes, track_pid=self._sampler.track,
-            resumed=bool(self.ledger.rows()), agent_kind=self.agent_kind, executor=executor or self._executor)
+            resumed=bool(self.ledger.rows()), agent_kind=self.agent_kind,
+            executor=executor or LocalSlots(self._executor))
 
     def _make_agent(self) -> Agent:
         if self._agent is not None:

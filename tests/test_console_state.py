@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from demo_session import demo_session
@@ -137,6 +138,39 @@ def test_cpu_only_hardware_is_a_plain_state() -> None:
     assert "no NVIDIA GPU — CPU only" in text
     assert "50%" in text and "4.0/8 GB" in text and "CPU 99% · RSS 512 MB" in text
     assert "GPU 0" not in text
+
+
+def test_hardware_shows_one_group_per_remote_node_beside_this_machine() -> None:
+    view = SessionView()
+    gpu = ev.GpuSample(index=0, name="H100", utilization_percent=90.0, memory_used_mb=40_000,
+                       memory_total_mb=80_000, power_watts=500.0, temperature_c=60.0, process_memory_mb=None)
+    view.apply(ev.TelemetrySample(cpu_percent=10.0, memory_used_mb=1024, memory_total_mb=8192))
+    for util in (20.0, 70.0):  # a worker's own telemetry from another node: its GPU, its CPU
+        view.apply(ev.TelemetrySample(node="b2c4", gpus=(dataclasses.replace(gpu, utilization_percent=util),),
+                                      cpu_percent=util, memory_used_mb=2048, memory_total_mb=4096,
+                                      process_cpu_percent=100.0, process_rss_mb=300.0))
+    view.apply(ev.TelemetrySample(node="a1f0", gpu_status="no NVIDIA GPU — CPU only", cpu_percent=55.0,
+                                  memory_used_mb=512, memory_total_mb=1024))
+    local, nodes = view.telemetry, view.telemetry.nodes
+    assert local.latest is not None and local.latest.cpu_percent == 10.0 and list(local.cpu) == [10.0]
+    assert sorted(nodes) == ["a1f0", "b2c4"] and list(nodes["b2c4"].cpu) == [20.0, 70.0]
+    assert list(nodes["b2c4"].gpu[0]["util"]) == [20.0, 70.0] and local.gpu == {}
+    text = "\n".join(line.plain for line in hardware_lines(view, 60))
+    mine, first, second = text.split("\n\nnode ")[0], text.index("node a1f0"), text.index("node b2c4")
+    assert mine.startswith("this machine") and "10%" in mine and "GPU 0" not in mine
+    assert first < second and "GPU 0 H100" in text[second:] and "70%" in text[second:]
+    assert "no NVIDIA GPU — CPU only" in text[first:second] and "55%" in text[first:second]
+
+
+def test_with_several_workers_the_table_says_where_each_experiment_ran() -> None:
+    from loopdeck.console.widgets.experiments import row_cells
+
+    view = folded([ev.SessionStarted(workspace="w", branch="b", agent="offline", approval="auto", budget_seconds=1,
+                                     metric_name="val_bpb", metric_direction="minimize", workers=2),
+                   ev.ExperimentFinished(experiment=1, status="discard", metric=1.0, delta=0.1, incumbent_metric=0.9,
+                                         commit="abc", description="try", worker="local:2")])
+    (row,) = view.rows()
+    assert row.worker == "local:2" and row_cells(row, view, {}, 0.0)[-1].plain == "try [local:2]"
 
 
 class Recorder:

@@ -95,6 +95,7 @@ def test_two_workers_keep_two_concurrent_changes_after_a_rebase(make_workspace, 
     session, recorded = run_session(workspace, agent, workers=2)
     assert recorded.finished.reason == "exhausted", session.error
     check_concurrent_keeps(workspace, session, recorded, initial_main)
+    assert all(row.worker in ("local:1", "local:2") for row in ledger_rows(workspace))  # the slot each ran in
     # The agent was told which idea was already running when it drafted the second one.
     assert [summary.id for summary in agent.turns[1].running] == [1]
 

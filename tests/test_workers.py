@@ -47,6 +47,28 @@ def test_local_auto_count_is_cores_per_cpus_per_worker_and_one_on_a_gpu_machine(
     assert open_workers(WorkersSettings(**settings)).count == expected
 
 
+def test_local_runs_name_the_slot_they_ran_in(workspace, tmp_path):
+    executor = open_workers(WorkersSettings(count=2)).executor
+
+    def start(number: int, seconds: float):
+        run_dir = tmp_path / str(number)
+        return executor.start(ExperimentSpec(
+            number=number, commit="", checkout=workspace, argv=(sys.executable, "-c", f"import time; time.sleep({seconds})"),
+            env={"PATH": "/usr/bin:/bin"}, run_dir=run_dir, budget_seconds=1.0, timeout=30.0), LineSink([]))
+
+    first, second = start(1, 1.0), start(2, 0.1)
+    assert second.wait().worker == "local:2"
+    third = start(3, 0.1)  # slot 2 is free again, slot 1 is still busy
+    assert third.wait().worker == "local:2" and first.wait().worker == "local:1"
+    assert start(4, 0.0).wait().worker == "local:1"
+
+
+def test_resources_must_be_positive_amounts():
+    with pytest.raises(LoopdeckError, match="each resource needs an amount above 0, got A100 = 0"):
+        validate({"workers": {"backend": "ray", "resources": {"A100": 0}}}, "loopdeck.toml")
+    assert validate({"workers": {"resources": {"A100": 1}}}, "x").workers.resources == {"A100": 1.0}
+
+
 def test_a_missing_ray_names_the_install_command(monkeypatch, workspace):
     from loopdeck.engine.session import RunOptions, Session
 
@@ -70,7 +92,7 @@ def test_a_shipped_run_checks_its_commit_out_of_a_bundle_and_sends_its_files_bac
     lines: list[str] = []
     executor = RayExecutor(num_cpus=1, ship=True, pack=lambda s: Worktrees(workspace, "unused").bundle(s.commit))
     try:
-        result = executor.start(spec, _Sink(lines)).wait()
+        result = executor.start(spec, LineSink(lines)).wait()
     finally:
         executor.close()
     assert classify(result, 0.0) == ("ok", "")
@@ -84,7 +106,7 @@ def test_a_shipped_run_checks_its_commit_out_of_a_bundle_and_sends_its_files_bac
     assert not ray.is_initialized()
 
 
-class _Sink:
+class LineSink:
     def __init__(self, lines: list[str]) -> None:
         self.lines = lines
         self.lock = threading.Lock()

@@ -49,6 +49,8 @@ def row_cells(row: ExperimentView, view: SessionView, variables: dict[str, str],
         description = f"{description} — {row.reason}" if description else row.reason
     if row.mode:
         description = f"[{row.mode}] {description}"
+    if row.worker and view.workers > 1:  # which of the runs at once it was
+        description = f"{description} [{row.worker}]"
     return [
         Text(str(row.id), justify="right", style=Style(dim=True)),
         Text(label, style=theme_style(variables, variable, bold=row.status in ("running", "awaiting"))),

@@ -10,6 +10,7 @@ from textual.widget import Widget
 from loopdeck.console import format as fmt
 from loopdeck.console.plot import bar, sparkline
 from loopdeck.console.state import SessionView
+from loopdeck.console.views import Telemetry
 
 LABEL = 5
 VALUE = 10
@@ -34,11 +35,26 @@ def meter(label: str, fraction: float | None, value: str, history: Sequence[floa
 
 
 def hardware_lines(view: SessionView, width: int) -> list[Content]:
-    sample = view.telemetry.latest
-    if sample is None:
+    """This machine's GPUs, CPU and RAM; then one group per other node whose workers report their own."""
+    telemetry = view.telemetry
+    if telemetry.latest is None and not telemetry.nodes:
         return [Content.styled("waiting for the first sample…", "$text-muted")]
     lines: list[Content] = []
-    history = view.telemetry
+    if telemetry.nodes:
+        lines.append(Content.styled("this machine", "bold $text-muted"))
+    lines += node_lines(telemetry, width) if telemetry.latest is not None else []
+    for node, remote in sorted(telemetry.nodes.items()):
+        lines += [Content(""), Content.assemble(("node ", "bold $text-muted"), (node, "bold"),
+                                                 (" (its workers' telemetry)", "$text-muted"))]
+        lines += node_lines(remote, width)
+    return lines
+
+
+def node_lines(history: Telemetry, width: int) -> list[Content]:
+    """One machine's meters, from its latest sample and histories."""
+    sample = history.latest
+    assert sample is not None
+    lines: list[Content] = []
     for gpu in sample.gpus:
         h = history.gpu.get(gpu.index, {})
         lines.append(Content.assemble((f"GPU {gpu.index} ", "bold"), (gpu.name, "$text-muted")))

@@ -381,6 +381,8 @@ class WorkersSettings(_Section):
     cpus_per_worker: float = Field(default=1.0, gt=0, description="CPU cores each experiment reserves")
     gpus_per_worker: float = Field(default=-1.0, ge=-1, description="GPUs each experiment reserves; -1 = 1 where "
                                    "the machine or cluster has GPUs, else 0")
+    resources: dict[str, float] = Field(default={}, description="ray only: custom Ray resources each "
+                                        'experiment reserves, e.g. {A100 = 1}: runs go only to nodes that have them')
 
     @field_validator("count")
     @classmethod
@@ -388,6 +390,14 @@ class WorkersSettings(_Section):
         if isinstance(value, int) and value < 1:
             raise ValueError(f'must be >= 1 or "auto", got {value}')
         return value
+
+    @field_validator("resources")
+    @classmethod
+    def _amounts(cls, resources: dict[str, float]) -> dict[str, float]:
+        wrong = [f"{name} = {amount:g}" for name, amount in resources.items() if amount <= 0]
+        if wrong:
+            raise ValueError(f"each resource needs an amount above 0, got {', '.join(wrong)}")
+        return resources
 
     @model_validator(mode="after")
     def _address_needs_ray(self) -> WorkersSettings:

@@ -113,8 +113,8 @@ class _Interrupted(Exception):
 
 class Integrity:
     def __init__(self, ctx: LoopContext, execute: Execute, shared: Integrity | None = None) -> None:
-        """`execute(number, commit, run_dir, *, seed, argv, timeout, stream)` runs a process for experiment
-        `number` at `commit` through the session's executor, the way the loop runs training (sandbox, scrubbed
+        """`execute(number, commit, run_dir, *, seed, argv, timeout, stream, inputs_from)` runs a process for
+        experiment `number` at `commit` through the session's executor, the way the loop runs training (sandbox, scrubbed
         env, abort), and returns its result (engine/research/judge.py). `shared`: the session's own, whose
         evaluation reference this one checks against too (a run in its own worktree, engine/research/parallel.py)."""
         self.ctx = ctx
@@ -276,8 +276,9 @@ class Integrity:
                           f"{self.plan.train_file} must keep its save_model(...) call")
         argv = evaluator_argv(self.ctx.workspace, self.plan.train_file, weights,
                               self.ctx.protected_hashes[self.plan.harness], split)
+        # Where the weights are: on a cluster, the node (and worker) that trained them.
         result, _ = self._execute(number, commit, run_dir / f"eval-{split}", argv=argv,
-                                  timeout=self.settings.eval_timeout_seconds, stream=False)
+                                  timeout=self.settings.eval_timeout_seconds, stream=False, inputs_from=run_dir)
         if result.aborted:
             return _Score("aborted")
         evaluation = read_evaluation(result)

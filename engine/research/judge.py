@@ -107,11 +107,12 @@ class Judge:
 
     def execute(self, number: int, commit: str, run_dir: Path, *, seed: int | None = None,
                 watch: EarlyAbort | None = None, argv: list[str] | None = None, timeout: float | None = None,
-                stream: bool = True, stop: threading.Event | None = None) -> tuple[RunResult, dict[str, dict]]:
+                stream: bool = True, stop: threading.Event | None = None,
+                inputs_from: Path | None = None) -> tuple[RunResult, dict[str, dict]]:
         """Run the training command (or `argv`: the trusted evaluator) for experiment `number` at `commit` in
         `run_dir`, streaming its log lines and training steps as events unless `stream` is off (extra runs and
         evaluations keep their output in their own directory). `watch` stops the run early when it falls behind,
-        `stop` when it is set.
+        `stop` when it is set; `inputs_from`: the run directory whose weights it scores (engine/run/executor.py).
         Returns the result and the run's "start" and "end" metrics records."""
         ctx, config = self.ctx, self.ctx.config
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,7 @@ class Judge:
             env=training_env(config, metrics_path=run_dir / METRICS_FILE, run_dir=run_dir, seed=seed,
                              trusted_eval=self.integrity.plan.trusted and config.evaluation.evaluate_once),
             run_dir=run_dir, budget_seconds=config.experiment.budget_seconds, timeout=timeout or config.timeout(),
-            seed=seed)
+            seed=seed, inputs_from=inputs_from)
         sink = _RunStream(ctx, number, stream=stream, watch=watch, stop=stop)
         try:
             result = ctx.executor.start(spec, sink).wait()

@@ -34,6 +34,9 @@ class ExperimentSpec:
     budget_seconds: float
     timeout: float | None  # wall seconds before the run is killed
     seed: int | None = None  # LOOPDECK_SEED in env, when set
+    # The run directory of an earlier run whose files this one reads (the trusted evaluation of its weights): an
+    # executor with several places runs it where that run ran, or sends it those files.
+    inputs_from: Path | None = None
 
     @property
     def log_path(self) -> Path:

@@ -7,8 +7,14 @@ the same process-group machinery as on this machine. Its log lines and metrics r
 and polled by the driver, which hands them to the run's sink and tells the actor to cancel when the sink says so.
 
 A worker on another node checks the experiment's commit out of a git bundle shipped through Ray's object store
-(`pack`, given by the session) into a scratch directory, and sends the run's files back when it ends; they land
-in the run's directory here. A worker or node that dies ends the run with `RunResult.lost` set (status
+(`pack`, given by the session) into a scratch directory (engine/run/ray_worker.py), and sends the run's files back
+when it ends; they land in the run's directory here, where its log has grown line by line meanwhile (what is left
+of a run whose node is lost). The actor keeps that scratch directory while it is idle, so a run that reads an
+earlier run's files (`ExperimentSpec.inputs_from`: the trusted evaluation of its weights) goes to the actor that
+holds them and runs beside them, on the node that trained them; if that actor was given to another run meanwhile,
+the files are shipped with it instead. An actor on another node also samples its node's hardware
+(engine/run/telemetry.py: NVML where present, CPU and RAM) with each poll, and the driver emits it tagged with the
+node (`TelemetrySample.node`). A worker or node that dies ends the run with `RunResult.lost` set (status
 `interrupted`), and the run's process group on that node, if it survived its actor, is killed by a small task
 placed there. `address=""` starts a local Ray instance for the session and `close` stops it; "auto" or
 "ray://host:port" joins a running cluster, which is left running.
@@ -16,20 +22,18 @@ placed there. `address=""` starts a local Ray instance for the session and `clos
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from loopdeck.engine.errors import LoopdeckError
+from loopdeck.engine.events import TelemetrySample
 from loopdeck.engine.run.executor import ExperimentSpec, RunResult, RunSink
 from loopdeck.engine.run.processes import kill_group
-from loopdeck.engine.run.runner import run_experiment
+from loopdeck.engine.run.ray_worker import RunActor, run_files
 
 INSTALL_HINT = "pip install 'loopdeck[ray]'"
 _POLL_SECONDS = 0.1
@@ -38,6 +42,7 @@ _LOST_ERRORS = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "Wor
                 "OutOfMemoryError", "ObjectLostError")
 
 Pack = Callable[[ExperimentSpec], bytes]  # the spec's commit as a git bundle, for a node without this disk
+OnTelemetry = Callable[[TelemetrySample], None]  # a remote node's hardware sample, tagged with the node
 
 
 def import_ray() -> Any:
@@ -53,10 +58,12 @@ class RayExecutor:
     """Runs each experiment as a Ray actor; owns the local Ray instance when it started one."""
 
     def __init__(self, *, address: str = "", cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
-                 num_cpus: int | None = None, pack: Pack | None = None, ship: bool | None = None,
+                 resources: Mapping[str, float] | None = None, num_cpus: int | None = None,
+                 pack: Pack | None = None, ship: bool | None = None, on_telemetry: OnTelemetry | None = None,
                  grace_seconds: float = 3.0) -> None:
-        """`num_cpus`: the local instance's CPUs (None: Ray counts them); `ship`: True sends every run's commit as
-        a bundle (None: only to runs placed on another node)."""
+        """`resources`: custom Ray resources each run asks for (runs go only to nodes that have them);
+        `num_cpus`: the local instance's CPUs (None: Ray counts them); `ship`: True sends every run's commit as
+        a bundle (None: only when the cluster has several nodes); `on_telemetry`: where remote samples go."""
         self.ray = import_ray()
         self._owns = not self.ray.is_initialized() and not address
         if not self.ray.is_initialized():
@@ -66,55 +73,120 @@ class RayExecutor:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise LoopdeckError(f"cannot join the Ray cluster at {address!r}: {exc}. Start it (`ray start "
                                     "--head`) or fix [workers] address") from None
-        self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
+        self.cpus, self.gpus, self.custom = cpus_per_worker, gpus_per_worker, dict(resources or {})
         self._pack, self._ship = pack, ship
+        self.on_telemetry = on_telemetry
         self.grace_seconds = grace_seconds
         self.driver_node = self.ray.get_runtime_context().get_node_id()
-        self._actor = self.ray.remote(_Worker)
+        self._actor = self.ray.remote(RunActor)
         self.kill_task = self.ray.remote(num_cpus=0)(kill_group)
-        self._idle: list[Any] = []  # actors whose run ended cleanly, reused: a new one costs a process start
-        self._idle_lock = threading.Lock()
+        self._lock = threading.Lock()
+        # Actors (and their nodes) whose run ended cleanly, reused: a new one costs a process start.
+        self._idle: list[tuple[Any, str]] = []
+        self._holding: dict[Path, Any] = {}  # run directory here → the idle actor that still has its files
+        # New actors Ray has not placed yet: an idle actor may hold the resources one waits for, so none is kept.
+        self._unplaced = 0
 
     def resources(self) -> dict[str, float]:
         """The cluster's total resources ("CPU", "GPU", …)."""
         return dict(self.ray.cluster_resources())
 
     def start(self, spec: ExperimentSpec, sink: RunSink) -> RayRun:
-        ship = self._ship if self._ship is not None else len([n for n in self.ray.nodes() if n["Alive"]]) > 1
-        bundle = self.ray.put(self._pack(spec)) if ship and self._pack is not None else None
-        with self._idle_lock:
-            actor = self._idle.pop() if self._idle else None
+        alive = {node["NodeID"] for node in self.ray.nodes() if node["Alive"]}
+        ship = self._ship if self._ship is not None else len(alive) > 1
+        actor, beside = self._take(spec.inputs_from if ship else None, alive)
+        bundle = inputs = None
+        if ship and not beside:
+            bundle = self.ray.put(self._pack(spec)) if self._pack is not None else None
+            if spec.inputs_from is not None:  # the actor that had them was given to another run
+                inputs = self.ray.put(run_files(spec.inputs_from, nested=False))
+        placed = actor is not None
         if actor is None:
-            actor = self._actor.options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0,
-                                        max_concurrency=4).remote()
-        return RayRun(self, actor, spec, sink, bundle)
+            actor = self._actor.options(num_cpus=self.cpus, num_gpus=self.gpus, resources=self.custom,
+                                        max_restarts=0, max_concurrency=4).remote()
+            with self._lock:
+                self._unplaced += 1
+        holds = (spec.inputs_from or spec.run_dir) if bundle is not None or beside else None
+        return RayRun(self, actor, spec, sink, _Shipment(bundle, inputs, beside), holds, placed)
 
-    def release(self, actor: Any, healthy: bool) -> None:
-        """An actor whose run has ended: kept for the next run, or (its run was lost) killed."""
-        if healthy:
-            with self._idle_lock:
-                self._idle.append(actor)
-        else:
-            self.ray.kill(actor, no_restart=True)
+    def _take(self, inputs_from: Path | None, alive: set[str]) -> tuple[Any, bool]:
+        """An idle actor for a run, and whether it holds the files of `inputs_from`: that one if it is idle, else
+        one that holds nothing still wanted, else the one idle longest (its files are dropped). Actors of nodes
+        that are gone are forgotten (a run given to one would be lost before it began)."""
+        with self._lock:
+            self._idle = [(actor, node) for actor, node in self._idle if node in alive]
+            self._holding = {path: actor for path, actor in self._holding.items()
+                             if any(actor is idle for idle, _ in self._idle)}
+            holder = self._holding.pop(inputs_from, None) if inputs_from is not None else None
+            if holder is not None:
+                self._idle = [(actor, node) for actor, node in self._idle if actor is not holder]
+                return holder, True
+            if not self._idle:
+                return None, False
+            held = list(self._holding.values())
+            free = [actor for actor, _ in self._idle if not any(actor is other for other in held)]
+            actor = (free or [actor for actor, _ in self._idle])[0]
+            self._idle = [(other, node) for other, node in self._idle if other is not actor]
+            self._holding = {path: other for path, other in self._holding.items() if other is not actor}
+            return actor, False
+
+    def placed(self) -> None:
+        """A new actor has started: Ray placed it."""
+        with self._lock:
+            self._unplaced -= 1
+
+    def release(self, actor: Any, node: str, healthy: bool, holds: Path | None = None) -> None:
+        """An actor (on `node`) whose run has ended: kept for the next run (with the files of the run directory
+        `holds`), or (its run was lost, or a new actor waits for room) ended."""
+        with self._lock:
+            if healthy and not self._unplaced:
+                self._idle.append((actor, node))
+                if holds is not None:
+                    self._holding[holds] = actor
+                return
+        self._end(actor, healthy)
+
+    def _end(self, actor: Any, healthy: bool) -> None:
+        if healthy:  # it clears its scratch directory first (a killed process cannot)
+            with contextlib.suppress(Exception):  # gone meanwhile: nothing left to clear
+                self.ray.get(actor.drop.remote(), timeout=30)
+        self.ray.kill(actor, no_restart=True)
 
     def close(self) -> None:
-        """Release the actors, and stop the local Ray instance if this executor started it."""
-        with self._idle_lock:
-            idle, self._idle = self._idle, []
-        for actor in idle:
-            self.ray.kill(actor, no_restart=True)
+        """End the idle actors, and stop the local Ray instance if this executor started it."""
+        with self._lock:
+            idle, self._idle, self._holding = self._idle, [], {}
+        for actor, _ in idle:
+            self._end(actor, True)
         if self._owns and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shipment:
+    """What a run takes to its actor: the commit's bundle and the files it reads (object refs), or neither because
+    the actor already holds both (`beside`)."""
+
+    bundle: Any
+    inputs: Any
+    beside: bool
 
 
 class RayRun:
     """One experiment in flight on a Ray actor (a RunHandle)."""
 
-    def __init__(self, executor: RayExecutor, actor: Any, spec: ExperimentSpec, sink: RunSink, bundle: Any) -> None:
+    def __init__(self, executor: RayExecutor, actor: Any, spec: ExperimentSpec, sink: RunSink, shipment: _Shipment,
+                 holds: Path | None, placed: bool) -> None:
         self._executor, self._actor, self._spec, self._sink = executor, actor, spec, sink
+        self._holds, self._unplaced = holds, not placed
         self._cancel = threading.Event()
-        self._ref = actor.run.remote(_spec_fields(spec), bundle, executor.grace_seconds)
+        # A shipped run's log as it streams, here: what remains of it if its node is lost (the run's own log
+        # replaces it when it comes back).
+        self._copy = _open_log(spec.log_path) if holds is not None else None
+        self._ref = actor.run.remote(_spec_fields(spec), shipment.bundle, shipment.inputs, shipment.beside,
+                                     executor.grace_seconds)
         self._placed: dict[str, Any] = {}  # node id, pid and its create time, once the actor has started the run
+        self._node = ""  # the actor's node, from its first poll
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -129,10 +201,13 @@ class RayRun:
             if type(exc).__name__ not in _LOST_ERRORS:
                 raise
             self._kill_leftovers()
-            return _lost(self._spec, f"its Ray worker died ({type(exc).__name__}: {str(exc).splitlines()[0]})",
-                         self._where())
+            why = f"its Ray worker died ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            self._close_copy(f"loopdeck: {why}")
+            return _lost(self._spec, why, self._where())
         finally:
-            self._executor.release(self._actor, healthy)
+            self._close_copy()
+            self._started()
+            self._executor.release(self._actor, self._node, healthy, self._holds)
 
     def _follow(self, ray: Any) -> RunResult:
         cancelled = False
@@ -145,135 +220,73 @@ class RayRun:
             if ready:
                 break
         fields = ray.get(self._ref)
+        self._close_copy()
         for name, data in fields.pop("files").items():  # from a node that does not share this disk
             target = self._spec.run_dir / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         return RunResult(**fields, log_path=self._spec.log_path, worker=self._where())
 
+    def _close_copy(self, last_line: str = "") -> None:
+        if self._copy is not None:
+            if last_line:
+                self._copy.write(last_line + "\n")
+            self._copy.close()
+            self._copy = None
+
+    def _started(self) -> None:
+        if self._unplaced:
+            self._unplaced = False
+            self._executor.placed()
+
     def _forward(self, polled: dict[str, Any]) -> None:
+        self._started()
+        self._node = polled["node"]
         if polled["pid"] and not self._placed:
             self._placed = {key: polled[key] for key in ("node", "pid", "create_time")}
             if polled["node"] == self._executor.driver_node:
                 self._sink.started(polled["pid"])  # a pid of this machine: telemetry and orphan notes use it
         for line in polled["lines"]:
             self._sink.line(line)
+        if self._copy is not None and polled["lines"]:
+            self._copy.write("".join(f"{line}\n" for line in polled["lines"]))
+            self._copy.flush()
         for record in polled["records"]:
             self._sink.record(record)
+        sample, on_telemetry = polled["telemetry"], self._executor.on_telemetry
+        # This machine's own sampler covers runs placed here (with NVML): only other nodes report their own.
+        if sample is not None and on_telemetry is not None and polled["node"] != self._executor.driver_node:
+            on_telemetry(dataclasses.replace(sample, node=node_label(polled["node"])))
 
     def _where(self) -> str:
         node = self._placed.get("node", "")
-        return f"ray node {node[:12]}" if node else "ray"
+        return f"ray node {node_label(node)}" if node else "ray"
 
     def _kill_leftovers(self) -> None:
         """The run's process group may outlive its dead actor: kill it on its node (gone with a dead node)."""
-        placed = self._placed
-        if not placed:
+        placed, ray = self._placed, self._executor.ray
+        if not placed or not any(node["NodeID"] == placed["node"] and node["Alive"] for node in ray.nodes()):
             return
-        scheduling = self._executor.ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
-            placed["node"], soft=False)
+        scheduling = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(placed["node"], soft=False)
         try:
-            self._executor.ray.get(self._executor.kill_task.options(scheduling_strategy=scheduling).remote(
+            ray.get(self._executor.kill_task.options(scheduling_strategy=scheduling).remote(
                 placed["pid"], placed["create_time"]), timeout=30)
-        except Exception:  # the node is gone, and its processes with it
+        except Exception:  # the node went meanwhile, and its processes with it
             return
 
 
-class _Worker:
-    """The Ray actor: runs one experiment with the local runner and buffers what it streams for the driver."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lines: list[str] = []
-        self._records: list[dict] = []
-        self._pid, self._create_time, self._node = 0, 0.0, ""
-        self._stop = threading.Event()
-
-    def run(self, fields: dict[str, Any], bundle: bytes | None, grace: float) -> dict[str, Any]:
-        import ray
-
-        with self._lock:  # a reused actor: nothing of its previous run carries over
-            self._lines, self._records, self._pid, self._create_time = [], [], 0, 0.0
-            self._stop.clear()
-        node = ray.get_runtime_context().get_node_id()
-        scratch = Path(tempfile.mkdtemp(prefix="loopdeck-worker-")) if bundle is not None else None
-        try:
-            spec = _local_spec(fields, scratch, bundle)
-            # Ray chose this worker's GPUs: the run sees exactly those.
-            env = {**spec.env, **{key: os.environ[key] for key in ("CUDA_VISIBLE_DEVICES",) if key in os.environ}}
-            result = run_experiment(spec.argv, cwd=spec.checkout, env=env, log_path=spec.log_path,
-                                    metrics_path=spec.metrics_path, timeout=spec.timeout, on_line=self._line,
-                                    on_metrics=self._record, stop_event=self._stop, grace_seconds=grace,
-                                    on_start=lambda pid: self._started(pid, node))
-            fields_out = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
-                          if f.name not in ("log_path", "worker", "lost")}
-            fields_out["files"] = _files(spec.run_dir) if scratch is not None else {}
-            return fields_out
-        finally:
-            if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
-
-    def _started(self, pid: int, node: str) -> None:
-        import psutil
-
-        with self._lock:
-            self._pid, self._node = pid, node
-            self._create_time = psutil.Process(pid).create_time()
-
-    def _line(self, text: str) -> None:
-        with self._lock:
-            self._lines.append(text)
-
-    def _record(self, record: dict) -> None:
-        with self._lock:
-            self._records.append(record)
-
-    def poll(self) -> dict[str, Any]:
-        """What the run streamed since the last poll, and where its process is."""
-        with self._lock:
-            lines, records = self._lines, self._records
-            self._lines, self._records = [], []
-            return {"lines": lines, "records": records, "pid": self._pid, "create_time": self._create_time,
-                    "node": self._node}
-
-    def cancel(self) -> None:
-        self._stop.set()
+def node_label(node_id: str) -> str:
+    """How a Ray node is named to a person (a run's `worker`, a telemetry group): its id's first 12 digits."""
+    return node_id[:12]
 
 
 def _spec_fields(spec: ExperimentSpec) -> dict[str, Any]:
     return {**dataclasses.asdict(spec), "env": dict(spec.env)}
 
 
-def _local_spec(fields: dict[str, Any], scratch: Path | None, bundle: bytes | None) -> ExperimentSpec:
-    """The spec as this worker runs it: as sent, or (shipped) with its checkout and run directory moved to
-    `scratch`, every path in its argv and environment rewritten to match."""
-    spec = ExperimentSpec(**fields)
-    if scratch is None or bundle is None:
-        return spec
-    checkout, run_dir = scratch / "checkout", scratch / "run"
-    run_dir.mkdir(parents=True)
-    _checkout_bundle(bundle, spec.commit, checkout)
-
-    def moved(text: str) -> str:
-        return text.replace(str(spec.run_dir), str(run_dir)).replace(str(spec.checkout), str(checkout))
-
-    return dataclasses.replace(spec, checkout=checkout, run_dir=run_dir, argv=tuple(moved(a) for a in spec.argv),
-                               env={key: moved(value) for key, value in spec.env.items()})
-
-
-def _checkout_bundle(bundle: bytes, commit: str, into: Path) -> None:
-    path = into.parent / "commit.bundle"
-    path.write_bytes(bundle)
-    into.mkdir()
-    for args in (["init", "-q"], ["fetch", "-q", str(path), "+refs/*:refs/shipped/*"],
-                 ["-c", "advice.detachedHead=false", "checkout", "-q", commit]):
-        done = subprocess.run(["git", *args], cwd=into, capture_output=True)
-        if done.returncode != 0:
-            raise LoopdeckError(f"cannot check out {commit[:7]} on this node: {done.stderr.decode().strip()}")
-
-
-def _files(run_dir: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(run_dir)): path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+def _open_log(path: Path) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("w", encoding="utf-8", errors="replace")
 
 
 def _lost(spec: ExperimentSpec, why: str, where: str) -> RunResult:

@@ -1,13 +1,16 @@
-"""`[workers]` resolved here: which executor runs the experiments, and how many run at once (`count = "auto"`)."""
+"""`[workers]` resolved here: which executor runs the experiments, how many run at once (`count = "auto"`), and
+which local slot ran each (`local:1`, `local:2`, … in a run's `worker`)."""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from loopdeck.engine.config import WorkersSettings
-from loopdeck.engine.run.executor import Executor
+from loopdeck.engine.events import TelemetrySample
+from loopdeck.engine.run.executor import Executor, ExperimentSpec, RunHandle, RunResult, RunSink
 from loopdeck.engine.run.runner import LocalExecutor
 
 
@@ -20,9 +23,12 @@ class Workers:
     close: Callable[[], None]
 
 
-def open_workers(settings: WorkersSettings, pack: Callable | None = None, serial: Executor | None = None) -> Workers:
-    """The executor `settings` ask for (a Ray one starts or joins Ray now) and the worker count. `serial` runs the
-    experiments when the local backend runs one at a time (the warm runner; its owner closes it)."""
+def open_workers(settings: WorkersSettings, pack: Callable | None = None,
+                 on_telemetry: Callable[[TelemetrySample], None] | None = None,
+                 serial: Executor | None = None) -> Workers:
+    """The executor `settings` ask for (a Ray one starts or joins Ray now) and the worker count; `on_telemetry`
+    gets the hardware samples of other nodes, which their workers measure; `serial` runs the experiments when the
+    local backend runs one at a time (the warm runner; its owner closes it)."""
     if settings.backend == "local":
         # Local runs all see the same devices (loopdeck never hands out GPUs itself: Ray does), so on a GPU
         # machine "auto" is one run at a time; `backend = "ray"` uses every GPU.
@@ -30,18 +36,64 @@ def open_workers(settings: WorkersSettings, pack: Callable | None = None, serial
         # The warm runner keeps a zygote per checkout, and parallel runs each have their own worktree: a copy of
         # torch per experiment in flight would cost more than the start-up it saves, so they start fresh.
         executor = serial if serial is not None and count == 1 else LocalExecutor()
-        return Workers(executor, count, lambda: None)
+        return Workers(LocalSlots(executor), count, lambda: None)
     from loopdeck.engine.run.ray_executor import RayExecutor
 
     gpus_per_worker = settings.gpus_per_worker
     ray_executor = RayExecutor(address=settings.address, cpus_per_worker=settings.cpus_per_worker,
-                               gpus_per_worker=max(gpus_per_worker, 0.0), pack=pack)
+                               gpus_per_worker=max(gpus_per_worker, 0.0), resources=settings.resources, pack=pack,
+                               on_telemetry=on_telemetry)
     resources = ray_executor.resources()
     gpus = int(resources.get("GPU", 0))
     if gpus_per_worker < 0:  # one GPU per experiment wherever the cluster has GPUs
         ray_executor.gpus = 1.0 if gpus else 0.0
     count = _count(settings, gpus, resources.get("CPU", 1.0))
+    if settings.count == "auto" and settings.resources:  # no more runs than the nodes with those resources hold
+        count = min(count, *(max(1, int(resources.get(name, 0.0) / amount))
+                             for name, amount in settings.resources.items()))
     return Workers(ray_executor, count, ray_executor.close)
+
+
+class LocalSlots:
+    """An executor on this machine that names the slot each run takes (`worker` "local:1", "local:2", …): the
+    lowest number free when it starts, so the ledger and the console say which of the runs at once it was."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+        self._lock = threading.Lock()
+        self._busy: set[int] = set()
+
+    def start(self, spec: ExperimentSpec, sink: RunSink) -> RunHandle:
+        with self._lock:
+            slot = next(number for number in range(1, len(self._busy) + 2) if number not in self._busy)
+            self._busy.add(slot)
+        try:
+            return _SlotRun(self._executor.start(spec, sink), slot, self._free)
+        except BaseException:
+            self._free(slot)
+            raise
+
+    def _free(self, slot: int) -> None:
+        with self._lock:
+            self._busy.discard(slot)
+
+
+class _SlotRun:
+    """A run in one local slot: its result names the slot, and the slot is free once it has ended."""
+
+    def __init__(self, handle: RunHandle, slot: int, free: Callable[[int], None]) -> None:
+        self._handle, self._slot, self._free = handle, slot, free
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+    def wait(self) -> RunResult:
+        try:
+            result = self._handle.wait()
+        finally:
+            self._free(self._slot)
+        result.worker = result.worker or f"local:{self._slot}"
+        return result
 
 
 def _count(settings: WorkersSettings, gpus: int, cpus: float) -> int:
