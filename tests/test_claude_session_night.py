@@ -134,7 +134,9 @@ class Night:
 
 @pytest.mark.slow
 def test_a_whole_night_of_the_loop_with_claude(make_workspace: Any, tmp_path: Path) -> None:
-    workspace = make_workspace(fake_train_source(steps=2, step_seconds=0.01), crashes=5)
+    # The researcher steps LR around a cycle whatever it is told: ideas it repeats are not this test's subject.
+    workspace = make_workspace(fake_train_source(steps=2, step_seconds=0.01), crashes=5,
+                               research={"skip_repeats": False})
     slept: list[float] = []
     with FakeAnthropic() as api:
         api.models[FALLBACK] = model_info(FALLBACK)

@@ -314,9 +314,8 @@ def test_on_a_plateau_the_loop_runs_the_injected_ablation_once_per_incumbent(mak
     import loopdeck.engine.session as session_module
 
     ablations: list[int] = []
-    real_loop = session_module.ResearchLoop
-    monkeypatch.setattr(session_module, "ResearchLoop",
-                        lambda ctx, factory: real_loop(ctx, factory, ablate=lambda: ablations.append(1)))
+    # The session wires the planner's ablate mode to research/ablation.py's `ablate`; here it only counts.
+    monkeypatch.setattr(session_module, "ablate", lambda ctx, apply=False: ablations.append(1))
     workspace = make_workspace(fake_train_source(lr=0.5), research={"plateau_k": 2})
     script = [change("LR", 0.3), change("LR", 0.25), change("STEPS", 5), change("STEP_SECONDS", 0.01),
               change("STEPS", 3)]

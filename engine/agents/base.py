@@ -74,6 +74,8 @@ class AgentTurn:
     mode_reason: str = ""
     near_misses: tuple[ExperimentSummary, ...] = ()
     combined: Mapping[str, str] = field(default_factory=dict)
+    # [research] skip_repeats: a repeat of an idea already tried against the incumbent is refused (else flagged).
+    refuse_repeats: bool = True
 
 
 class AgentError(Exception):

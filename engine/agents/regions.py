@@ -59,12 +59,14 @@ def touched(old_files: Mapping[str, str], new_files: Mapping[str, str]) -> Touch
 
 def repeat_of(touch: Touch, history: Sequence[ExperimentSummary], incumbent_id: int | None
               ) -> ExperimentSummary | None:
-    """The latest experiment since the incumbent `incumbent_id` was kept that tried the same idea and was not
-    kept, or None. Under a newer incumbent an idea may behave differently, so it is not a repeat there."""
+    """The latest experiment since the incumbent `incumbent_id` was kept that tried the same idea, was measured
+    and was not kept (a discard), or None. Under a newer incumbent an idea may behave differently, so it is not a
+    repeat there; a run that crashed, timed out or was stopped measured nothing about its idea (a full disk or an
+    OOM beside other jobs says nothing about LR), so trying it again is not a repeat either."""
     for summary in reversed(history):
         if incumbent_id is not None and summary.id <= incumbent_id:
             return None
-        if summary.baseline or summary.status in ("keep", "interrupted", "rejected"):
+        if summary.baseline or summary.status != "discard":
             continue
         if touch.same_idea(summary.region, summary.signs):
             return summary

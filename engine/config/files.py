@@ -239,7 +239,7 @@ def _setting_line(name: str, value: Any, description: str, *, commented: bool = 
 
 
 def _render(model: BaseModel, path: tuple[str, ...], out: list[str], given: frozenset[str]) -> None:
-    out += ["", f"# {type(model).__doc__}", f"[{'.'.join(path)}]"]
+    out += ["", f"# {' '.join((type(model).__doc__ or '').split())}", f"[{'.'.join(path)}]"]  # a docstring may wrap
     nested = []
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)

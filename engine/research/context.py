@@ -69,6 +69,7 @@ class Tally:
 
     numbers_used: int = 0  # experiment numbers given out in this session (rejected and vetoed ones too)
     failures: int = 0  # consecutive: crash, timeout, NaN, guard rejection, a failed agent turn
+    last_failure: str = ""  # the latest of them, said when they end the session
 
 
 def one_line(text: str) -> str:

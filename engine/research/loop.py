@@ -203,8 +203,8 @@ class ResearchLoop:
         if loop.max_hours and time.monotonic() - self._started >= loop.max_hours * 3600:
             raise LoopStopped("time_limit")
         if tally.failures >= loop.max_consecutive_crashes:
-            raise LoopStopped("crash_limit", f"{tally.failures} failed experiments in a row: stopping (see the "
-                              "last crash's log; [loop] max_consecutive_crashes sets the limit)")
+            raise LoopStopped("crash_limit", f"{tally.failures} failed experiments in a row (the last, "
+                              f"{tally.last_failure}): stopping ([loop] max_consecutive_crashes sets the limit)")
 
     # --- one experiment ----------------------------------------------------------------------------------------
 

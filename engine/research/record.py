@@ -28,6 +28,7 @@ class Recorder:
         assert final is not None
         if status in FAILURES:
             self.tally.failures += 1
+            self.tally.last_failure = f"#{row.id} {status}" + (f": {final.reason}" if final.reason else "")
         elif status in ("keep", "discard"):
             self.tally.failures = 0
         outcome = ExperimentFinished(

@@ -147,7 +147,8 @@ class Turns:
             program=_program(ctx.workspace), metric_name=config.metric.name,
             direction=config.metric.direction, history=agent_history(rows),
             incumbent=_summary(incumbent), notes=tuple(notes), feedback=feedback, emit=turn_emit,
-            cancelled=lambda: ctx.controller.halted, running=in_flight(rows))
+            cancelled=lambda: ctx.controller.halted, running=in_flight(rows),
+            refuse_repeats=config.research.skip_repeats)
         record.plan = self.plan(number)
         if record.plan is not None:
             turn.mode, turn.mode_reason = record.plan.mode, record.plan.reason
@@ -209,6 +210,7 @@ class Turns:
     def _agent_failed(self, number: int, notes: list[str], record: TurnRecord, message: str) -> None:
         self._notes = [note for note in notes if note not in record.delivered]
         self.tally.failures += 1
+        self.tally.last_failure = f"#{number}: the agent failed to propose: {message}"
         self.ctx.emit(Notice(level="warning", experiment=number, message=f"the agent failed to propose: {message}"))
 
     def _agent_refused(self, number: int, notes: list[str], record: TurnRecord, message: str) -> None:

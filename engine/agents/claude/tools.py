@@ -136,6 +136,7 @@ class Workbench:
         self._history = turn.history
         self._incumbent = turn.incumbent
         self._direction = turn.direction
+        self._refuse_repeats = turn.refuse_repeats
 
     def changed_files(self) -> dict[str, str]:
         return {path: text for path, text in self.files.items() if self._original.get(path) != text}
@@ -282,7 +283,7 @@ class Workbench:
             if (problem := _syntax_error(rel, changed[rel])) is not None:
                 raise ToolRefused(f"{rel} does not compile ({problem}); fix it before proposing")
         touch, earlier = repeat_check(self._original, changed, self._history, self._incumbent)
-        if earlier is not None:
+        if earlier is not None and self._refuse_repeats:
             raise ToolRefused(f"this is a repeat of #{earlier.id} ({touch.describe()}; {earlier.status}): that idea "
                               "was already tried against this incumbent; change another region or direction")
         return ToolOutcome(True, "proposal recorded", cut(f"proposed: {description}", SUMMARY_CHARS),
