@@ -234,7 +234,7 @@ def test_a_session_on_the_real_gpt_target_forks_training_noise_runs_and_trusted_
     assert "loopdeck scores the weights in full" in (runs / "0/log.txt").read_text()
     with Ledger(session.state_dir) as ledger:
         baseline = ledger.rows()[0]
-        (noise,) = ledger.runs()
+        (noise,) = [run for run in ledger.runs() if run.experiment == 0 and run.role == "noise"]  # the baseline's
     assert not baseline.metric_mismatch and baseline.reported_metric is not None
     assert noise.reported_metric is not None and noise.metric is not None
     zygotes = [p for p in psutil.process_iter(["cmdline"]) if "loopdeck.engine.run.zygote" in (p.info["cmdline"] or [])
