@@ -150,6 +150,9 @@ pipeline = "{pipeline}"
 
 [evaluation]
 baseline_seeds = 3  # the sleeping target reads no seed; 3 keeps these figures comparable with earlier ones
+
+[research]
+skip_repeats = false  # these agents step one knob on purpose: the engine's time is measured, not the research
 """
 
 
