@@ -194,6 +194,7 @@ def test_cli_ablate_transfer_then_report(chain_workspace: Path, tmp_path: Path,
     for heading in ("## The kept chain", "## Ablation", "## Scale transfer", "## Cost"):
         assert heading in summary
     assert "### #4 TRICK 1" in summary and "(reverses)" in summary and "-TRICK = 0" in summary
+    assert "found in explore mode (" in summary  # the planner's mode for the turn that found each kept change
     assert (report / "transfer.png").stat().st_size > 0
     patch = (report / "incumbent.patch").read_text()
     assert "+Y = 1" in patch and "+TRICK = 1" in patch and "-X = 0" in patch

@@ -52,6 +52,8 @@ def _chain_section(chain: list[ExperimentRow], ablation: dict[int | None, StudyR
     for row in chain:
         lines += [f"### #{row.id} {cell(row.description)}", ""]
         facts = [f"delta {signed(row.delta)}" + (f" ± {row.delta_band:.6f}" if row.delta_band is not None else "")]
+        if row.mode:  # the research planner's mode for the turn that found it
+            facts.append(f"found in {row.mode} mode" + (f" ({cell(row.mode_reason)})" if row.mode_reason else ""))
         if row.id in ablation:
             found = ablation[row.id]
             facts.append(f"ablation: contributes {signed(found.gain)}{_band(found.band)} ({found.verdict})")
