@@ -113,8 +113,10 @@ class ExperimentsTable(DataTable):
                 continue
             key = str(row.id)
             if row.id in self._cells or key in self.rows:
+                # A row may first show with a short description (the planner's mode before the proposal) and
+                # grow; `fit_description` already cut it to the room there is, so the column may widen to it.
                 for (column, _), cell in zip(COLUMNS, cells, strict=True):
-                    self.update_cell(key, column, cell, update_width=column != "description")
+                    self.update_cell(key, column, cell, update_width=True)
             else:
                 self.add_row(*cells, key=key)
                 added = True
