@@ -17,6 +17,7 @@ from loopdeck.engine.agents.offline.constants import classify, constant_changes,
 from loopdeck.engine.agents.offline.edit import apply_edits, render
 from loopdeck.engine.agents.offline.memory import parse_note
 from loopdeck.engine.agents.offline.steps import neighbour
+from loopdeck.engine.agents.regions import touched
 from loopdeck.engine.events import (
     AgentTextDelta,
     AgentThinkingDelta,
@@ -201,6 +202,7 @@ def test_classification_by_name():
     assert classify("FINAL_LR_FRAC", 0.0) == "fraction"
     assert classify("N_KV_HEAD", 4) == "heads"
     assert classify("MUON_MOMENTUM", 0.95) == "beta"
+    assert classify("ADAM_BETA2", 0.95) == "beta" and classify("ADAM_BETA2", 1.5) is None
     assert classify("N_LAYER", 12) == "depth"
     assert classify("MLP_RATIO", 4) == "width"
     for frame in ("TIME_BUDGET", "SEED", "EVAL_TOKENS", "MAX_SEQ_LEN", "VOCAB_SIZE", "H100_BF16_PEAK_FLOPS"):
@@ -323,6 +325,19 @@ def test_combines_two_moves_that_improved_without_being_kept():
     proposal = Bench(OfflineAgent(), SIM_TRAIN, flat, history=history).step()
     assert moved(proposal) == {"MATRIX_LR": 0.06, "WARMDOWN_RATIO": 0.6}
     assert "combining" in proposal.rationale
+
+
+def test_moves_two_knobs_at_once_when_every_single_move_would_repeat_an_idea():
+    source = "MATRIX_LR = 0.04  # rate\nDEPTH = 4  # layers\n"
+    history = [ExperimentSummary(0, "keep", 1.5, None, "baseline", baseline=True)]
+    for number, (old, new) in enumerate([("MATRIX_LR = 0.04", "MATRIX_LR = 0.06"), ("DEPTH = 4", "DEPTH = 5"),
+                                         ("MATRIX_LR = 0.04", "MATRIX_LR = 0.0267"), ("DEPTH = 4", "DEPTH = 3")], 1):
+        touch = touched({"train.py": source}, {"train.py": source.replace(old, new)})
+        history.append(ExperimentSummary(number, "discard", 1.51, 0.01, f"{old} -> {new}", region=touch.region,
+                                         signs=touch.signs))
+    proposal = Bench(OfflineAgent(), source, flat, history=history).step()
+    assert set(moved(proposal)) == {"MATRIX_LR", "DEPTH"}
+    assert "Every single move has been tried from this incumbent" in proposal.rationale
 
 
 def test_narrows_the_step_when_the_usual_steps_are_spent():

@@ -56,13 +56,41 @@ def test_keeps_that_gain_less_than_the_noise_are_a_plateau():
 
 
 def test_two_near_misses_on_different_code_are_combined_once():
-    rows = [baseline(), experiment(1, "discard", 0.004, "train.py:LR"), experiment(2, "discard", 0.3, "train.py:WD"),
-            experiment(3, "discard", 0.002, "train.py:DEPTH")]
+    rows = [baseline(), experiment(1, "discard", -0.002, "train.py:LR"), experiment(2, "discard", 0.3, "train.py:WD"),
+            experiment(3, "discard", -0.004, "train.py:DEPTH")]
     plan = planner(k=10).choose(rows, rows[0])
     assert plan.mode == "combine" and plan.near_misses == (3, 1)
     combined = ExperimentRow(id=4, status="discard", delta=0.01, region="train.py:DEPTH train.py:LR", mode="combine",
                              meta={"combines": [3, 1]})
     assert planner(k=10).choose([*rows, combined], rows[0]).mode == "explore"  # that pair was tried
+    tried = experiment(4, "discard", 0.01, "train.py:DEPTH train.py:LR", mode="explore")
+    assert planner(k=10).choose([*rows, tried], rows[0]).mode == "explore"  # the merge would repeat #4
+
+
+def test_near_misses_whose_gains_do_not_add_up_to_one_are_not_combined():
+    rows = [baseline(), experiment(1, "discard", 0.004, "train.py:LR"), experiment(2, "discard", -0.002, "train.py:WD")]
+    assert planner(k=10).choose(rows, rows[0]).mode == "explore"
+
+
+def test_a_combination_is_not_a_part_and_a_failed_one_is_followed_by_another_mode():
+    rows = [baseline(), experiment(1, "discard", -0.004, "train.py:LR"), experiment(2, "discard", -0.003, "train.py:WD"),
+            experiment(3, "discard", -0.002, "train.py:DEPTH"),
+            ExperimentRow(id=4, status="discard", metric=1.494, delta=-0.006, delta_band=0.01, commit="c4",
+                          region="train.py:LR train.py:WD", mode="combine", meta={"combines": [1, 2]})]
+    assert planner(k=10).choose(rows, rows[0]).mode == "explore"  # right after a combination that failed
+    rows.append(experiment(5, "discard", 0.05, "train.py:HEADS", mode="explore"))
+    plan = planner(k=10).choose(rows, rows[0])
+    assert plan.mode == "combine" and plan.near_misses == (1, 3)  # #4 is never a part; #1 and #2 were combined
+
+
+def test_a_keep_that_reverses_an_earlier_keep_is_not_pushed_further():
+    rows = [baseline(), ExperimentRow(id=1, status="keep", metric=1.4, delta=-0.1, delta_band=0.01, commit="c1",
+                                      region="train.py:LR", signs={"train.py:LR": 1}),
+            ExperimentRow(id=2, status="keep", metric=1.35, delta=-0.05, delta_band=0.01, commit="c2",
+                          region="train.py:LR", signs={"train.py:LR": -1})]
+    assert planner().choose(rows[:2], rows[1]).mode == "exploit"
+    plan = planner().choose(rows, rows[2])
+    assert plan.mode == "explore"  # the best LR lies between #1's and #2's: a further step down overshoots
 
 
 def test_near_misses_on_the_same_code_are_not_combined():

@@ -4,7 +4,8 @@ Greedy hill-climbing plateaus and repeats itself. The planner reads the incumben
 next turn should do: *exploit* right after a keep whose gain is clearly outside the noise band (twice the band;
 refine it: the same code, further the same way); *combine* when two or more near-misses — runs against the
 incumbent that were not kept but came within the noise band of it — touch different code (their changes, merged
-three-way onto the incumbent, are the next experiment); *ablate* on a plateau when there is a kept chain to take
+three-way onto the incumbent, are the next experiment; a combination that was not kept is followed by a turn of
+another mode, so merging never takes over a plateau); *ablate* on a plateau when there is a kept chain to take
 apart and an ablation hook was given (part of the engine that owns ablation runs it; without one the planner
 never chooses it); otherwise *explore* a direction not tried recently. A plateau is K experiments without a keep,
 or keeps whose gains are all inside the band. A person may force a mode (`loopdeck ctl DIR mode …`, the console);
@@ -52,10 +53,10 @@ class Planner:
         last = tried[-1] if tried else None
         if last is not None and incumbent is not None and last.id == incumbent.id:
             gain, band = self._gain(last), self._band(last, incumbent)
-            if gain > CLEAR_GAIN * band:
+            if gain > CLEAR_GAIN * band and not self._reverses(last, tried):
                 return Plan("exploit", f"#{last.id} gained {gain:.4g} (band ±{band:.2g}): refining it further")
         pair = self._near_misses(since, incumbent, rows)
-        if pair:
+        if pair and not (last is not None and last.mode == "combine" and last.status != "keep"):
             ids = " and #".join(str(row.id) for row in pair)
             return Plan("combine", f"#{ids} came within the noise band of the incumbent and touch different "
                         "code: trying them together", tuple(row.id for row in pair))
@@ -110,23 +111,36 @@ class Planner:
 
     def _near_misses(self, since: Sequence[ExperimentRow], incumbent: ExperimentRow | None,
                      rows: Sequence[ExperimentRow]) -> tuple[ExperimentRow, ...]:
-        """The best two not-kept runs against the incumbent within its band, on disjoint code, not combined yet."""
+        """The best two not-kept runs against the incumbent within its band, on disjoint code, not combined yet.
+        Their gains must add up to a gain; a combination is never a part (its parts were); a pair whose merged
+        change is an idea already discarded against this incumbent would be refused as a repeat."""
         if incumbent is None:
             return ()
         close = [row for row in since if row.status in ("discard", "aborted") and row.commit and row.region
-                 and row.delta is not None and -self._gain(row) <= self._band(row, incumbent)]
+                 and row.mode != "combine" and row.delta is not None
+                 and -self._gain(row) <= self._band(row, incumbent)]
         close.sort(key=self._gain, reverse=True)
         combined = {frozenset(row.meta.get("combines", ())) for row in rows if row.mode == "combine"}
-        # A combination is never combined again with one of its own parts.
-        parts = {row.id: set(row.meta.get("combines", ())) for row in close}
+        discarded = {(row.region, tuple(sorted(row.signs.items()))) for row in since if row.status == "discard"}
         for first, second in itertools.combinations(close, 2):
             if set(first.region.split()) & set(second.region.split()):
                 continue
-            if first.id in parts[second.id] or second.id in parts[first.id]:
-                continue
-            if frozenset((first.id, second.id)) not in combined:
+            merged = (" ".join(sorted(first.region.split() + second.region.split())),
+                      tuple(sorted({**first.signs, **second.signs}.items())))
+            if self._gain(first) + self._gain(second) <= 0:
+                continue  # were the two gains to add up, the merge would still not beat the incumbent
+            if frozenset((first.id, second.id)) not in combined and merged not in discarded:
                 return (first, second)
         return ()
+
+    @staticmethod
+    def _reverses(kept: ExperimentRow, tried: Sequence[ExperimentRow]) -> bool:
+        """True when `kept` moved a constant back the way an earlier keep had moved it: the best value lies between
+        the two, so pushing further would overshoot."""
+        moved = {name: sign for name, sign in kept.signs.items() if sign in (1, -1)}
+        return any(row.status == "keep" and row.id < kept.id and any(row.signs.get(name) == -sign
+                                                                      for name, sign in moved.items())
+                   for row in tried)
 
     def _may_ablate(self, rows: Sequence[ExperimentRow], incumbent: ExperimentRow | None) -> bool:
         if not self.can_ablate or incumbent is None or self._ablated == incumbent.id:

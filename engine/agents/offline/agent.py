@@ -94,7 +94,7 @@ class OfflineAgent:
             return _files(turn, knobs, candidate)
 
         # Knobs distinct from the runs in flight while any are left, then any.
-        picked = (pick(turn, search.candidates(), files)
+        picked = (pick(turn, search.candidates(), files, search.diagonals)
                   or pick(turn, dataclasses.replace(search, rules=rules).candidates(), files))
         if picked is None:
             raise AgentError("the offline agent has tried every step it knows around the incumbent "

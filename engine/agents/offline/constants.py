@@ -19,6 +19,7 @@ Value = int | float | str
 
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _WINDOW = re.compile(r"^[SL]+$")
+_BETA = re.compile(r"^(BETAS?\d*|MOMENTUM|EMA)$")  # ADAM_BETA2 is a beta as much as ADAM_BETAS[1] is
 # Name words that mark a constant as part of the experiment's fixed frame (budget, data, evaluation, logging,
 # hardware guard rails) rather than a hyperparameter: changing them would make runs incomparable or pointless.
 _FRAME_WORDS = frozenset({
@@ -61,7 +62,7 @@ def classify(name: str, value: Value) -> str | None:
         return "fraction"
     if "LR" in words or name.endswith("LR") or "LEARNING" in words:
         return "lr" if value > 0 else None
-    if words & {"BETA", "BETAS", "MOMENTUM", "EMA"}:
+    if any(_BETA.match(word) for word in words):
         return "beta" if 0.0 <= value < 1.0 else None
     if "WD" in words or "DECAY" in words:
         return "wd" if value >= 0 else None

@@ -3,7 +3,8 @@
 explore: the best candidate that moves no code the way one of the last few experiments did (the other way is a
 new direction); exploit: the best one that moves a constant the incumbent's kept change moved, the same way; no
 mode (the planner off): the best candidate. In every mode a candidate that repeats an idea already tried against
-the incumbent (engine/agents/regions.py) is skipped while another is left.
+the incumbent (engine/agents/regions.py) is skipped while another is left; when none is, the wider candidates
+(two knobs at once) are the pool.
 """
 
 from __future__ import annotations
@@ -17,13 +18,18 @@ from loopdeck.engine.agents.regions import Touch, repeat_of, touched
 RECENT = 4  # explore avoids the directions this many latest experiments took
 
 
-def pick(turn: AgentTurn, ranked: Sequence[Candidate], files_of: Callable[[Candidate], Mapping[str, str]]
-         ) -> tuple[Candidate, list[str]] | None:
-    """The candidate for this turn's mode, and the sentences that say why; None when there is none."""
+def pick(turn: AgentTurn, ranked: Sequence[Candidate], files_of: Callable[[Candidate], Mapping[str, str]],
+         wider: Callable[[], Sequence[Candidate]] = tuple) -> tuple[Candidate, list[str]] | None:
+    """The candidate for this turn's mode, and the sentences that say why; None when there is none. `wider` gives
+    the candidates to fall back on when every ranked one is a repeat."""
     incumbent = turn.incumbent.id if turn.incumbent is not None else None
     touches = {id(c): touched(turn.files, {**turn.files, **files_of(c)}) for c in ranked}
     fresh = [c for c in ranked if repeat_of(touches[id(c)], turn.history, incumbent) is None]
     skipped = len(ranked) - len(fresh)
+    if not fresh:
+        more = wider()
+        touches.update({id(c): touched(turn.files, {**turn.files, **files_of(c)}) for c in more})
+        fresh = [c for c in more if repeat_of(touches[id(c)], turn.history, incumbent) is None]
     pool = fresh or list(ranked)
     if not pool:
         return None

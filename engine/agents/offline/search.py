@@ -5,7 +5,8 @@ moves that each showed a gain, combined. A move scores higher for a knob family 
 rates first), for a direction that helped lately, for the reverse of one that hurt, for a knob not explored yet,
 and when a person's note asks for it; lower for a bolder or finer step than the usual one, and for a value that
 did not pay off under an earlier incumbent. Configurations already evaluated, values past a crash, knobs that
-failed twice, and knobs a note put off limits are never candidates. A small seeded jitter breaks ties.
+failed twice, and knobs a note put off limits are never candidates. A small seeded jitter breaks ties. When every
+single move repeats an idea already tried, `diagonals` offers two knobs moved at once.
 """
 
 from __future__ import annotations
@@ -176,6 +177,22 @@ class Search:
             reasons.append(f"{knob.name} = {move.new} was tried under an earlier incumbent "
                            f"({earlier.outcome()}); the rest has changed since.")
         return score, reasons
+
+    def diagonals(self, limit: int = 10) -> list[Candidate]:
+        """Two knobs moved at once, from the best `limit` single moves, best first: once every single move has
+        been tried against the incumbent, a valley that runs across two knobs (a learning rate that must fall as
+        the depth rises) is reached only this way."""
+        singles = [c for knob in self.knobs for c in self._singles(knob) if len(c.moves) == 1]
+        singles.sort(key=lambda c: c.score, reverse=True)
+        found = []
+        for first, second in itertools.combinations(singles[:limit], 2):
+            moves = first.moves + second.moves
+            if first.moves[0].key == second.moves[0].key or self.memory.is_evaluated(moves):
+                continue
+            names = " and ".join(m.label for m in moves)
+            found.append(Candidate(moves, (first.score + second.score) / 2, [*first.reasons, *second.reasons,
+                                   f"Every single move has been tried from this incumbent; moving {names} together."]))
+        return sorted(found, key=lambda c: c.score, reverse=True)
 
     # --- combinations ---------------------------------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ offline proposal records its whole configuration (`meta["params"]`) and the sear
 (`meta["space"]`, fixed at the first TPE turn around the incumbent's values then, and `meta["space_origin"]`,
 that incumbent's number); each such experiment, and the origin at the space's centre, is told to the study with
 its measured metric (a crash as a failed trial), and the study asks for the next configuration. Knobs enter the
-space as log-uniform ranges around their value (integers: half to double); batch sizes (tied by micro-batch
-arithmetic) and window patterns stay as they are.
+space as log-uniform ranges around their value (integers: half to double; a beta by its distance from 1, so it
+never reaches 1); batch sizes (tied by micro-batch arithmetic) and window patterns stay as they are.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from loopdeck.engine.agents.offline.memory import FAILED
 INSTALL = "pip install 'loopdeck[optuna]'"
 STARTUP_TRIALS = 5  # random configurations before TPE models the history (Optuna's default is 10)
 _FLOAT_SPAN = 3.0  # a float knob ranges over [value / span, value * span]
-_UNIT_KINDS = frozenset({"fraction", "beta"})  # kept inside [0, 1]
 _FIXED_KINDS = frozenset({"batch", "window"})
 
 
@@ -52,8 +51,11 @@ def space_of(knobs: Sequence[Knob], history: Sequence[ExperimentSummary], incumb
             continue
         if isinstance(value, int):
             space[knob.key] = ["int", max(1, value // 2), max(value * 2, value + 2), value]
+        elif knob.kind == "beta" and value < 1:
+            low = max(value / _FLOAT_SPAN, 1 - (1 - value) * _FLOAT_SPAN)  # log-uniform needs a low above 0
+            space[knob.key] = ["float", low, 1 - (1 - value) / _FLOAT_SPAN, value]
         else:
-            high = min(1.0, value * _FLOAT_SPAN) if knob.kind in _UNIT_KINDS else value * _FLOAT_SPAN
+            high = min(1.0, value * _FLOAT_SPAN) if knob.kind == "fraction" else value * _FLOAT_SPAN
             if high > value / _FLOAT_SPAN:
                 space[knob.key] = ["float", value / _FLOAT_SPAN, high, value]
     return space, incumbent
