@@ -3,6 +3,7 @@ synthetic objective where the test plays the engine (apply, score, keep if bette
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import random
@@ -338,6 +339,15 @@ def test_moves_two_knobs_at_once_when_every_single_move_would_repeat_an_idea():
     proposal = Bench(OfflineAgent(), source, flat, history=history).step()
     assert set(moved(proposal)) == {"MATRIX_LR", "DEPTH"}
     assert "Every single move has been tried from this incumbent" in proposal.rationale
+
+
+def test_a_draft_is_proposed_again_when_the_planners_mode_has_changed_since():
+    bench = Bench(OfflineAgent(), SIM_TRAIN, objective)
+    draft = OfflineAgent().propose(dataclasses.replace(bench.turn(), mode="explore", mode_reason="new"))
+    assert OfflineAgent().revise(draft, dataclasses.replace(bench.turn(), mode="explore")) is draft
+    revised = OfflineAgent().revise(draft, dataclasses.replace(bench.turn(), mode="exploit", mode_reason="#1 gained"))
+    assert revised is not draft and revised.meta["mode"] == "exploit"
+    assert "Planner: exploit (#1 gained)" in revised.rationale
 
 
 def test_narrows_the_step_when_the_usual_steps_are_spent():

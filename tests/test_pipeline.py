@@ -18,6 +18,7 @@ from loopdeck.engine.events import (
     ExperimentFinished,
     ExperimentStarted,
     Notice,
+    PlanChosen,
     StateChanged,
 )
 from loopdeck.engine.research.pipeline import ProposalClock, merge3, rebase, same_change
@@ -183,6 +184,18 @@ def test_the_agent_is_told_the_outcome_and_its_revision_is_what_runs(make_worksp
     assert turn.history[-1].id == 1 and turn.history[-1].status == "discard"
     announced = [e.description for e in recorded.of(ChangeProposed) if e.experiment == 2]
     assert announced == ["LR 0.7", "LR 0.35 instead"]  # the draft as shown during #1, then the revision
+
+
+def test_a_draft_that_stands_keeps_the_mode_it_was_written_in(make_workspace, run_session):
+    workspace = make_workspace(fake_train_source(lr=0.5, **RUN))
+    agent = TimedAgent([change("LR", 0.3), change("STEPS", 9)])
+    _, recorded = run_pipelined(run_session, workspace, agent)
+
+    # #2 was drafted while #1 trained (explore); #1's keep made the planner say exploit, but the draft ran unchanged.
+    assert [row.status for row in ledger_rows(workspace)] == ["keep", "keep", "discard"]
+    said = [e.mode for e in recorded.of(PlanChosen) if e.experiment == 2]
+    assert said == ["explore", "exploit", "explore"]
+    assert ledger_rows(workspace)[2].mode == "explore"
 
 
 def test_a_stop_while_drafting_cancels_the_draft_and_leaves_no_row(make_workspace):

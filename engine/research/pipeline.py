@@ -280,8 +280,12 @@ class Pipeline:
         if revise is None:
             return draft  # notes that arrived meanwhile wait for the next turn
         notes = turns.take_notes()
+        drafted = record.plan
         turn, _ = turns.make_turn(number, notes, feedback, record=record)
         revised = turns.settle_turn(number, notes, record, lambda: _revised_or_kept(revise, draft, turn))
+        if (revised is None or revised is draft) and drafted is not None:
+            record.plan = drafted  # the draft stands, written in the mode the planner chose then
+            turns.announce(number, drafted)
         return revised if revised is not None else draft
 
     def _sequential(self, number: int, carried: Mapping[str, float] | None = None

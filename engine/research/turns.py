@@ -168,11 +168,15 @@ class Turns:
         if plan.mode == "combine" and self._combined(plan, self.ctx.incumbent_files(ledger.incumbent())) == {}:
             plan = Plan("explore", f"{_ids(plan.near_misses)} conflict when merged: exploring instead",
                         forced=plan.forced)
+        self.announce(number, plan)
+        return plan
+
+    def announce(self, number: int, plan: Plan) -> None:
+        """Say that experiment `number` runs in `plan`'s mode, unless that was the last thing said."""
         if self._shown_plan != (number, plan):
             self._shown_plan = (number, plan)
             self.ctx.emit(PlanChosen(experiment=number, mode=plan.mode,  # type: ignore[arg-type]
                                      reason=plan.reason, forced=plan.forced))
-        return plan
 
     def _combined(self, plan: Plan, files: dict[str, str]) -> dict[str, str]:
         """The near-misses' changes merged onto `files` ({} when they conflict or change nothing together)."""

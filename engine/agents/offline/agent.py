@@ -107,8 +107,9 @@ class OfflineAgent:
 
     def revise(self, draft: Proposal, turn: AgentTurn) -> Proposal:
         """A draft written while the previous experiment ran stands unless the history now argues against it: it
-        repeats a configuration that has been evaluated, moves a knob that the previous experiment moved and
-        crashed, or a note arrived meanwhile. Then the search runs again on what is known now."""
+        repeats a configuration that has been evaluated, the planner's mode has changed since (a keep makes the
+        next turn exploit it), it moves a knob that the previous experiment moved and crashed, or a note arrived
+        meanwhile. Then the search runs again on what is known now."""
         sources = {path: text for path, text in turn.files.items() if path.endswith(".py")}
         frame = _frame_constants(turn.workspace, sources, turn.protected)
         knobs = discover(sources, exclude=frame)
@@ -120,6 +121,8 @@ class OfflineAgent:
         crashed = last is not None and last.failed and bool(moved & {m.key for m in last.moves})
         if configuration in memory.evaluated:
             why = "it repeats a configuration that has been evaluated"
+        elif draft.meta.get("mode", "") != turn.mode:
+            why = f"the planner's mode is now {turn.mode} ({turn.mode_reason})"
         elif crashed:
             why = f"it moves what experiment #{last.id} moved when it {last.outcome()}"
         elif turn.notes:
@@ -183,7 +186,7 @@ class OfflineAgent:
         turn.emit(AgentTextDelta(experiment=turn.experiment, text=f"Proposal: {description}"))
         sources = {path: text for path, text in {**turn.files, **files}.items() if path.endswith(".py")}
         params = {k.key: k.value for k in discover(sources, exclude=frame) if not isinstance(k.value, str)}
-        meta = {"agent": self.name, "search": self.search, **meta, "params": params}
+        meta = {"agent": self.name, "search": self.search, "mode": turn.mode, **meta, "params": params}
         return Proposal(description=description, rationale=rationale, files=files, meta=meta)
 
     def _stream(self, turn: AgentTurn, text: str) -> None:
