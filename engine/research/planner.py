@@ -2,7 +2,8 @@
 
 Greedy hill-climbing plateaus and repeats itself. The planner reads the incumbent's history and says what the
 next turn should do: *exploit* right after a keep whose gain is clearly outside the noise band (twice the band;
-refine it: the same code, further the same way); *combine* when two or more near-misses — runs against the
+refine it: the same code, further the same way — unless the keep moved a constant back the way an earlier keep had,
+which brackets the best value); *combine* when two or more near-misses — runs against the
 incumbent that were not kept but came within the noise band of it — touch different code (their changes, merged
 three-way onto the incumbent, are the next experiment; a combination that was not kept is followed by a turn of
 another mode, so merging never takes over a plateau); *ablate* on a plateau when there is a kept chain to take
