@@ -7,8 +7,7 @@ core, so that both see the same machine: on a shared machine two sessions run on
 same baseline 0.05 val_bpb apart, more than any gain they found. Each session's gain is measured against its own
 baseline (the mean of its 3 seeded runs), and set beside its own noise σ. Figures: each session's baseline, best
 val_bpb after N, gain over its baseline, the first experiment that beat the baseline, and how many were kept.
-Full: 30 s budget, N = 30 (about 35 minutes on 2 CPU cores); --quick: 5 s, N = 3 (about 5 minutes). One session
-from the command line:
+Full: 30 s budget, N = 30 (32 minutes on 2 CPU cores); --quick: 5 s, N = 3. One session from the command line:
 
     loopdeck init /tmp/ws --budget 30 --agent offline
     loopdeck run /tmp/ws --headless --autonomous --max-experiments 30
@@ -51,7 +50,7 @@ def research(budget: float, experiments: int, planner: bool, core: int | None) -
         wall = time.monotonic() - began
         baseline = next((row for row in Ledger(workspace / STATE_DIR, create=False).rows() if row.is_baseline), None)
     outcomes = [e for e in events if isinstance(e, ExperimentFinished) and e.experiment > 0]
-    return {"baseline": finished.baseline_metric, "best": finished.best_metric, "reason": finished.reason,
+    return {"core": core, "baseline": finished.baseline_metric, "best": finished.best_metric, "reason": finished.reason,
             "noise": baseline.noise_std if baseline is not None else None, "wall": wall, "load": load(),
             "kept": [f"#{e.experiment} {e.description}" for e in outcomes if e.status == "keep"],
             "first_beat": next((e.experiment for e in outcomes if e.status == "keep"), None)}
@@ -71,7 +70,7 @@ def run(quick: bool) -> list[Figure]:
     for planner, result in results.items():
         label, now = ("planner" if planner else "greedy"), result["load"]
         baseline, best, noise = result["baseline"], result["best"], result["noise"]
-        where = f"core {cores[0 if planner else 1]} of {len(cores)}" if pinned else "one after the other"
+        where = f"core {result['core']} of {len(cores)}" if result["core"] is not None else "one after the other"
         setting = (f"budget {budget:g} s, {experiments} experiments, offline agent seed 0, {label}, {where}; "
                    f"session {result['wall'] / 60:.1f} min")
         gain = baseline - best if baseline is not None and best is not None else None

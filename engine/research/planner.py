@@ -19,6 +19,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from loopdeck.engine.agents.regions import Touch
 from loopdeck.engine.config.schema import ResearchSettings
 from loopdeck.engine.store.ledger import ExperimentRow
 
@@ -122,15 +123,16 @@ class Planner:
                  and -self._gain(row) <= self._band(row, incumbent)]
         close.sort(key=self._gain, reverse=True)
         combined = {frozenset(row.meta.get("combines", ())) for row in rows if row.mode == "combine"}
-        discarded = {(row.region, tuple(sorted(row.signs.items()))) for row in since if row.status == "discard"}
+        discarded = [row for row in since if row.status == "discard"]
         for first, second in itertools.combinations(close, 2):
             if set(first.region.split()) & set(second.region.split()):
                 continue
-            merged = (" ".join(sorted(first.region.split() + second.region.split())),
-                      tuple(sorted({**first.signs, **second.signs}.items())))
             if self._gain(first) + self._gain(second) <= 0:
                 continue  # were the two gains to add up, the merge would still not beat the incumbent
-            if frozenset((first.id, second.id)) not in combined and merged not in discarded:
+            merged = Touch(tuple(sorted(first.region.split() + second.region.split())),
+                           {**first.signs, **second.signs})
+            repeat = any(merged.same_idea(row.region.split(), row.signs) for row in discarded)
+            if frozenset((first.id, second.id)) not in combined and not repeat:
                 return (first, second)
         return ()
 
